@@ -1,0 +1,41 @@
+/*
+ * emiot - json.h (internal): bounded, allocation-light JSON parsing with cJSON.
+ *
+ * em__json_parse checks the size (EM_PAYLOAD_MAX) and nesting depth
+ * (EM_JSON_DEPTH_MAX) before cJSON sees the bytes, then parses with cJSON.
+ * While a parse tree from em__json_parse is alive, cJSON's allocations on this
+ * thread come from a per-thread arena (a bump allocator reset when the last
+ * tree is freed), so decoding a status message costs no malloc. libemiot
+ * installs cJSON hooks once (em__json_init); pointers not from the arena are
+ * passed to malloc/free, so other cJSON users in the process are unaffected
+ * as long as they do not replace the hooks themselves.
+ */
+#ifndef EM_CORE_JSON_H
+#define EM_CORE_JSON_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+#include "emiot/error.h"
+
+/* Installs the allocation hooks (idempotent, thread-safe). */
+void em__json_init(void);
+
+/*
+ * Parses exactly len bytes (no NUL needed). Returns the root, or NULL with err
+ * filled: EM_ERR_MESSAGE_FORMAT ("empty payload", "payload larger than N
+ * bytes", "JSON nested deeper than N", "invalid JSON at offset K"), EM_ERR_NOMEM.
+ */
+cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err);
+
+/* Frees a tree from em__json_parse. Accepts NULL. */
+void em__json_free(cJSON *root);
+
+/*
+ * Prints item compactly into a new heap string (plain malloc, so it may outlive
+ * the tree; free with free()). Returns NULL on allocation failure or when the
+ * result is longer than max bytes.
+ */
+char *em__json_print(const cJSON *item, size_t max);
+
+#endif /* EM_CORE_JSON_H */
