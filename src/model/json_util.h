@@ -1,0 +1,69 @@
+/*
+ * emiot - json_util.h (internal): small helpers shared by the model encoders
+ * and decoders of devices, commands and responses.
+ *
+ * em__jw_* is a bounded writer into a caller's buffer: it never allocates and
+ * never writes past the buffer; once something does not fit it remembers the
+ * overflow and em__jw_finish reports EM_ERR_BUFFER_TOO_SMALL.
+ */
+#ifndef EM_MODEL_JSON_UTIL_H
+#define EM_MODEL_JSON_UTIL_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emiot/error.h"
+
+/* Results of em__utf8_check. */
+#define EM__UTF8_OK      0
+#define EM__UTF8_INVALID 1 /* malformed, overlong, surrogate or above U+10FFFF */
+#define EM__UTF8_CONTROL 2 /* a C0 or C1 control character, or DEL */
+
+/* Checks that s (len bytes) is well-formed UTF-8. With reject_control, C0
+ * controls (including NUL), DEL and C1 controls (U+0080..U+009F) are refused. */
+int em__utf8_check(const char *s, size_t len, bool reject_control);
+
+/* 1 when every byte of s is in [A-Za-z0-9_-] (the request id alphabet). */
+bool em__is_token(const char *s, size_t len);
+
+typedef struct em__jw {
+    char *buf;
+    size_t size;
+    size_t len;
+    bool overflow;
+} em__jw_t;
+
+void em__jw_init(em__jw_t *w, char *buf, size_t size);
+
+/* Appends n raw bytes. */
+void em__jw_raw(em__jw_t *w, const char *s, size_t n);
+
+/* Appends a string literal. */
+#define em__jw_lit(w, lit) em__jw_raw((w), (lit), sizeof(lit) - 1)
+
+/* Appends s (len bytes) as a quoted JSON string, escaping '"', '\\' and
+ * control characters (bytes >= 0x80 are copied: callers pass valid UTF-8). */
+void em__jw_str(em__jw_t *w, const char *s, size_t len);
+
+/* Appends v in decimal. */
+void em__jw_i64(em__jw_t *w, int64_t v);
+
+/* NUL-terminates the output. EM_OK with the length (without the NUL) in
+ * *out_len (when not NULL), or EM_ERR_BUFFER_TOO_SMALL (buf then holds "" when
+ * it has room for anything). */
+em_err_t em__jw_finish(em__jw_t *w, size_t *out_len);
+
+/*
+ * Reads item as an integer in [min, max] (|bounds| <= 2^53). Numbers with a
+ * fraction, strings, booleans and non-finite values are refused with
+ * EM_ERR_VALIDATION naming field: "must be an integer from <min> to <max>".
+ */
+em_err_t em__json_int(const cJSON *item, const char *field, int64_t min, int64_t max, int64_t *out,
+                      em_error_t *err);
+
+/* Number of members of obj called key (cJSON keeps duplicates). */
+size_t em__json_key_count(const cJSON *obj, const char *key);
+
+#endif /* EM_MODEL_JSON_UTIL_H */
