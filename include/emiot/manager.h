@@ -8,6 +8,12 @@
  * the C counterpart of energy-manager-iot's EnergyManager and speaks the same
  * wire format (docs/PROTOCOL.md).
  *
+ * Subscriptions: the manager subscribes to five filters, P+/status,
+ * P+/telemetry, P+/response, P+/event and P+/availability, whatever the number
+ * of devices, and ignores (and counts) messages from unregistered devices. This
+ * is what energy-manager-iot's per-device subscriptions achieve, at a constant
+ * cost to the broker: registering or removing a device needs no round trip.
+ *
  * Threads: every function may be called from any thread. The manager holds
  * one lock around its state; event callbacks run with that lock held, on the
  * network thread (or inside em_manager_loop), and may call back into the
@@ -44,8 +50,6 @@ typedef struct em_manager_options {
     int64_t clock_skew_ms;         /* telemetry timestamps ahead of now (default 300000) */
     size_t capacity_hint;          /* expected number of devices */
     size_t max_devices;            /* 0: EM_REGISTRY_DEVICES_MAX_DEFAULT */
-    bool subscribe_wildcard;       /* one P+/# subscription instead of one per device
-                                      (default false, as energy-manager-iot) */
 } em_manager_options_t;
 
 /* Fills opts with the defaults above. */
@@ -135,8 +139,8 @@ EM_EXPORT em_err_t em_manager_on(em_manager_t *mgr, unsigned mask, em_event_fn f
 EM_EXPORT void em_manager_off(em_manager_t *mgr, em_event_fn fn, void *userdata);
 
 /*
- * Connects to the broker, subscribes to the topics of every registered device
- * and starts the network thread and the offline check. mqtt's strings are
+ * Connects to the broker, subscribes to the device topics and starts the
+ * network thread and the offline check. mqtt's strings are
  * copied. Errors: those of em_mqtt_new and em_mqtt_connect; EM_ERR_STATE when
  * already connected.
  */
@@ -150,11 +154,10 @@ EM_EXPORT bool em_manager_is_connected(const em_manager_t *mgr);
 
 /* Devices. */
 
-/* Registers a device and, when connected, subscribes to its topics. group
- * (may be NULL) is created when missing and the device added to it. Errors: as
- * em_registry_add, em_registry_group_create; EM_ERR_CONNECTION if the
- * subscription failed (the device stays registered and is subscribed on the
- * next reconnection). */
+/* Registers a device; from then on its messages are accepted. group (may be
+ * NULL) is created when missing and the device added to it (when that fails the
+ * device is not registered). Errors: as em_registry_add,
+ * em_registry_group_create, em_registry_group_add. */
 EM_EXPORT em_err_t em_manager_register_device(em_manager_t *mgr, const char *id, const char *name,
                                               em_device_type_t type, const em_device_config_t *cfg,
                                               const char *group, em_error_t *err);
@@ -164,7 +167,7 @@ EM_EXPORT em_err_t em_manager_update_device(em_manager_t *mgr, const char *id, c
                                             const em_device_type_t *type,
                                             const em_device_config_t *cfg, em_error_t *err);
 
-/* Removes a device and unsubscribes its topics. EM_ERR_DEVICE_NOT_FOUND. */
+/* Removes a device; its messages are ignored from then on. EM_ERR_DEVICE_NOT_FOUND. */
 EM_EXPORT em_err_t em_manager_remove_device(em_manager_t *mgr, const char *id, em_error_t *err);
 
 /*
@@ -238,7 +241,7 @@ EM_EXPORT em_err_t em_manager_wake_group(em_manager_t *mgr, const char *group, e
  */
 EM_EXPORT em_err_t em_manager_flush(em_manager_t *mgr, int timeout_ms, em_error_t *err);
 
-/* Topic prefix. Changing it while connected unsubscribes the old topics and
+/* Topic prefix. Changing it while connected unsubscribes the old filters and
  * subscribes the new ones. EM_ERR_VALIDATION for a bad prefix. */
 EM_EXPORT em_err_t em_manager_set_topic_prefix(em_manager_t *mgr, const char *prefix,
                                                em_error_t *err);

@@ -1,0 +1,63 @@
+/*
+ * emiot - manager_internal.h (internal): the manager's state, shared by the
+ * files of src/manager/.
+ */
+#ifndef EM_MANAGER_INTERNAL_H
+#define EM_MANAGER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "emiot/manager.h"
+#include "emiot/topic.h"
+
+#define EM__MANAGER_CALLBACKS_MAX 16
+
+struct em__callback {
+    unsigned mask;
+    em_event_fn fn;
+    void *userdata;
+};
+
+struct em_manager {
+    /* One recursive lock around everything below except `pending_acks`, so
+     * callbacks may call back into the manager. */
+    pthread_mutex_t lock;
+    em_registry_t *reg;
+    em_manager_options_t opts;
+    char prefix[EM_TOPIC_PREFIX_MAX + 1];
+    size_t prefix_len;
+
+    em_mqtt_t *mqtt; /* NULL when not connected */
+    bool connected;  /* the transport reported CONNECTED more recently than DISCONNECTED */
+
+    struct em__callback cbs[EM__MANAGER_CALLBACKS_MAX];
+    size_t ncbs;
+
+    em_manager_stats_t stats;
+    int64_t last_reject_log_ms; /* rejections are logged at most once per second */
+    uint64_t reject_log_suppressed;
+
+    /* QoS 1 commands published and not yet acknowledged: updated by the
+     * network thread without the lock, read by em_manager_flush. */
+    atomic_long pending_acks;
+
+    /* The offline checker thread. */
+    pthread_t checker;
+    bool checker_running;
+    bool checker_stop;
+    pthread_mutex_t checker_lock;
+    pthread_cond_t checker_cond;
+};
+
+/* Delivers ev to every callback registered for its type. Lock held. */
+void em__manager_emit(em_manager_t *mgr, const em_event_t *ev);
+
+/* Emits EM_EVENT_ERROR for err (and logs it, rate limited). Lock held. */
+void em__manager_emit_error(em_manager_t *mgr, const em_error_t *err);
+
+/* True while the calling thread is inside an event callback. */
+bool em__manager_in_callback(void);
+
+#endif /* EM_MANAGER_INTERNAL_H */
