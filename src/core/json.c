@@ -111,22 +111,84 @@ static json_arena_t *arena_get(void)
     return a;
 }
 
+typedef enum scan_result {
+    SCAN_OK = 0,
+    SCAN_TOO_DEEP,
+    SCAN_BAD_UTF8,
+    SCAN_NUL_ESCAPE,
+    SCAN_CONTROL
+} scan_result_t;
+
+/* Length of the valid UTF-8 sequence starting at p[0] (>= 0x80), or 0 when it
+ * is not valid (overlong forms, surrogates and code points past U+10FFFF are
+ * invalid, as RFC 3629 says). */
+static size_t utf8_seq(const unsigned char *p, size_t avail)
+{
+    unsigned char c = p[0];
+    if (c >= 0xC2 && c <= 0xDF)
+        return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (avail < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80)
+            return 0;
+        if (c == 0xE0 && p[1] < 0xA0)
+            return 0; /* overlong */
+        if (c == 0xED && p[1] >= 0xA0)
+            return 0; /* UTF-16 surrogate */
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (avail < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+            return 0;
+        if (c == 0xF0 && p[1] < 0x90)
+            return 0; /* overlong */
+        if (c == 0xF4 && p[1] >= 0x90)
+            return 0; /* past U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
 /*
- * Returns the offset at which nesting first exceeds max, or len when it never
- * does. Brackets inside strings do not count; a backslash skips the next byte
- * so that "\"" does not end a string.
+ * One pass over the payload before cJSON sees it, checking what cJSON does
+ * not: nesting deeper than max (brackets inside strings do not count), bytes
+ * that are not UTF-8, unescaped control characters in strings, and the escape \u0000, which would
+ * silently cut a C string short and so let a value pass validation with its tail hidden. On failure
+ * *at is the offending offset.
  */
-static size_t depth_scan(const unsigned char *p, size_t len, unsigned max)
+static scan_result_t prescan(const unsigned char *p, size_t len, unsigned max, size_t *at)
 {
     unsigned depth = 0;
     bool in_string = false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = p[i];
+        if (c >= 0x80) {
+            size_t n = utf8_seq(p + i, len - i);
+            if (n == 0) {
+                *at = i;
+                return SCAN_BAD_UTF8;
+            }
+            i += n - 1;
+            continue;
+        }
         if (in_string) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
+            if (c == '\\') {
+                if (len - i >= 6 && p[i + 1] == 'u' && p[i + 2] == '0' && p[i + 3] == '0' &&
+                    p[i + 4] == '0' && p[i + 5] == '0') {
+                    *at = i;
+                    return SCAN_NUL_ESCAPE;
+                }
+                /* Skip the escaped byte so that \" does not end the string;
+                 * a non-ASCII byte there is cJSON's to reject. */
+                if (i + 1 < len && p[i + 1] < 0x80)
+                    i++;
+            } else if (c == '"') {
                 in_string = false;
+            } else if (c < 0x20) {
+                /* RFC 8259 requires control characters in strings to be
+                 * escaped; cJSON would take them raw. */
+                *at = i;
+                return SCAN_CONTROL;
+            }
             continue;
         }
         switch (c) {
@@ -135,8 +197,10 @@ static size_t depth_scan(const unsigned char *p, size_t len, unsigned max)
             break;
         case '[':
         case '{':
-            if (++depth > max)
-                return i;
+            if (++depth > max) {
+                *at = i;
+                return SCAN_TOO_DEEP;
+            }
             break;
         case ']':
         case '}':
@@ -148,7 +212,7 @@ static size_t depth_scan(const unsigned char *p, size_t len, unsigned max)
             break;
         }
     }
-    return len;
+    return SCAN_OK;
 }
 
 static bool is_json_space(char c)
@@ -167,9 +231,25 @@ cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err)
                      "payload larger than %u bytes", (unsigned)EM_PAYLOAD_MAX);
         return NULL;
     }
-    if (depth_scan((const unsigned char *)buf, len, EM_JSON_DEPTH_MAX) != len) {
+    size_t at = 0;
+    switch (prescan((const unsigned char *)buf, len, EM_JSON_DEPTH_MAX, &at)) {
+    case SCAN_OK:
+        break;
+    case SCAN_TOO_DEEP:
         em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, NULL, "JSON nested deeper than %u",
                      (unsigned)EM_JSON_DEPTH_MAX);
+        return NULL;
+    case SCAN_BAD_UTF8:
+        em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL, "invalid UTF-8 at offset %zu",
+                     at);
+        return NULL;
+    case SCAN_CONTROL:
+        em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL, "invalid JSON at offset %zu",
+                     at);
+        return NULL;
+    case SCAN_NUL_ESCAPE:
+        em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL,
+                     "\\u0000 in a JSON string at offset %zu", at);
         return NULL;
     }
 
@@ -224,10 +304,15 @@ void em__json_free(cJSON *root)
 /* cJSON's size estimate may need a few bytes past the text and its NUL. */
 #define PRINT_SLACK 64u
 
-char *em__json_print(const cJSON *item, size_t max)
+em_err_t em__json_print_bounded(const cJSON *item, size_t max, char **out)
 {
-    if (item == NULL || max > SIZE_MAX - PRINT_SLACK)
-        return NULL;
+    if (out == NULL)
+        return EM_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (item == NULL)
+        return EM_ERR_INVALID_ARGUMENT;
+    if (max > (size_t)INT32_MAX - PRINT_SLACK)
+        max = (size_t)INT32_MAX - PRINT_SLACK; /* cJSON measures buffers in int */
     em__json_init();
     size_t cap = max + PRINT_SLACK;
     char stackbuf[PRINT_STACK_MAX];
@@ -235,24 +320,34 @@ char *em__json_print(const cJSON *item, size_t max)
     if (cap > sizeof(stackbuf)) {
         tmp = malloc(cap);
         if (tmp == NULL)
-            return NULL;
+            return EM_ERR_NOMEM;
     }
-    char *out = NULL;
     /* Printing into a fixed buffer never allocates, so the result cannot land
      * in the arena, and a document that does not fit fails instead of growing
      * without bound. cJSON's API takes a non-const item but does not modify it. */
-    if (cJSON_PrintPreallocated((cJSON *)item, tmp, (int)(cap > INT32_MAX ? INT32_MAX : cap),
-                                false)) {
+    em_err_t rc = EM_ERR_LIMIT;
+    if (cJSON_PrintPreallocated((cJSON *)item, tmp, (int)cap, false)) {
         size_t n = strnlen(tmp, cap);
         if (n <= max && n < cap) {
-            out = malloc(n + 1);
-            if (out != NULL) {
-                memcpy(out, tmp, n);
-                out[n] = '\0';
+            char *s = malloc(n + 1);
+            if (s != NULL) {
+                memcpy(s, tmp, n);
+                s[n] = '\0';
+                *out = s;
+                rc = EM_OK;
+            } else {
+                rc = EM_ERR_NOMEM;
             }
         }
     }
     if (tmp != stackbuf)
         free(tmp);
+    return rc;
+}
+
+char *em__json_print(const cJSON *item, size_t max)
+{
+    char *out = NULL;
+    (void)em__json_print_bounded(item, max, &out);
     return out;
 }

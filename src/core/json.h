@@ -24,7 +24,11 @@ void em__json_init(void);
 /*
  * Parses exactly len bytes (no NUL needed). Returns the root, or NULL with err
  * filled: EM_ERR_MESSAGE_FORMAT ("empty payload", "payload larger than N
- * bytes", "JSON nested deeper than N", "invalid JSON at offset K"), EM_ERR_NOMEM.
+ * bytes", "JSON nested deeper than N", "invalid UTF-8 at offset K",
+ * "\u0000 in a JSON string at offset K", "invalid JSON at offset K"; bytes
+ * after the value other than JSON whitespace are invalid), EM_ERR_NOMEM.
+ * The tree must be freed on the thread that parsed it, and no item detached
+ * from it may outlive it.
  */
 cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err);
 
@@ -37,5 +41,13 @@ void em__json_free(cJSON *root);
  * result is longer than max bytes.
  */
 char *em__json_print(const cJSON *item, size_t max);
+
+/*
+ * Like em__json_print, telling the failures apart: *out gets the string
+ * (plain malloc) and EM_OK is returned; EM_ERR_LIMIT when the compact text
+ * would be longer than max bytes, EM_ERR_NOMEM, EM_ERR_INVALID_ARGUMENT (NULL
+ * item or out). *out is NULL on failure.
+ */
+em_err_t em__json_print_bounded(const cJSON *item, size_t max, char **out);
 
 #endif /* EM_CORE_JSON_H */
