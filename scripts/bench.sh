@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# emiot - bench.sh BUILD_DIR [W]: runs the benchmarks (all, or workload W such
+# as W1). Every figure is printed as one JSON line and collected in
+# BUILD_DIR/bench-results.jsonl; docs/PERFORMANCE.md keeps the table.
+set -euo pipefail
+BUILD=${1:?usage: bench.sh BUILD_DIR [W]}
+ONLY=${2:-}
+. "$(dirname "$0")/lib.sh"
+RESULTS="$BUILD/bench-results.jsonl"
+: >"$RESULTS"
+WORK=$(mktemp -d /tmp/emiot-bench-XXXXXX)
+BROKER_PID=""
+cleanup() { stop_pid "$BROKER_PID"; rm -rf "$WORK"; }
+trap cleanup EXIT INT TERM
+
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+run() { "$@" | tee -a "$RESULTS.raw" | tee /dev/stderr | grep '^{"workload"' >>"$RESULTS" || true; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB" >&2
+
+if want W1; then
+  run "$BUILD/bench/bench_w1_ingest" 1000000 10000
+fi
+if want W4; then
+  run "$BUILD/bench/bench_w4_memory" 100000
+  run "$BUILD/bench/bench_w4_memory" 1000000
+fi
+if want W3; then
+  start_broker "$WORK/broker" plain
+  run "$BUILD/bench/bench_w3_fanout" "mqtt://127.0.0.1:$BROKER_PORT" 10000 3
+  stop_pid "$BROKER_PID"; BROKER_PID=""
+fi
+echo "figures: $RESULTS" >&2
+cat "$RESULTS"
