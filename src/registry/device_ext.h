@@ -17,6 +17,10 @@
 struct em__device_ext {
     em_telemetry_t telemetry; /* latest sample, valid when has_telemetry */
     bool has_telemetry;
+    /* The last energy counter seen, kept even when a later sample has no
+     * energy field, so consumption is always measured against it. */
+    bool has_energy;
+    double energy_wh;
     em__window_t *cmd_window; /* command rate limit; owned, NULL until first command */
 };
 
