@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "emiot/device.h"
 #include "emiot/error.h"
 
 /* Results of em__utf8_check. */
@@ -65,5 +66,23 @@ em_err_t em__json_int(const cJSON *item, const char *field, int64_t min, int64_t
 
 /* Number of members of obj called key (cJSON keeps duplicates). */
 size_t em__json_key_count(const cJSON *obj, const char *key);
+
+/*
+ * Reads the device configuration keys of obj (a JSON object) into out (zeroed
+ * first; out->has says which were present), range checking each as
+ * em_device_config_validate does. A configuration key given twice is refused.
+ * With allow_unknown, other keys are skipped (the configure command passes
+ * them through); without it they are refused. Errors: EM_ERR_VALIDATION with
+ * err->field naming the key. Implemented in device_json.c.
+ */
+em_err_t em__device_config_from_json(const cJSON *obj, bool allow_unknown, em_device_config_t *out,
+                                     em_error_t *err);
+
+/*
+ * Reads obj's "requestId" (required, once): 1-EM_REQUEST_ID_MAX characters of
+ * [A-Za-z0-9_-], copied NUL-terminated into out (size bytes). Errors:
+ * EM_ERR_VALIDATION (field "requestId"). Implemented in command.c.
+ */
+em_err_t em__request_id_read(const cJSON *obj, char *out, size_t size, em_error_t *err);
 
 #endif /* EM_MODEL_JSON_UTIL_H */
