@@ -35,7 +35,9 @@ EM_EXPORT int64_t em_mono_ms(void);
 EM_EXPORT em_err_t em_time_parse(const char *s, size_t len, int64_t *out_ms, em_error_t *err);
 
 /* Writes ms as "YYYY-MM-DDTHH:MM:SS.mmmZ" into buf (at least EM_TIME_STR_MAX
- * bytes). Returns the length written. */
+ * bytes). Returns the length written. Years outside 0000-9999 are written in
+ * ISO 8601's expanded form ("+010000-01-01T..."), as JavaScript does. When
+ * size is too small, writes "" (if size > 0) and returns 0. */
 EM_EXPORT size_t em_time_format(int64_t ms, char *buf, size_t size);
 
 #ifdef __cplusplus
