@@ -205,6 +205,22 @@ static em_err_t parse_payload(const char *payload, size_t len, cJSON **root, em_
     return EM_OK;
 }
 
+/* Nesting depth of item counted in containers, as the parser's limit counts
+ * it ({"a":1} is 1, a scalar 0). The parser already bounds the depth, so the
+ * recursion is shallow. */
+static unsigned json_depth(const cJSON *item)
+{
+    if (!cJSON_IsObject(item) && !cJSON_IsArray(item))
+        return 0;
+    unsigned deepest = 0;
+    for (const cJSON *c = item->child; c != NULL; c = c->next) {
+        unsigned d = json_depth(c);
+        if (d > deepest)
+            deepest = d;
+    }
+    return deepest + 1;
+}
+
 /* Validates and, when out is not NULL, stores the compact payload. */
 static em_err_t validate_text(em_command_type_t type, const char *payload, size_t payload_len,
                               char **out, em_error_t *err)
@@ -215,7 +231,14 @@ static em_err_t validate_text(em_command_type_t type, const char *payload, size_
     em_err_t rc = parse_payload(payload, payload_len, &root, err);
     if (rc != EM_OK)
         return rc;
-    rc = check_payload(type, root, err);
+    /* On the wire the payload sits one level inside the command, which a
+     * device decodes with the same depth limit: a payload that would push the
+     * command past it could never be delivered. */
+    if (root != NULL && json_depth(root) > EM_JSON_DEPTH_MAX - 1)
+        rc = em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, "payload",
+                          "must not be nested deeper than %d levels", EM_JSON_DEPTH_MAX - 1);
+    else
+        rc = check_payload(type, root, err);
     if (rc == EM_OK && root != NULL) {
         char *text = NULL;
         rc = compact_payload(root, &text, err);

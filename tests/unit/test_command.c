@@ -319,6 +319,29 @@ static void configure_refuses_deep_nesting(void **state)
                      EM_ERR_MESSAGE_FORMAT);
 }
 
+static void payload_nesting_leaves_room_for_the_command_envelope(void **state)
+{
+    (void)state;
+    /* 7 levels of payload are 8 inside the command: still decodable. */
+    const char *seven = "{\"a\":[[[[[[1]]]]]]}";
+    em_command_t cmd, back;
+    assert_int_equal(em_command_init(&cmd, EM_CMD_CONFIGURE, seven, strlen(seven), NULL), EM_OK);
+    char wire[EM_COMMAND_WIRE_MAX];
+    size_t n;
+    assert_int_equal(em_command_encode(&cmd, wire, sizeof(wire), &n), EM_OK);
+    assert_int_equal(em_command_decode(wire, n, &back, NULL), EM_OK);
+    assert_string_equal(back.payload_json, seven);
+    em_command_cleanup(&cmd);
+    em_command_cleanup(&back);
+    /* 8 levels parse as a payload but could never be delivered. */
+    const char *eight = "{\"a\":[[[[[[[1]]]]]]]}";
+    em_error_t err;
+    assert_int_equal(em_command_validate(EM_CMD_CONFIGURE, eight, strlen(eight), &err),
+                     EM_ERR_VALIDATION);
+    assert_string_equal(err.field, "payload");
+    assert_string_equal(err.message, "must not be nested deeper than 7 levels");
+}
+
 static void reset_requires_confirm_true(void **state)
 {
     (void)state;
@@ -868,6 +891,7 @@ int main(void)
         cmocka_unit_test(configure_refuses_duplicate_config_keys),
         cmocka_unit_test(configure_payload_size_limit),
         cmocka_unit_test(configure_refuses_deep_nesting),
+        cmocka_unit_test(payload_nesting_leaves_room_for_the_command_envelope),
         cmocka_unit_test(reset_requires_confirm_true),
         cmocka_unit_test(reset_refuses_unknown_keys),
         cmocka_unit_test(payload_must_be_an_object_for_every_type),
