@@ -62,16 +62,29 @@ int em__utf8_check(const char *s, size_t len, bool reject_control)
     return EM__UTF8_OK;
 }
 
+/* The request id alphabet [A-Za-z0-9_-] as a table: checked once per encoded
+ * command, so it should cost a load per byte. */
+static const bool token_char[256] = {
+    ['-'] = true, ['_'] = true, ['0'] = true, ['1'] = true, ['2'] = true, ['3'] = true,
+    ['4'] = true, ['5'] = true, ['6'] = true, ['7'] = true, ['8'] = true, ['9'] = true,
+    ['A'] = true, ['B'] = true, ['C'] = true, ['D'] = true, ['E'] = true, ['F'] = true,
+    ['G'] = true, ['H'] = true, ['I'] = true, ['J'] = true, ['K'] = true, ['L'] = true,
+    ['M'] = true, ['N'] = true, ['O'] = true, ['P'] = true, ['Q'] = true, ['R'] = true,
+    ['S'] = true, ['T'] = true, ['U'] = true, ['V'] = true, ['W'] = true, ['X'] = true,
+    ['Y'] = true, ['Z'] = true, ['a'] = true, ['b'] = true, ['c'] = true, ['d'] = true,
+    ['e'] = true, ['f'] = true, ['g'] = true, ['h'] = true, ['i'] = true, ['j'] = true,
+    ['k'] = true, ['l'] = true, ['m'] = true, ['n'] = true, ['o'] = true, ['p'] = true,
+    ['q'] = true, ['r'] = true, ['s'] = true, ['t'] = true, ['u'] = true, ['v'] = true,
+    ['w'] = true, ['x'] = true, ['y'] = true, ['z'] = true,
+};
+
 bool em__is_token(const char *s, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '-';
-        if (!ok)
-            return false;
-    }
-    return true;
+    bool ok = true;
+    /* No early exit: the loop vectorises and ids are short. */
+    for (size_t i = 0; i < len; i++)
+        ok &= token_char[(unsigned char)s[i]];
+    return ok;
 }
 
 void em__jw_init(em__jw_t *w, char *buf, size_t size)
@@ -80,19 +93,6 @@ void em__jw_init(em__jw_t *w, char *buf, size_t size)
     w->size = buf == NULL ? 0 : size;
     w->len = 0;
     w->overflow = false;
-}
-
-void em__jw_raw(em__jw_t *w, const char *s, size_t n)
-{
-    if (w->overflow)
-        return;
-    /* One byte is always kept for the terminating NUL. */
-    if (w->size == 0 || n > w->size - 1 - w->len) {
-        w->overflow = true;
-        return;
-    }
-    memcpy(w->buf + w->len, s, n);
-    w->len += n;
 }
 
 void em__jw_str(em__jw_t *w, const char *s, size_t len)
@@ -141,14 +141,28 @@ void em__jw_str(em__jw_t *w, const char *s, size_t len)
 
 void em__jw_i64(em__jw_t *w, int64_t v)
 {
+    static const char pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233"
+        "34353637383940414243444546474849505152535455565758596061626364656667"
+        "6869707172737475767778798081828384858687888990919293949596979899";
     char tmp[24];
     size_t pos = sizeof(tmp);
-    /* Work in unsigned arithmetic so that INT64_MIN has a magnitude. */
+    /* Work in unsigned arithmetic so that INT64_MIN has a magnitude; two
+     * digits per division, since timestamps have thirteen. */
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[--pos] = (char)('0' + (u % 10));
-        u /= 10;
-    } while (u != 0);
+    while (u >= 100) {
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        tmp[--pos] = pairs[d + 1];
+        tmp[--pos] = pairs[d];
+    }
+    if (u >= 10) {
+        unsigned d = (unsigned)u * 2;
+        tmp[--pos] = pairs[d + 1];
+        tmp[--pos] = pairs[d];
+    } else {
+        tmp[--pos] = (char)('0' + u);
+    }
     if (v < 0)
         tmp[--pos] = '-';
     em__jw_raw(w, tmp + pos, sizeof(tmp) - pos);

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "emiot/device.h"
 #include "emiot/error.h"
@@ -38,8 +39,20 @@ typedef struct em__jw {
 
 void em__jw_init(em__jw_t *w, char *buf, size_t size);
 
-/* Appends n raw bytes. */
-void em__jw_raw(em__jw_t *w, const char *s, size_t n);
+/* Appends n raw bytes. Inline: the command encoder, which the group fan-out
+ * runs once per device, is a handful of these. */
+static inline void em__jw_raw(em__jw_t *w, const char *s, size_t n)
+{
+    if (w->overflow)
+        return;
+    /* One byte is always kept for the terminating NUL. */
+    if (w->size == 0 || n > w->size - 1 - w->len) {
+        w->overflow = true;
+        return;
+    }
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+}
 
 /* Appends a string literal. */
 #define em__jw_lit(w, lit) em__jw_raw((w), (lit), sizeof(lit) - 1)
