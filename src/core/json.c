@@ -26,6 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include "emiot/status.h"
 
 #define ARENA_SIZE  (64u * 1024u)
@@ -42,8 +46,10 @@ static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
 static pthread_key_t arena_key;
 static bool arena_key_ok;
 
-/* One pointer per thread; the key's destructor frees the arena at thread exit. */
-static __thread json_arena_t *tls_arena;
+/* One pointer per thread; the key's destructor frees the arena at thread exit.
+ * initial-exec makes each access a single load instead of a call to
+ * __tls_get_addr from the shared library (the hooks run for every node). */
+static __thread json_arena_t *tls_arena __attribute__((tls_model("initial-exec")));
 
 static void *hook_malloc(size_t size)
 {
@@ -149,70 +155,165 @@ static size_t utf8_seq(const unsigned char *p, size_t avail)
 }
 
 /*
+ * Byte classes for the scan below. Most bytes of a payload need no attention
+ * (letters, digits, punctuation of numbers), so the scan skips runs of them
+ * with one table load per byte; this keeps the pre-check to a few
+ * instructions per byte on the hot path.
+ */
+enum { C_PLAIN = 0, C_QUOTE, C_BACKSLASH, C_CONTROL, C_OPEN, C_CLOSE, C_HIGH };
+
+#define CTRL8(b)                                                                                   \
+    [b] = C_CONTROL, [b + 1] = C_CONTROL, [b + 2] = C_CONTROL, [b + 3] = C_CONTROL,                \
+    [b + 4] = C_CONTROL, [b + 5] = C_CONTROL, [b + 6] = C_CONTROL, [b + 7] = C_CONTROL
+#define HIGH8(b)                                                                                   \
+    [b] = C_HIGH, [b + 1] = C_HIGH, [b + 2] = C_HIGH, [b + 3] = C_HIGH, [b + 4] = C_HIGH,          \
+    [b + 5] = C_HIGH, [b + 6] = C_HIGH, [b + 7] = C_HIGH
+#define HIGH64(b)                                                                                  \
+    HIGH8(b), HIGH8(b + 8), HIGH8(b + 16), HIGH8(b + 24), HIGH8(b + 32), HIGH8(b + 40),            \
+        HIGH8(b + 48), HIGH8(b + 56)
+
+/* Inside a string: what ends a run of plain bytes. */
+static const unsigned char in_string_class[256] = {
+    CTRL8(0x00),     CTRL8(0x08),          CTRL8(0x10),  CTRL8(0x18),
+    ['"'] = C_QUOTE, ['\\'] = C_BACKSLASH, HIGH64(0x80), HIGH64(0xC0),
+};
+
+/* Outside strings: control characters are whitespace or cJSON's to reject. */
+static const unsigned char outside_class[256] = {
+    ['"'] = C_QUOTE, ['['] = C_OPEN, ['{'] = C_OPEN, [']'] = C_CLOSE,
+    ['}'] = C_CLOSE, HIGH64(0x80),   HIGH64(0xC0),
+};
+
+/*
+ * Index of the first byte at or after i that is not plain for the scanner
+ * (or len). With SSE2 (every x86-64) sixteen bytes are classified at once; a
+ * byte is special outside strings if it is '"', one of [ { ] } (which are
+ * 0x5B/0x7B and 0x5D/0x7D, so equal to 0x7B or 0x7D once OR-ed with 0x20), or
+ * has its high bit set; inside strings if it is '"' or '\\', or below 0x20 or
+ * above 0x7F (both less than 0x20 as signed bytes). The loads stay within len.
+ */
+static size_t skip_outside(const unsigned char *p, size_t i, size_t len)
+{
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bit5 = _mm_set1_epi8(0x20);
+    const __m128i open = _mm_set1_epi8(0x7B), close = _mm_set1_epi8(0x7D);
+    while (len - i >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i v20 = _mm_or_si128(v, bit5);
+        __m128i m =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v20, open), _mm_cmpeq_epi8(v20, close)),
+                         _mm_cmpeq_epi8(v, quote));
+        unsigned mask = (unsigned)_mm_movemask_epi8(m) | (unsigned)_mm_movemask_epi8(v);
+        if (mask != 0)
+            return i + (size_t)__builtin_ctz(mask);
+        i += 16;
+    }
+#endif
+    while (i < len && outside_class[p[i]] == C_PLAIN)
+        i++;
+    return i;
+}
+
+static size_t skip_in_string(const unsigned char *p, size_t i, size_t len)
+{
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i space = _mm_set1_epi8(0x20);
+    while (len - i >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i m =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                         _mm_cmplt_epi8(v, space));
+        unsigned mask = (unsigned)_mm_movemask_epi8(m);
+        if (mask != 0)
+            return i + (size_t)__builtin_ctz(mask);
+        i += 16;
+    }
+#endif
+    while (i < len && in_string_class[p[i]] == C_PLAIN)
+        i++;
+    return i;
+}
+
+/*
  * One pass over the payload before cJSON sees it, checking what cJSON does
  * not: nesting deeper than max (brackets inside strings do not count), bytes
- * that are not UTF-8, unescaped control characters in strings, and the escape \u0000, which would
- * silently cut a C string short and so let a value pass validation with its tail hidden. On failure
- * *at is the offending offset.
+ * that are not UTF-8, unescaped control characters in strings, and the escape
+ * \u0000, which would silently cut a C string short and so let a value pass
+ * validation with its tail hidden. On failure *at is the offending offset.
  */
 static scan_result_t prescan(const unsigned char *p, size_t len, unsigned max, size_t *at)
 {
     unsigned depth = 0;
-    bool in_string = false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = p[i];
-        if (c >= 0x80) {
+    size_t i = 0;
+    for (;;) {
+        /* Outside strings. */
+        i = skip_outside(p, i, len);
+        if (i >= len)
+            return SCAN_OK;
+        switch (outside_class[p[i]]) {
+        case C_OPEN:
+            if (++depth > max) {
+                *at = i;
+                return SCAN_TOO_DEEP;
+            }
+            i++;
+            continue;
+        case C_CLOSE:
+            /* Unbalanced closers are cJSON's to report. */
+            if (depth > 0)
+                depth--;
+            i++;
+            continue;
+        case C_HIGH: {
             size_t n = utf8_seq(p + i, len - i);
             if (n == 0) {
                 *at = i;
                 return SCAN_BAD_UTF8;
             }
-            i += n - 1;
+            i += n;
             continue;
         }
-        if (in_string) {
-            if (c == '\\') {
-                if (len - i >= 6 && p[i + 1] == 'u' && p[i + 2] == '0' && p[i + 3] == '0' &&
-                    p[i + 4] == '0' && p[i + 5] == '0') {
-                    *at = i;
-                    return SCAN_NUL_ESCAPE;
-                }
-                /* Skip the escaped byte so that \" does not end the string;
-                 * a non-ASCII byte there is cJSON's to reject. */
-                if (i + 1 < len && p[i + 1] < 0x80)
-                    i++;
-            } else if (c == '"') {
-                in_string = false;
-            } else if (c < 0x20) {
+        default: /* C_QUOTE */
+            i++;
+            break;
+        }
+        /* Inside a string, up to and including its closing quote. */
+        for (;;) {
+            i = skip_in_string(p, i, len);
+            if (i >= len)
+                return SCAN_OK; /* unterminated: cJSON reports it */
+            unsigned char cls = in_string_class[p[i]];
+            if (cls == C_QUOTE) {
+                i++;
+                break;
+            }
+            if (cls == C_CONTROL) {
                 /* RFC 8259 requires control characters in strings to be
                  * escaped; cJSON would take them raw. */
                 *at = i;
                 return SCAN_CONTROL;
             }
-            continue;
-        }
-        switch (c) {
-        case '"':
-            in_string = true;
-            break;
-        case '[':
-        case '{':
-            if (++depth > max) {
-                *at = i;
-                return SCAN_TOO_DEEP;
+            if (cls == C_HIGH) {
+                size_t n = utf8_seq(p + i, len - i);
+                if (n == 0) {
+                    *at = i;
+                    return SCAN_BAD_UTF8;
+                }
+                i += n;
+                continue;
             }
-            break;
-        case ']':
-        case '}':
-            /* Unbalanced closers are cJSON's to report. */
-            if (depth > 0)
-                depth--;
-            break;
-        default:
-            break;
+            /* Backslash: skip the escaped byte so that \" does not end the
+             * string; a byte there that is not ASCII is cJSON's to reject
+             * (and is checked as UTF-8 on the next turn). */
+            if (len - i >= 6 && p[i + 1] == 'u' && p[i + 2] == '0' && p[i + 3] == '0' &&
+                p[i + 4] == '0' && p[i + 5] == '0') {
+                *at = i;
+                return SCAN_NUL_ESCAPE;
+            }
+            i += i + 1 < len && p[i + 1] < 0x80 ? 2 : 1;
         }
     }
-    return SCAN_OK;
 }
 
 static bool is_json_space(char c)

@@ -208,6 +208,70 @@ static void test_escaped_backslash_before_u0000_is_text(void **state)
     em__json_free(root);
 }
 
+static void test_scan_finds_bad_bytes_at_every_offset_of_long_strings(void **state)
+{
+    (void)state;
+    /* Long runs take the sixteen-bytes-at-a-time path; a bad byte must be
+     * found wherever it sits within, or after, a block. */
+    for (size_t k = 0; k < 48; k++) {
+        char s[64];
+        memset(s, 'a', sizeof(s));
+        s[0] = '[';
+        s[1] = '"';
+        s[52] = '"';
+        s[53] = ']';
+        char want[64];
+        snprintf(want, sizeof(want), "invalid JSON at offset %zu", 2 + k);
+        s[2 + k] = '\x1f';
+        assert_refused(s, 54, want);
+        snprintf(want, sizeof(want), "invalid UTF-8 at offset %zu", 2 + k);
+        s[2 + k] = '\xff';
+        assert_refused(s, 54, want);
+        s[2 + k] = '\\';
+        s[3 + k] = '"'; /* escaped quote: the string goes on */
+        em_error_t err;
+        cJSON *root = em__json_parse(s, 54, &err);
+        assert_non_null(root);
+        em__json_free(root);
+    }
+}
+
+static void test_scan_counts_brackets_after_long_runs(void **state)
+{
+    (void)state;
+    for (size_t pad = 0; pad < 40; pad++) {
+        char s[128];
+        size_t n = 0;
+        s[n++] = '[';
+        memset(s + n, ' ', pad);
+        n += pad;
+        memcpy(s + n, "1,[[[[[[[[2]]]]]]]]]", 20);
+        n += 20;
+        char want[64];
+        snprintf(want, sizeof(want), "JSON nested deeper than 8");
+        assert_refused(s, n, want);
+        /* One level less is fine. */
+        n = 0;
+        s[n++] = '[';
+        memset(s + n, ' ', pad);
+        n += pad;
+        memcpy(s + n, "1,[[[[[[[2]]]]]]]]", 18);
+        n += 18;
+        em_error_t err;
+        cJSON *root = em__json_parse(s, n, &err);
+        assert_non_null(root);
+        em__json_free(root);
+    }
+}
+
+static void test_scan_checks_utf8_outside_strings(void **state)
+{
+    (void)state;
+    /* Not JSON either way, but the UTF-8 check comes first. */
+    assert_refused("[1,\xc3]", 5, "invalid UTF-8 at offset 3");
+    assert_refused("[                    \xff]", 23, "invalid UTF-8 at offset 21");
+}
+
 static void test_print_is_compact_and_outlives_the_tree(void **state)
 {
     (void)state;
@@ -405,6 +469,9 @@ int main(void)
         cmocka_unit_test(test_raw_control_character_in_string_is_refused),
         cmocka_unit_test(test_nul_escape_is_refused),
         cmocka_unit_test(test_escaped_backslash_before_u0000_is_text),
+        cmocka_unit_test(test_scan_finds_bad_bytes_at_every_offset_of_long_strings),
+        cmocka_unit_test(test_scan_counts_brackets_after_long_runs),
+        cmocka_unit_test(test_scan_checks_utf8_outside_strings),
         cmocka_unit_test(test_print_is_compact_and_outlives_the_tree),
         cmocka_unit_test(test_print_of_exactly_max_bytes_succeeds),
         cmocka_unit_test(test_print_longer_than_max_returns_null),
