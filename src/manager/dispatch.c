@@ -107,7 +107,7 @@ em_err_t em_manager_send_command(em_manager_t *mgr, const char *id, em_command_t
     if (dev == NULL) {
         rc = em_error_set(err, EM_ERR_DEVICE_NOT_FOUND, EM_SEV_LOW, "id", "no device with this id");
         em_error_set_device(err, id);
-    } else if (mgr->mqtt == NULL || !mgr->connected) {
+    } else if (mgr->mqtt == NULL || !em_mqtt_is_connected(mgr->mqtt)) {
         rc = em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
                           "not connected to the broker");
         em_error_set_device(err, id);
@@ -185,7 +185,7 @@ em_err_t em_manager_send_group_command(em_manager_t *mgr, const char *group, em_
     if (group == NULL || !em_registry_group_exists(mgr->reg, group)) {
         rc = em_error_set(err, EM_ERR_GROUP_NOT_FOUND, EM_SEV_LOW, "group",
                           "no group with this name");
-    } else if (mgr->mqtt == NULL || !mgr->connected) {
+    } else if (mgr->mqtt == NULL || !em_mqtt_is_connected(mgr->mqtt)) {
         rc = em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
                           "not connected to the broker");
     } else {

@@ -428,7 +428,7 @@ bool em_manager_is_connected(const em_manager_t *mgr)
 {
     em_manager_t *m = (em_manager_t *)mgr;
     em_manager_lock(m);
-    bool c = m->mqtt != NULL && m->connected;
+    bool c = m->mqtt != NULL && em_mqtt_is_connected(m->mqtt);
     em_manager_unlock(m);
     return c;
 }

@@ -30,7 +30,8 @@ struct em_manager {
     size_t prefix_len;
 
     em_mqtt_t *mqtt; /* NULL when not connected */
-    bool connected;  /* the transport reported CONNECTED more recently than DISCONNECTED */
+    bool connected;  /* last event from the transport was CONNECTED (for events only;
+                        the transport itself says whether it is connected) */
 
     struct em__callback cbs[EM__MANAGER_CALLBACKS_MAX];
     size_t ncbs;
