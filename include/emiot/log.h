@@ -54,9 +54,9 @@ typedef struct em_log_field {
     double d;
 } em_log_field_t;
 
-#define EM_LOG_STR(k, v) ((em_log_field_t){(k), EM_LOG_FIELD_STR, (v), 0, 0.0})
-#define EM_LOG_INT(k, v) ((em_log_field_t){(k), EM_LOG_FIELD_INT, NULL, (long long)(v), 0.0})
-#define EM_LOG_DBL(k, v) ((em_log_field_t){(k), EM_LOG_FIELD_DOUBLE, NULL, 0, (double)(v)})
+#define EM_LOG_STR(k, v)  ((em_log_field_t){(k), EM_LOG_FIELD_STR, (v), 0, 0.0})
+#define EM_LOG_INT(k, v)  ((em_log_field_t){(k), EM_LOG_FIELD_INT, NULL, (long long)(v), 0.0})
+#define EM_LOG_DBL(k, v)  ((em_log_field_t){(k), EM_LOG_FIELD_DOUBLE, NULL, 0, (double)(v)})
 #define EM_LOG_BOOL(k, v) ((em_log_field_t){(k), EM_LOG_FIELD_BOOL, NULL, (v) ? 1 : 0, 0.0})
 
 /*
@@ -88,7 +88,8 @@ EM_EXPORT void em_log(em_log_level_t level, const char *module, const char *cid,
                       const em_log_field_t *fields, size_t nfields);
 
 /* printf-style convenience without fields. */
-EM_EXPORT void em_logf(em_log_level_t level, const char *module, const char *fmt, ...) EM_PRINTF(3, 4);
+EM_EXPORT void em_logf(em_log_level_t level, const char *module, const char *fmt, ...)
+    EM_PRINTF(3, 4);
 
 /* True when key names a secret and its value would be redacted. */
 EM_EXPORT int em_log_key_is_secret(const char *key);
