@@ -13,6 +13,13 @@
  * doubling up to reconnect_max_s) and re-subscribes every subscription after
  * each reconnection. Callbacks run on the network thread (em_mqtt_start) or
  * inside em_mqtt_loop, never inside a function that returns an error.
+ *
+ * Threads: publish and subscribe may be called from any thread at any time.
+ * Without a network thread, callbacks due while em_mqtt_connect or
+ * em_mqtt_disconnect run the network (CONNECTED, a message, an
+ * acknowledgement) are held and delivered by the next em_mqtt_loop.
+ * em_mqtt_connect (waiting), em_mqtt_disconnect and em_mqtt_free must not be
+ * called from a callback (EM_ERR_STATE for the first two).
  */
 #ifndef EMIOT_MQTT_H
 #define EMIOT_MQTT_H
@@ -34,6 +41,11 @@ typedef struct em_mqtt em_mqtt_t;
 #define EM_MQTT_CLIENT_ID_MAX 64
 #define EM_MQTT_SUBSCRIPTIONS_MAX 64
 #define EM_MQTT_PASSWORD_MAX 256
+/* In-flight window when max_inflight is 0 (see max_inflight). */
+#define EM_MQTT_INFLIGHT_DEFAULT 256
+/* At most this many QoS 1/2 publishes (and as many QoS 0) may await the
+ * broker at once; em_mqtt_publish answers EM_ERR_LIMIT beyond. */
+#define EM_MQTT_PENDING_MAX 65000
 
 typedef struct em_mqtt_options {
     const char *url;             /* mqtt:// or mqtts://, required */
@@ -56,11 +68,17 @@ typedef struct em_mqtt_options {
     const char *will_payload;
     bool will_retain;
     int will_qos;
-    unsigned max_inflight;       /* QoS 1/2 messages in flight; 0 = unlimited (default 0) */
+    unsigned max_inflight;       /* QoS 1/2 messages in flight, 1-65535; 0 (the default) means
+                                    EM_MQTT_INFLIGHT_DEFAULT. Publishes beyond the window wait
+                                    in order in the client and are never refused for it. The
+                                    window is not unlimited because libmosquitto scans it on
+                                    every publish and acknowledgement: a bigger one costs more
+                                    than it gains. An MQTT 5 broker may lower it. */
 } em_mqtt_options_t;
 
 /* Fills opts with the defaults (keepalive 30, reconnect 1..30 s, protocol 5,
- * clean session, max_inflight 0). */
+ * clean session, max_inflight 0). A zero keepalive_s, reconnect_min_s,
+ * reconnect_max_s or protocol also means its default. */
 EM_EXPORT void em_mqtt_options_init(em_mqtt_options_t *opts);
 
 /* Events the transport reports. */
@@ -77,7 +95,11 @@ typedef struct em_mqtt_callbacks {
                        bool retain);
     /* Connection state changed; err is NULL for EM_MQTT_CONNECTED. */
     void (*on_event)(void *ud, em_mqtt_event_t ev, const em_error_t *err);
-    /* A QoS 1/2 publish with this mid was acknowledged by the broker. */
+    /* A QoS 1/2 publish with this mid was acknowledged by the broker (a QoS 0
+     * one: was written to the network). Never called before em_mqtt_publish
+     * has returned the mid. When an MQTT 5 broker acknowledges a message but
+     * refuses it (not authorized, ...), an EM_MQTT_ERROR event with
+     * EM_ERR_PERMISSION_DENIED or EM_ERR_COMMAND_FAILED comes first. */
     void (*on_published)(void *ud, int mid);
     void *userdata;
 } em_mqtt_callbacks_t;
@@ -97,34 +119,58 @@ EM_EXPORT void em_mqtt_free(em_mqtt_t *m);
 
 /*
  * Connects, waiting up to timeout_ms for the broker's CONNACK (the network is
- * driven internally while waiting). Errors: EM_ERR_CONNECTION (unreachable,
- * refused), EM_ERR_TLS (handshake or verification failed), EM_ERR_AUTHENTICATION
- * (bad username/password or certificate refused), EM_ERR_TIMEOUT.
+ * driven internally while waiting, or by the network thread when it runs).
+ * MQTT 5 falls back to 3.1.1 at once when the broker refuses the protocol.
+ * Already connected: EM_OK at once. After a failure the transport keeps trying
+ * (the network thread, or em_mqtt_loop) until em_mqtt_disconnect.
+ * Errors: EM_ERR_CONNECTION (unreachable, refused), EM_ERR_TLS (handshake or
+ * verification of the broker's certificate failed), EM_ERR_AUTHENTICATION (bad
+ * username/password, or the broker refused our certificate), EM_ERR_TIMEOUT,
+ * EM_ERR_PROTOCOL, EM_ERR_PERMISSION_DENIED (banned), EM_ERR_RATE_LIMIT_EXCEEDED
+ * (the broker's connection rate or quota), EM_ERR_CONFIGURATION (client id
+ * refused), EM_ERR_INVALID_ARGUMENT (timeout_ms <= 0), EM_ERR_STATE (called
+ * from a callback, or while another thread runs em_mqtt_loop).
  */
 EM_EXPORT em_err_t em_mqtt_connect(em_mqtt_t *m, int timeout_ms, em_error_t *err);
 
-/* Starts the network thread (reconnects automatically). EM_ERR_STATE if started. */
+/* Starts the network thread, which connects (if not connected) and reconnects
+ * automatically. EM_ERR_STATE if started, EM_ERR_INTERNAL if the thread cannot
+ * be created. */
 EM_EXPORT em_err_t em_mqtt_start(em_mqtt_t *m, em_error_t *err);
 
 /* Drives the network from the caller's thread for up to timeout_ms (for
- * programs without a network thread). Reconnects when the connection dropped. */
+ * programs without a network thread): delivers held callbacks, handles what
+ * the socket has, and reconnects (after em_mqtt_connect was called once) when
+ * the connection dropped. Returns after one round of network activity or
+ * timeout_ms. Connection failures are reported as events, not returned.
+ * Errors: EM_ERR_STATE (the network thread runs, or called from a callback),
+ * EM_ERR_INVALID_ARGUMENT. */
 EM_EXPORT em_err_t em_mqtt_loop(em_mqtt_t *m, int timeout_ms, em_error_t *err);
 
-/* Sends DISCONNECT, waits briefly for queued QoS 1 messages, stops the thread. */
+/* Waits up to 2 s for outstanding QoS 1/2 publishes to be acknowledged, sends
+ * DISCONNECT (the will is not published), closes the connection, stops the
+ * network thread and any reconnection. EM_ERR_TIMEOUT (still disconnected)
+ * when some publishes were not acknowledged in time; EM_ERR_STATE from a
+ * callback. */
 EM_EXPORT em_err_t em_mqtt_disconnect(em_mqtt_t *m, em_error_t *err);
 
 EM_EXPORT bool em_mqtt_is_connected(const em_mqtt_t *m);
 
-/* Subscribes (and remembers the filter, for re-subscription). Subscribing
- * while disconnected only records it. Errors: EM_ERR_INVALID_ARGUMENT (bad
- * filter), EM_ERR_LIMIT, EM_ERR_NOMEM, EM_ERR_CONNECTION. */
+/* Subscribes (and remembers the filter, for re-subscription; subscribing to a
+ * remembered filter again changes its QoS). Subscribing while disconnected only
+ * records it. A broker that refuses the subscription is reported by an
+ * EM_MQTT_ERROR event with EM_ERR_PERMISSION_DENIED. Errors:
+ * EM_ERR_INVALID_ARGUMENT (bad filter or QoS), EM_ERR_LIMIT
+ * (EM_MQTT_SUBSCRIPTIONS_MAX), EM_ERR_NOMEM, EM_ERR_CONNECTION. */
 EM_EXPORT em_err_t em_mqtt_subscribe(em_mqtt_t *m, const char *filter, int qos, em_error_t *err);
 EM_EXPORT em_err_t em_mqtt_unsubscribe(em_mqtt_t *m, const char *filter, em_error_t *err);
 
 /*
  * Publishes payload (len bytes) on topic. *mid (when not NULL) receives the
- * message id that on_published will report. Errors: EM_ERR_NOT_CONNECTED,
- * EM_ERR_INVALID_ARGUMENT (topic or size), EM_ERR_NOMEM, EM_ERR_CONNECTION.
+ * message id that on_published will report. Nothing is queued while
+ * disconnected. Errors: EM_ERR_NOT_CONNECTED, EM_ERR_INVALID_ARGUMENT (topic,
+ * QoS or size), EM_ERR_LIMIT (EM_MQTT_PENDING_MAX publishes await the broker),
+ * EM_ERR_NOMEM, EM_ERR_CONNECTION, EM_ERR_PROTOCOL.
  */
 EM_EXPORT em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload,
                                    size_t len, int qos, bool retain, int *mid, em_error_t *err);

@@ -1,0 +1,176 @@
+/*
+ * emiot - mqtt/mqtt_internal.h: what the files of src/mqtt share (internal).
+ *
+ * Threads. One "driver" runs the network at a time: the network thread
+ * (em_mqtt_start), or else the caller of em_mqtt_connect, em_mqtt_loop or
+ * em_mqtt_disconnect. Only the driver calls mosquitto_loop and the connect
+ * functions of libmosquitto, so every libmosquitto callback runs on it. Other
+ * threads publish and subscribe: libmosquitto is in threaded mode, so those
+ * calls only queue packets and wake the driver.
+ *
+ * Locks, never taken in the other order: lock (state, subscriptions) and
+ * pub_lock (outstanding publishes). User callbacks are called with neither
+ * held, so they may call back into the transport.
+ */
+#ifndef EM_MQTT_INTERNAL_H
+#define EM_MQTT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <openssl/ssl.h>
+
+#include "emiot/mqtt.h"
+#include "mqtt/url.h"
+
+/* A subscription filter is at most this long (MQTT allows 65535; emiot's
+ * filters are a prefix plus a few levels). */
+#define EM__MQTT_FILTER_MAX   1024
+#define EM__MQTT_USERNAME_MAX 1024
+/* Largest payload MQTT can carry. */
+#define EM__MQTT_PAYLOAD_MAX 268435455u
+/* A background connection attempt gives up without a CONNACK after this. */
+#define EM__MQTT_CONNECT_TIMEOUT_MS 10000
+/* em_mqtt_disconnect waits this long for outstanding QoS 1/2 publishes, then
+ * as long again for the broker to see the DISCONNECT. */
+#define EM__MQTT_FLUSH_MS 2000
+#define EM__MQTT_CLOSE_MS 1000
+/* Callbacks deferred while em_mqtt_connect or em_mqtt_disconnect drive the
+ * network without a thread are bounded (see em_mqtt_loop). */
+#define EM__MQTT_DEFERRED_MAX       100000u
+#define EM__MQTT_DEFERRED_BYTES_MAX (64u * 1024u * 1024u)
+
+typedef enum em__mqtt_state {
+    EM__MQTT_IDLE = 0,       /* no connection, none wanted */
+    EM__MQTT_WAITING = 1,    /* no connection; the next attempt is due at next_attempt_ms */
+    EM__MQTT_CONNECTING = 2, /* an attempt is under way, no CONNACK yet */
+    EM__MQTT_CONNECTED = 3
+} em__mqtt_state_t;
+
+typedef struct em__mqtt_sub {
+    char *filter;
+    int qos;
+    int mid; /* of the last SUBSCRIBE sent for it, to match the SUBACK */
+} em__mqtt_sub_t;
+
+/* What the TLS layer saw during the current connection attempt. Written and
+ * read by the driver only (from OpenSSL's info callback). */
+typedef struct em__mqtt_tls_diag {
+    int alert_sent;     /* fatal alert we sent, -1 if none */
+    int alert_received; /* fatal alert the broker sent, -1 if none */
+    long verify_result; /* our verification of the broker's certificate */
+    bool handshake_done;
+} em__mqtt_tls_diag_t;
+
+typedef struct em__mqtt_deferred em__mqtt_deferred_t;
+
+struct em_mqtt {
+    struct mosquitto *mosq;
+    SSL_CTX *ssl_ctx; /* NULL for mqtt:// */
+    em_mqtt_callbacks_t cbs;
+    em__mqtt_url_t url;
+    char client_id[EM_MQTT_CLIENT_ID_MAX + 1];
+    int keepalive_s;
+    int reconnect_min_s;
+    int reconnect_max_s;
+    bool has_client_cert;
+    atomic_bool connected;
+    atomic_int negotiated; /* protocol of the current/last connection, 0 before */
+
+    pthread_mutex_t lock; /* guards everything down to nsubs */
+    pthread_cond_t cond;  /* broadcast on every state change */
+    em__mqtt_state_t state;
+    bool auto_connect; /* connect/start asked for a connection, disconnect not since */
+    bool attempt_now;  /* em_mqtt_connect wants the next attempt without waiting */
+    bool closing;      /* the client is disconnecting on purpose */
+    bool stop;         /* the network thread must exit */
+    bool thread_running;
+    bool driving; /* a caller drives the network (no thread) */
+    pthread_t thread;
+    int protocol;            /* MQTT version of the next attempt: 5 or 4 */
+    int64_t next_attempt_ms; /* monotonic */
+    int64_t attempt_deadline_ms;
+    int64_t backoff_ms;          /* delay before the next retry */
+    uint64_t attempts_done;      /* attempts finished, successful or not */
+    em_error_t last_attempt_err; /* code EM_OK when the last one succeeded */
+    char tls_version[16];        /* "TLSv1.3" once a handshake completed */
+    em__mqtt_sub_t subs[EM_MQTT_SUBSCRIPTIONS_MAX];
+    size_t nsubs;
+
+    /* The current attempt, driver only. */
+    int connack_rc; /* -1 until a CONNACK arrives */
+    bool aborted;   /* the driver cut the attempt short (timeout) */
+    em__mqtt_tls_diag_t tls;
+
+    /* Outstanding QoS 1/2 publishes, by message id. */
+    pthread_mutex_t pub_lock;
+    pthread_cond_t pub_cond;
+    unsigned pending;  /* QoS 1/2, tracked by message id */
+    unsigned pending0; /* QoS 0 not yet written (libmosquitto drops them on a reconnect) */
+    uint64_t pending_bits[65536 / 64];
+
+    /* Driver only: callbacks are queued instead of called (see em_mqtt_loop),
+     * and failed attempts are not reported as events (the caller gets them). */
+    bool defer;
+    bool quiet;
+    em__mqtt_deferred_t *deferred_head;
+    em__mqtt_deferred_t *deferred_tail;
+    size_t deferred_count;
+    size_t deferred_bytes;
+    size_t deferred_dropped;
+};
+
+/* tls.c */
+
+/* Builds the client SSL_CTX for m (certificate verification, host name,
+ * protocol floor, CA, client certificate). Errors: EM_ERR_CONFIGURATION,
+ * EM_ERR_NOMEM, EM_ERR_TLS. */
+SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *opts, em_error_t *err);
+
+/* Resets m->tls before an attempt. */
+void em__mqtt_tls_diag_reset(em_mqtt_t *m);
+
+/* When a TLS alert explains why the current attempt failed, fills err
+ * (EM_ERR_TLS: the broker's certificate failed verification or the handshake
+ * failed; EM_ERR_AUTHENTICATION: the broker refused our certificate) and
+ * returns true. */
+bool em__mqtt_tls_explain(em_mqtt_t *m, em_error_t *err);
+
+/* secret.c */
+
+/* Reads the password from opts->password_env or opts->password_file into buf
+ * (size > EM_MQTT_PASSWORD_MAX). *len receives its length; 0 and EM_OK when
+ * neither option is set. On failure buf is wiped. Errors: EM_ERR_CONFIGURATION. */
+em_err_t em__mqtt_password_read(const em_mqtt_options_t *opts, char *buf, size_t size, size_t *len,
+                                em_error_t *err);
+
+/* pubsub.c */
+
+/* Sends a SUBSCRIBE for every remembered filter. Driver only, lock held. */
+void em__mqtt_resubscribe(em_mqtt_t *m);
+
+/* libmosquitto's SUBACK and PUBACK callbacks. */
+void em__mqtt_on_subscribe(struct mosquitto *mosq, void *ud, int mid, int count,
+                           const int *granted);
+void em__mqtt_on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
+                         const mosquitto_property *props);
+void em__mqtt_subs_free(em_mqtt_t *m);
+
+/* mqtt.c */
+
+/* Reports an event to the application (or defers it). No lock held. */
+void em__mqtt_emit(em_mqtt_t *m, em_mqtt_event_t ev, const em_error_t *err);
+
+/* Reports a PUBACK to the application (or defers it). No lock held. */
+void em__mqtt_emit_published(em_mqtt_t *m, int mid);
+
+/* Test hooks. */
+
+/* The TLS version of the last handshake ("TLSv1.3"), "" before any. */
+const char *em__mqtt_tls_version(em_mqtt_t *m);
+
+#endif /* EM_MQTT_INTERNAL_H */
