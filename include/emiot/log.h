@@ -4,11 +4,20 @@
  * One process-wide logger writes JSON lines:
  *   {"ts":"2026-11-22T10:00:00.123Z","level":"info","module":"mqtt",
  *    "msg":"connected","cid":"req_ab12","broker":"mqtts://..."}
- * Fields whose key names a secret (password, passwd, secret, token, key,
- * apikey, api_key, authorization, passphrase, credential, private) are written
- * as "[REDACTED]" whatever their value. Messages must not embed secrets; the
- * logger additionally masks "password=...", "token=..." style pairs and JWT-like
- * strings that appear inside msg.
+ * cid is left out when NULL, module too. A field whose key is one of the
+ * line's own ("ts", "level", "module", "msg", "cid", "truncated") is written
+ * with a leading '_'. Strings are escaped (\n, \r, \t; other control
+ * characters, DEL, U+2028 and U+2029 as \uXXXX) and invalid UTF-8 bytes
+ * become U+FFFD.
+ *
+ * Fields whose key names a secret (see em_log_key_is_secret) are written as
+ * "[REDACTED]" whatever their value and kind. Messages must not embed secrets;
+ * the logger additionally masks, inside msg: the value after a secret name
+ * and '=' or ':' ("password=...", "token: ...", "\"apiKey\":\"...\"",
+ * "Authorization: Bearer ..."), JWT-like strings ("eyJ..." with three or more
+ * dot-separated base64url segments), emiot API keys ("iot_" and 48 hex
+ * digits) and the password of "scheme://user:password@host". Field values
+ * other than secrets are written as given.
  *
  * The logger is thread-safe: each line is formatted into a bounded buffer and
  * written by one call to the sink, so lines never interleave.
@@ -35,7 +44,10 @@ typedef enum em_log_level {
     EM_LOG_OFF = 6
 } em_log_level_t;
 
-/* A longer line is truncated, and stays valid JSON. */
+/* A line is at most EM_LOG_LINE_MAX - 1 bytes, newline included. A longer
+ * one is truncated, stays valid JSON and ends with "truncated":true: fields
+ * are dropped from the end (a long string value is cut instead) and the
+ * message keeps up to its first 512 bytes. */
 #define EM_LOG_LINE_MAX 2048
 
 /* One structured field. Use the EM_LOG_* helpers below to build them. */
@@ -65,11 +77,17 @@ typedef struct em_log_field {
  */
 typedef void (*em_log_sink_fn)(em_log_level_t level, const char *line, size_t len, void *userdata);
 
-/* Sets the minimum level written (default EM_LOG_INFO). */
+/* Sets the minimum level written (default EM_LOG_INFO; EM_LOG_OFF writes
+ * nothing). A value that is not a level is ignored. */
 EM_EXPORT void em_log_set_level(em_log_level_t level);
 EM_EXPORT em_log_level_t em_log_get_level(void);
 
-/* Replaces the sink; NULL restores the default stderr sink. */
+/*
+ * Replaces the sink; NULL restores the default stderr sink (userdata is then
+ * ignored). When it returns, no other thread is still inside the previous
+ * sink, so that sink's userdata may be freed. A sink may log or call this
+ * function itself, but must not wait for another thread that is calling it.
+ */
 EM_EXPORT void em_log_set_sink(em_log_sink_fn sink, void *userdata);
 
 /* Parses "trace".."fatal", "off"; returns -1 for anything else. */
@@ -91,7 +109,14 @@ EM_EXPORT void em_log(em_log_level_t level, const char *module, const char *cid,
 EM_EXPORT void em_logf(em_log_level_t level, const char *module, const char *fmt, ...)
     EM_PRINTF(3, 4);
 
-/* True when key names a secret and its value would be redacted. */
+/*
+ * True when key names a secret and its value would be redacted: the key,
+ * lower-cased and with separators dropped, contains password, passwd,
+ * passphrase, secret, token, apikey, credential, cookie, private or
+ * authorization; or one of its words (split at separators and camelCase)
+ * starts or ends with "key" or "pass" ("keyfile", "privKey"), or is "auth",
+ * "pwd" or "jwt". Errs on the side of redacting. NULL and "" are not secret.
+ */
 EM_EXPORT int em_log_key_is_secret(const char *key);
 
 #ifdef __cplusplus

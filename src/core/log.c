@@ -210,58 +210,49 @@ static bool is_lower_or_digit(int c)
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 
+/* A word and its length, so that the checks below need no strlen. */
+typedef struct word {
+    const char *s;
+    size_t len;
+} word_t;
+#define WORD(lit)                                                                                  \
+    {                                                                                              \
+        (lit), sizeof(lit) - 1                                                                     \
+    }
+
 /* Words that mark a secret wherever they appear in a key, separators ignored
  * ("mqtt_password", "jwtToken", "pass-phrase", "api_key"). */
-static const char *const SECRET_WORDS[] = {"password", "passwd",        "passphrase", "secret",
-                                           "token",    "apikey",        "credential", "cookie",
-                                           "private",  "authorization", NULL};
+static const word_t SECRET_WORDS[] = {
+    WORD("password"), WORD("passwd"),        WORD("passphrase"), WORD("secret"),
+    WORD("token"),    WORD("apikey"),        WORD("credential"), WORD("cookie"),
+    WORD("private"),  WORD("authorization"),
+};
+/* The first letters of SECRET_WORDS. */
+static const bool SECRET_FIRST[256] = {
+    ['a'] = true, ['c'] = true, ['p'] = true, ['s'] = true, ['t'] = true};
 /* Short words that would match too much inside other words: a secret when a
  * word of the key starts or ends with them ("keyfile", "privkey", "passkey"). */
-static const char *const SECRET_AFFIXES[] = {"key", "pass", NULL};
+static const word_t SECRET_AFFIXES[] = {WORD("key"), WORD("pass")};
 /* Short words that are a secret only as a whole word of the key. */
-static const char *const SECRET_WHOLE[] = {"auth", "pwd", "jwt", NULL};
+static const word_t SECRET_WHOLE[] = {WORD("auth"), WORD("pwd"), WORD("jwt")};
 
-/* True when needle (lower case) occurs in k[0..n) ignoring case and skipping
- * any non-alphanumeric characters of k. */
-static bool contains_word(const char *k, size_t n, const char *needle)
-{
-    for (size_t start = 0; start < n; start++) {
-        if (!is_alnum((unsigned char)k[start]))
-            continue;
-        size_t i = start;
-        const char *p = needle;
-        while (*p != '\0' && i < n) {
-            int c = (unsigned char)k[i];
-            if (!is_alnum(c)) {
-                i++;
-                continue;
-            }
-            if (lower(c) != *p)
-                break;
-            p++;
-            i++;
-        }
-        if (*p == '\0')
-            return true;
-    }
-    return false;
-}
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-static bool word_eq(const char *w, size_t n, const char *word)
+/* w[0..n) equals word, ignoring the case of w (words are lower case). */
+static bool word_eq(const char *w, size_t n, const word_t *word)
 {
-    size_t wl = strlen(word);
-    if (n != wl)
+    if (n != word->len)
         return false;
     for (size_t i = 0; i < n; i++) {
-        if (lower((unsigned char)w[i]) != word[i])
+        if (lower((unsigned char)w[i]) != word->s[i])
             return false;
     }
     return true;
 }
 
-static bool word_has_affix(const char *w, size_t n, const char *affix)
+static bool word_has_affix(const char *w, size_t n, const word_t *affix)
 {
-    size_t al = strlen(affix);
+    size_t al = affix->len;
     if (n < al)
         return false;
     return word_eq(w, al, affix) || word_eq(w + n - al, al, affix);
@@ -288,14 +279,59 @@ static bool words_are_secret(const char *k, size_t n)
         size_t len = i - start;
         if (len == 0)
             continue;
-        for (size_t a = 0; SECRET_AFFIXES[a] != NULL; a++) {
-            if (word_has_affix(k + start, len, SECRET_AFFIXES[a]))
+        for (size_t a = 0; a < COUNT(SECRET_AFFIXES); a++) {
+            if (word_has_affix(k + start, len, &SECRET_AFFIXES[a]))
                 return true;
         }
-        for (size_t a = 0; SECRET_WHOLE[a] != NULL; a++) {
-            if (word_eq(k + start, len, SECRET_WHOLE[a]))
+        for (size_t a = 0; a < COUNT(SECRET_WHOLE); a++) {
+            if (word_eq(k + start, len, &SECRET_WHOLE[a]))
                 return true;
         }
+    }
+    return false;
+}
+
+/* Longest key checked in one piece; a longer one is checked in overlapping
+ * windows, so that no secret word is missed at a window edge. */
+#define KEY_NORM_MAX    256
+#define SECRET_WORD_MAX 16
+
+/* True when a secret word occurs in k[0..n) once it is lower-cased and
+ * stripped of everything but letters and digits ("pass_word" -> "password"). */
+static bool has_secret_word(const char *k, size_t n)
+{
+    /* Zeroed only so that static analysers need not follow len. */
+    char norm[KEY_NORM_MAX] = {0};
+    size_t i = 0;
+    while (i < n) {
+        size_t len = 0;
+        size_t j = i;
+        for (; j < n && len < KEY_NORM_MAX; j++) {
+            int c = (unsigned char)k[j];
+            if (is_alnum(c))
+                norm[len++] = (char)lower(c);
+        }
+        for (size_t p = 0; p < len; p++) {
+            /* Most letters start no secret word: skip them at once. */
+            if (!SECRET_FIRST[(unsigned char)norm[p]])
+                continue;
+            for (size_t w = 0; w < COUNT(SECRET_WORDS); w++) {
+                const word_t *sw = &SECRET_WORDS[w];
+                if (sw->len <= len - p && memcmp(norm + p, sw->s, sw->len) == 0)
+                    return true;
+            }
+        }
+        if (j >= n)
+            break;
+        /* The next window starts SECRET_WORD_MAX letters back, enough to
+         * hold a word cut at the end of this one. */
+        size_t back = 0;
+        while (back < SECRET_WORD_MAX) {
+            j--;
+            if (is_alnum((unsigned char)k[j]))
+                back++;
+        }
+        i = j;
     }
     return false;
 }
@@ -304,11 +340,7 @@ static bool key_is_secret_n(const char *k, size_t n)
 {
     if (n == 0)
         return false;
-    for (size_t w = 0; SECRET_WORDS[w] != NULL; w++) {
-        if (contains_word(k, n, SECRET_WORDS[w]))
-            return true;
-    }
-    return words_are_secret(k, n);
+    return has_secret_word(k, n) || words_are_secret(k, n);
 }
 
 int em_log_key_is_secret(const char *key)
@@ -472,7 +504,11 @@ static size_t mask_value(raw_out_t *o, const char *s, size_t n)
     if (v == 0)
         return i;
     /* "Authorization: Bearer <token>": the scheme stays, the credential goes. */
-    if (word_eq(s + i, v, "bearer") || word_eq(s + i, v, "basic") || word_eq(s + i, v, "digest")) {
+    static const word_t SCHEMES[] = {WORD("bearer"), WORD("basic"), WORD("digest")};
+    bool scheme = false;
+    for (size_t k = 0; k < COUNT(SCHEMES) && !scheme; k++)
+        scheme = word_eq(s + i, v, &SCHEMES[k]);
+    if (scheme) {
         size_t j = i + v;
         size_t sp = 0;
         while (j + sp < n && s[j + sp] == ' ')
@@ -772,6 +808,9 @@ static bool put_double(wbuf_t *w, double d)
 
 static bool key_is_reserved(const char *key)
 {
+    /* Checked for every field: most keys differ in the first letter. */
+    if (key[0] != 't' && key[0] != 'l' && key[0] != 'm' && key[0] != 'c')
+        return false;
     static const char *const RESERVED[] = {"ts", "level", "module", "msg", "cid", "truncated"};
     for (size_t i = 0; i < sizeof(RESERVED) / sizeof(RESERVED[0]); i++) {
         if (strcmp(key, RESERVED[i]) == 0)
@@ -785,9 +824,20 @@ static bool put_scalar(wbuf_t *w, const em_log_field_t *f)
 {
     char num[32];
     switch (f->kind) {
-    case EM_LOG_FIELD_INT:
-        snprintf(num, sizeof(num), "%lld", f->i);
-        return puts_(w, num);
+    case EM_LOG_FIELD_INT: {
+        /* By hand: this runs for most fields of most lines. The magnitude is
+         * taken as unsigned so that LLONG_MIN needs no special case. */
+        unsigned long long v =
+            f->i < 0 ? 0ULL - (unsigned long long)f->i : (unsigned long long)f->i;
+        size_t pos = sizeof(num);
+        do {
+            num[--pos] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v != 0);
+        if (f->i < 0)
+            num[--pos] = '-';
+        return put(w, num + pos, sizeof(num) - pos);
+    }
     case EM_LOG_FIELD_DOUBLE:
         return put_double(w, f->d);
     case EM_LOG_FIELD_BOOL:
@@ -856,21 +906,41 @@ static bool put_rest(wbuf_t *w, const char *cid, const em_log_field_t *fields, s
     return true;
 }
 
+/* The date and time of day change once a second; each thread keeps the text
+ * of the last second it formatted. */
+static _Thread_local struct {
+    time_t sec;
+    size_t len;
+    char text[48];
+} tl_ts = {(time_t)-1, 0, ""};
+
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" for now. */
 static void put_timestamp(wbuf_t *w)
 {
     struct timespec ts;
-    struct tm tm;
-    char buf[64];
-    if (clock_gettime(CLOCK_REALTIME, &ts) != 0 || gmtime_r(&ts.tv_sec, &tm) == NULL) {
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
         puts_(w, "1970-01-01T00:00:00.000Z");
         return;
     }
-    int n = snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     (int)(ts.tv_nsec / 1000000L));
-    if (n > 0 && (size_t)n < sizeof(buf))
-        put(w, buf, (size_t)n);
+    if (ts.tv_sec != tl_ts.sec) {
+        struct tm tm;
+        int n = -1;
+        if (gmtime_r(&ts.tv_sec, &tm) != NULL)
+            n = snprintf(tl_ts.text, sizeof(tl_ts.text), "%04d-%02d-%02dT%02d:%02d:%02d",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec);
+        if (n <= 0 || (size_t)n >= sizeof(tl_ts.text)) {
+            puts_(w, "1970-01-01T00:00:00.000Z");
+            return;
+        }
+        tl_ts.sec = ts.tv_sec;
+        tl_ts.len = (size_t)n;
+    }
+    long ms = ts.tv_nsec / 1000000L;
+    char frac[6] = {
+        '.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10), 'Z', '\0'};
+    put(w, tl_ts.text, tl_ts.len);
+    put(w, frac, 5);
 }
 
 /*

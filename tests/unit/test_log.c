@@ -777,6 +777,28 @@ static void test_ordinary_keys_are_not_secret(void **state)
     assert_false(em_log_key_is_secret(""));
 }
 
+static void test_secret_word_anywhere_in_a_long_key_is_found(void **state)
+{
+    (void)state;
+    /* Long keys are checked in windows: a word across a window edge, with
+     * separators inside, must still be found. */
+    const char *words[] = {"password", "pass_phrase", "authori-zation", "api.key"};
+    for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+        for (size_t at = 230; at < 270; at++) {
+            char key[600];
+            memset(key, 'x', at);
+            key[0] = 'y'; /* "x" alone is not a word boundary */
+            snprintf(key + at, sizeof(key) - at, "%s_zzzz", words[w]);
+            if (!em_log_key_is_secret(key))
+                fail_msg("\"%s\" at %zu not found", words[w], at);
+        }
+    }
+    char plain[600];
+    memset(plain, 'x', sizeof(plain) - 1);
+    plain[sizeof(plain) - 1] = '\0';
+    assert_false(em_log_key_is_secret(plain));
+}
+
 static void test_secret_fields_are_redacted_whatever_their_kind(void **state)
 {
     (void)state;
@@ -1289,6 +1311,7 @@ int main(void)
         T(test_logf_cut_inside_multibyte_character_stays_valid),
         T(test_secret_keys_are_recognised),
         T(test_ordinary_keys_are_not_secret),
+        T(test_secret_word_anywhere_in_a_long_key_is_found),
         T(test_secret_fields_are_redacted_whatever_their_kind),
         T(test_non_secret_fields_are_untouched),
         T(test_message_secret_pairs_are_masked),
