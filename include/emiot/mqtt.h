@@ -37,10 +37,10 @@ extern "C" {
 
 typedef struct em_mqtt em_mqtt_t;
 
-#define EM_MQTT_URL_MAX 512
-#define EM_MQTT_CLIENT_ID_MAX 64
+#define EM_MQTT_URL_MAX           512
+#define EM_MQTT_CLIENT_ID_MAX     64
 #define EM_MQTT_SUBSCRIPTIONS_MAX 64
-#define EM_MQTT_PASSWORD_MAX 256
+#define EM_MQTT_PASSWORD_MAX      256
 /* In-flight window when max_inflight is 0 (see max_inflight). */
 #define EM_MQTT_INFLIGHT_DEFAULT 256
 /* At most this many QoS 1/2 publishes (and as many QoS 0) may await the
@@ -48,32 +48,32 @@ typedef struct em_mqtt em_mqtt_t;
 #define EM_MQTT_PENDING_MAX 65000
 
 typedef struct em_mqtt_options {
-    const char *url;             /* mqtt:// or mqtts://, required */
-    const char *ca_file;         /* PEM CA bundle to verify the broker */
-    const char *ca_path;         /* directory of hashed CA certificates */
-    const char *cert_file;       /* client certificate (mTLS) */
-    const char *key_file;        /* client private key (mTLS) */
+    const char *url;       /* mqtt:// or mqtts://, required */
+    const char *ca_file;   /* PEM CA bundle to verify the broker */
+    const char *ca_path;   /* directory of hashed CA certificates */
+    const char *cert_file; /* client certificate (mTLS) */
+    const char *key_file;  /* client private key (mTLS) */
     const char *username;
-    const char *password_env;    /* name of an environment variable holding the password */
-    const char *password_file;   /* file whose first line is the password */
-    const char *client_id;       /* NULL: client_id_prefix + 16 random hex digits */
-    const char *client_id_prefix;/* default "emiot-" */
-    int keepalive_s;             /* default 30 */
-    int reconnect_min_s;         /* default 1 */
-    int reconnect_max_s;         /* default 30 */
-    int protocol;                /* 5 (default) or 4 (MQTT 3.1.1); 5 falls back to 4 when refused */
-    bool allow_plain;            /* permit mqtt:// (loopback hosts only) */
-    bool clean_session;          /* em_mqtt_options_init sets it */
-    const char *will_topic;      /* optional last will */
+    const char *password_env;     /* name of an environment variable holding the password */
+    const char *password_file;    /* file whose first line is the password */
+    const char *client_id;        /* NULL: client_id_prefix + 16 random hex digits */
+    const char *client_id_prefix; /* default "emiot-" */
+    int keepalive_s;              /* default 30 */
+    int reconnect_min_s;          /* default 1 */
+    int reconnect_max_s;          /* default 30 */
+    int protocol;           /* 5 (default) or 4 (MQTT 3.1.1); 5 falls back to 4 when refused */
+    bool allow_plain;       /* permit mqtt:// (loopback hosts only) */
+    bool clean_session;     /* em_mqtt_options_init sets it */
+    const char *will_topic; /* optional last will */
     const char *will_payload;
     bool will_retain;
     int will_qos;
-    unsigned max_inflight;       /* QoS 1/2 messages in flight, 1-65535; 0 (the default) means
-                                    EM_MQTT_INFLIGHT_DEFAULT. Publishes beyond the window wait
-                                    in order in the client and are never refused for it. The
-                                    window is not unlimited because libmosquitto scans it on
-                                    every publish and acknowledgement: a bigger one costs more
-                                    than it gains. An MQTT 5 broker may lower it. */
+    unsigned max_inflight; /* QoS 1/2 messages in flight, 1-65535; 0 (the default) means
+                              EM_MQTT_INFLIGHT_DEFAULT. Publishes beyond the window wait
+                              in order in the client and are never refused for it. The
+                              window is not unlimited because libmosquitto scans it on
+                              every publish and acknowledgement: a bigger one costs more
+                              than it gains. An MQTT 5 broker may lower it. */
 } em_mqtt_options_t;
 
 /* Fills opts with the defaults (keepalive 30, reconnect 1..30 s, protocol 5,
@@ -172,8 +172,8 @@ EM_EXPORT em_err_t em_mqtt_unsubscribe(em_mqtt_t *m, const char *filter, em_erro
  * QoS or size), EM_ERR_LIMIT (EM_MQTT_PENDING_MAX publishes await the broker),
  * EM_ERR_NOMEM, EM_ERR_CONNECTION, EM_ERR_PROTOCOL.
  */
-EM_EXPORT em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload,
-                                   size_t len, int qos, bool retain, int *mid, em_error_t *err);
+EM_EXPORT em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload, size_t len,
+                                   int qos, bool retain, int *mid, em_error_t *err);
 
 /* The client id in use (random unless set in the options). */
 EM_EXPORT const char *em_mqtt_client_id(const em_mqtt_t *m);

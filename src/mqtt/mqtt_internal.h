@@ -42,7 +42,7 @@
 /* Callbacks deferred while em_mqtt_connect or em_mqtt_disconnect drive the
  * network without a thread are bounded (see em_mqtt_loop). */
 #define EM__MQTT_DEFERRED_MAX       100000u
-#define EM__MQTT_DEFERRED_BYTES_MAX (64u * 1024u * 1024u)
+#define EM__MQTT_DEFERRED_BYTES_MAX ((size_t)64 * 1024 * 1024)
 
 typedef enum em__mqtt_state {
     EM__MQTT_IDLE = 0,       /* no connection, none wanted */

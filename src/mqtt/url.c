@@ -108,6 +108,45 @@ static em_err_t parse_hostname(const char *s, size_t n, em__mqtt_url_t *out, em_
     return EM_OK;
 }
 
+/* Decimal port 1-65535 from s; *stop receives the first character after it. */
+static em_err_t parse_port(const char *s, const char *end, const char **stop, int *port,
+                           em_error_t *err)
+{
+    const char *q = s;
+    while (q < end && is_digit(*q))
+        q++;
+    size_t n = (size_t)(q - s);
+    *stop = q;
+    if (n == 0)
+        return url_error(err, "the port after ':' is missing or not a number");
+    if (n > 1 && s[0] == '0')
+        return url_error(err, "the port has a leading zero");
+    if (n > 5)
+        return url_error(err, "the port is out of range (1-65535)");
+    int v = 0;
+    for (size_t i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    if (v < 1 || v > 65535)
+        return url_error(err, "the port is out of range (1-65535)");
+    *port = v;
+    return EM_OK;
+}
+
+/* What follows the host and port must be nothing. */
+static em_err_t trailing_error(char c, em_error_t *err)
+{
+    switch (c) {
+    case '/':
+        return url_error(err, "a path is not accepted in a broker URL");
+    case '?':
+        return url_error(err, "a query is not accepted in a broker URL");
+    case '#':
+        return url_error(err, "a fragment is not accepted in a broker URL");
+    default:
+        return url_error(err, "unexpected characters after the host and port");
+    }
+}
+
 em_err_t em__mqtt_url_parse(const char *url, em__mqtt_url_t *out, em_error_t *err)
 {
     if (out == NULL)
@@ -161,35 +200,12 @@ em_err_t em__mqtt_url_parse(const char *url, em__mqtt_url_t *out, em_error_t *er
         return rc;
 
     if (q < end && *q == ':') {
-        const char *digits = ++q;
-        while (q < end && is_digit(*q))
-            q++;
-        size_t n = (size_t)(q - digits);
-        if (n == 0)
-            return url_error(err, "the port after ':' is missing or not a number");
-        if (n > 1 && digits[0] == '0')
-            return url_error(err, "the port has a leading zero");
-        if (n > 5)
-            return url_error(err, "the port is out of range (1-65535)");
-        int port = 0;
-        for (size_t i = 0; i < n; i++)
-            port = port * 10 + (digits[i] - '0');
-        if (port < 1 || port > 65535)
-            return url_error(err, "the port is out of range (1-65535)");
-        out->port = port;
+        rc = parse_port(q + 1, end, &q, &out->port, err);
+        if (rc != EM_OK)
+            return rc;
     }
-    if (q != end) {
-        switch (*q) {
-        case '/':
-            return url_error(err, "a path is not accepted in a broker URL");
-        case '?':
-            return url_error(err, "a query is not accepted in a broker URL");
-        case '#':
-            return url_error(err, "a fragment is not accepted in a broker URL");
-        default:
-            return url_error(err, "unexpected characters after the host and port");
-        }
-    }
+    if (q != end)
+        return trailing_error(*q, err);
     return EM_OK;
 }
 
