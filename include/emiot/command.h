@@ -40,16 +40,16 @@ typedef enum em_command_type {
     EM_CMD_RESET = 7
 } em_command_type_t;
 
-#define EM_CMD_TYPE_COUNT 8
-#define EM_SLEEP_DURATION_MIN 1
-#define EM_SLEEP_DURATION_MAX 604800
-#define EM_CMD_INTERVAL_MIN 10
-#define EM_CMD_INTERVAL_MAX 3600
-#define EM_CMD_PAYLOAD_MAX 4096   /* bytes of compact payload JSON */
-#define EM_REQUEST_ID_MAX 64      /* longest requestId accepted from a device */
-#define EM_REQUEST_ID_LEN 36      /* "req_" + 32 hex characters, as emiot makes them */
+#define EM_CMD_TYPE_COUNT       8
+#define EM_SLEEP_DURATION_MIN   1
+#define EM_SLEEP_DURATION_MAX   604800
+#define EM_CMD_INTERVAL_MIN     10
+#define EM_CMD_INTERVAL_MAX     3600
+#define EM_CMD_PAYLOAD_MAX      4096 /* bytes of compact payload JSON */
+#define EM_REQUEST_ID_MAX       64   /* longest requestId accepted from a device */
+#define EM_REQUEST_ID_LEN       36   /* "req_" + 32 hex characters, as emiot makes them */
 #define EM_RESPONSE_MESSAGE_MAX 512
-#define EM_COMMAND_WIRE_MAX (EM_CMD_PAYLOAD_MAX + 256) /* largest encoded command */
+#define EM_COMMAND_WIRE_MAX     (EM_CMD_PAYLOAD_MAX + 256) /* largest encoded command */
 
 /*
  * A command. payload_json is a compact JSON object owned by the command (NULL

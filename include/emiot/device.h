@@ -20,10 +20,10 @@
 extern "C" {
 #endif
 
-#define EM_DEVICE_ID_MIN 3
-#define EM_DEVICE_ID_MAX 50
-#define EM_GROUP_NAME_MIN 2
-#define EM_GROUP_NAME_MAX 50
+#define EM_DEVICE_ID_MIN   3
+#define EM_DEVICE_ID_MAX   50
+#define EM_GROUP_NAME_MIN  2
+#define EM_GROUP_NAME_MAX  50
 #define EM_DEVICE_NAME_MAX 100
 
 typedef enum em_device_type {
@@ -36,15 +36,15 @@ typedef enum em_device_type {
 
 /* Bits of em_device_config_t.has: which fields are set. */
 #define EM_CONFIG_HAS_REPORTING_INTERVAL (1u << 0)
-#define EM_CONFIG_HAS_SLEEP_THRESHOLD (1u << 1)
-#define EM_CONFIG_HAS_AUTO_WAKE (1u << 2)
-#define EM_CONFIG_HAS_SECURITY_LEVEL (1u << 3)
+#define EM_CONFIG_HAS_SLEEP_THRESHOLD    (1u << 1)
+#define EM_CONFIG_HAS_AUTO_WAKE          (1u << 2)
+#define EM_CONFIG_HAS_SECURITY_LEVEL     (1u << 3)
 
 #define EM_REPORTING_INTERVAL_MIN 1
 #define EM_REPORTING_INTERVAL_MAX 86400
-#define EM_SLEEP_THRESHOLD_MAX 100
-#define EM_SECURITY_LEVEL_MIN 1
-#define EM_SECURITY_LEVEL_MAX 5
+#define EM_SLEEP_THRESHOLD_MAX    100
+#define EM_SECURITY_LEVEL_MIN     1
+#define EM_SECURITY_LEVEL_MAX     5
 
 typedef struct em_device_config {
     uint32_t reporting_interval; /* seconds, 1..86400 */
@@ -64,14 +64,14 @@ typedef struct em_device_config {
 typedef struct em_device {
     char id[EM_DEVICE_ID_MAX + 1];
     uint8_t id_len;
-    uint8_t type;              /* em_device_type_t */
-    uint16_t ngroups;          /* number of groups the device belongs to */
-    uint32_t hash;             /* hash of id (private use) */
+    uint8_t type;     /* em_device_type_t */
+    uint16_t ngroups; /* number of groups the device belongs to */
+    uint32_t hash;    /* hash of id (private use) */
     em_device_config_t config;
-    char *name;                /* NUL-terminated; never NULL for a registered device */
-    int64_t created_at_ms;     /* Unix epoch milliseconds */
+    char *name;            /* NUL-terminated; never NULL for a registered device */
+    int64_t created_at_ms; /* Unix epoch milliseconds */
     int64_t updated_at_ms;
-    em_status_t status;        /* status.has == 0 until the first status */
+    em_status_t status; /* status.has == 0 until the first status */
     /* private */
     struct em__device_group *groups; /* ngroups entries */
     struct em__device_ext *ext;      /* lazily allocated: telemetry, rate limit */

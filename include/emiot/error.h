@@ -21,33 +21,33 @@ extern "C" {
  * X(NAME, value, type_name, description)
  * type_name follows energy-manager-iot's error categories where one exists.
  */
-#define EM_ERR_TABLE(X)                                                        \
-    X(OK, 0, "ok", "success")                                                  \
-    X(CONNECTION, 1, "connection", "connection to the broker failed or lost")  \
-    X(VALIDATION, 2, "validation", "a value breaks a validation rule")         \
-    X(AUTHENTICATION, 3, "authentication", "authentication failed")            \
-    X(DEVICE_NOT_FOUND, 4, "device_not_found", "no such device")               \
-    X(GROUP_NOT_FOUND, 5, "group_not_found", "no such group")                  \
-    X(COMMAND_FAILED, 6, "command_failed", "the command could not be sent")    \
-    X(CONFIGURATION, 7, "configuration", "invalid configuration")              \
-    X(TIMEOUT, 8, "timeout", "the operation timed out")                        \
-    X(MESSAGE_FORMAT, 9, "message_format", "malformed message")                \
-    X(PROTOCOL, 10, "protocol", "protocol error")                              \
-    X(PERMISSION_DENIED, 11, "permission_denied", "permission denied")         \
-    X(RATE_LIMIT_EXCEEDED, 12, "rate_limit_exceeded", "rate limit exceeded")   \
-    X(INTERNAL, 13, "internal", "internal error")                              \
-    X(NOMEM, 14, "out_of_memory", "out of memory")                             \
-    X(INVALID_ARGUMENT, 15, "invalid_argument", "invalid argument")            \
-    X(EXISTS, 16, "already_exists", "already exists")                          \
-    X(LIMIT, 17, "limit_reached", "a configured maximum was reached")          \
-    X(TLS, 18, "tls", "TLS set-up or verification failed")                     \
-    X(NOT_CONNECTED, 19, "not_connected", "not connected to the broker")       \
-    X(IO, 20, "io", "input/output error")                                      \
-    X(BUFFER_TOO_SMALL, 21, "buffer_too_small", "output buffer too small")     \
+#define EM_ERR_TABLE(X)                                                                            \
+    X(OK, 0, "ok", "success")                                                                      \
+    X(CONNECTION, 1, "connection", "connection to the broker failed or lost")                      \
+    X(VALIDATION, 2, "validation", "a value breaks a validation rule")                             \
+    X(AUTHENTICATION, 3, "authentication", "authentication failed")                                \
+    X(DEVICE_NOT_FOUND, 4, "device_not_found", "no such device")                                   \
+    X(GROUP_NOT_FOUND, 5, "group_not_found", "no such group")                                      \
+    X(COMMAND_FAILED, 6, "command_failed", "the command could not be sent")                        \
+    X(CONFIGURATION, 7, "configuration", "invalid configuration")                                  \
+    X(TIMEOUT, 8, "timeout", "the operation timed out")                                            \
+    X(MESSAGE_FORMAT, 9, "message_format", "malformed message")                                    \
+    X(PROTOCOL, 10, "protocol", "protocol error")                                                  \
+    X(PERMISSION_DENIED, 11, "permission_denied", "permission denied")                             \
+    X(RATE_LIMIT_EXCEEDED, 12, "rate_limit_exceeded", "rate limit exceeded")                       \
+    X(INTERNAL, 13, "internal", "internal error")                                                  \
+    X(NOMEM, 14, "out_of_memory", "out of memory")                                                 \
+    X(INVALID_ARGUMENT, 15, "invalid_argument", "invalid argument")                                \
+    X(EXISTS, 16, "already_exists", "already exists")                                              \
+    X(LIMIT, 17, "limit_reached", "a configured maximum was reached")                              \
+    X(TLS, 18, "tls", "TLS set-up or verification failed")                                         \
+    X(NOT_CONNECTED, 19, "not_connected", "not connected to the broker")                           \
+    X(IO, 20, "io", "input/output error")                                                          \
+    X(BUFFER_TOO_SMALL, 21, "buffer_too_small", "output buffer too small")                         \
     X(STATE, 22, "invalid_state", "operation not valid in the current state")
 
 typedef enum em_err {
-#define EM__ERR_ENUM(name, value, type_name, desc) EM_ERR_##name = value,
+#define EM__ERR_ENUM(name, value, type_name, desc) EM_ERR_##name = (value),
     EM_ERR_TABLE(EM__ERR_ENUM)
 #undef EM__ERR_ENUM
 } em_err_t;
@@ -62,9 +62,9 @@ typedef enum em_severity {
     EM_SEV_CRITICAL = 3
 } em_severity_t;
 
-#define EM_ERROR_FIELD_MAX 64
+#define EM_ERROR_FIELD_MAX   64
 #define EM_ERROR_MESSAGE_MAX 192
-#define EM_ERROR_DEVICE_MAX 50
+#define EM_ERROR_DEVICE_MAX  50
 
 /*
  * Details of an error. Callers allocate it (usually on the stack) and pass a
@@ -74,9 +74,9 @@ typedef enum em_severity {
 typedef struct em_error {
     em_err_t code;
     em_severity_t severity;
-    char field[EM_ERROR_FIELD_MAX + 1];       /* offending field, "" if none */
-    char device_id[EM_ERROR_DEVICE_MAX + 1];  /* device concerned, "" if none */
-    char message[EM_ERROR_MESSAGE_MAX + 1];   /* the rule that was broken */
+    char field[EM_ERROR_FIELD_MAX + 1];      /* offending field, "" if none */
+    char device_id[EM_ERROR_DEVICE_MAX + 1]; /* device concerned, "" if none */
+    char message[EM_ERROR_MESSAGE_MAX + 1];  /* the rule that was broken */
 } em_error_t;
 
 /* Human-readable description of code; never NULL ("unknown error" if unknown). */

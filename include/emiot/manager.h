@@ -41,15 +41,15 @@ extern "C" {
 typedef struct em_manager em_manager_t;
 
 typedef struct em_manager_options {
-    const char *topic_prefix;      /* default "device/" */
-    int status_interval_s;         /* expected status period; offline after 2x (default 60) */
-    int offline_check_s;           /* how often to look for silent devices (default 10) */
-    unsigned rate_limit_count;     /* commands per device per window (default 10) */
-    int rate_limit_window_s;       /* default 60 */
-    int command_qos;               /* default 1 */
-    int64_t clock_skew_ms;         /* telemetry timestamps ahead of now (default 300000) */
-    size_t capacity_hint;          /* expected number of devices */
-    size_t max_devices;            /* 0: EM_REGISTRY_DEVICES_MAX_DEFAULT */
+    const char *topic_prefix;  /* default "device/" */
+    int status_interval_s;     /* expected status period; offline after 2x (default 60) */
+    int offline_check_s;       /* how often to look for silent devices (default 10) */
+    unsigned rate_limit_count; /* commands per device per window (default 10) */
+    int rate_limit_window_s;   /* default 60 */
+    int command_qos;           /* default 1 */
+    int64_t clock_skew_ms;     /* telemetry timestamps ahead of now (default 300000) */
+    size_t capacity_hint;      /* expected number of devices */
+    size_t max_devices;        /* 0: EM_REGISTRY_DEVICES_MAX_DEFAULT */
 } em_manager_options_t;
 
 /* Fills opts with the defaults above. */
@@ -59,22 +59,22 @@ typedef enum em_event_type {
     EM_EVENT_CONNECTED = 0,
     EM_EVENT_DISCONNECTED = 1,
     EM_EVENT_RECONNECTING = 2,
-    EM_EVENT_STATUS = 3,            /* a device's status was updated */
-    EM_EVENT_DEVICE_OFFLINE = 4,    /* no status for 2x status interval, or availability offline */
+    EM_EVENT_STATUS = 3,         /* a device's status was updated */
+    EM_EVENT_DEVICE_OFFLINE = 4, /* no status for 2x status interval, or availability offline */
     EM_EVENT_DEVICE_REGISTERED = 5,
     EM_EVENT_DEVICE_UPDATED = 6,
     EM_EVENT_DEVICE_REMOVED = 7,
     EM_EVENT_COMMAND_SENT = 8,
-    EM_EVENT_COMMAND_RESPONSE = 9,  /* a device answered a command */
+    EM_EVENT_COMMAND_RESPONSE = 9, /* a device answered a command */
     EM_EVENT_TELEMETRY = 10,
-    EM_EVENT_DEVICE_EVENT = 11,     /* a device reported an event (tamper, ...) */
-    EM_EVENT_ERROR = 12,            /* a rejected message, a connection error, ... */
-    EM_EVENT_DEVICE_ONLINE = 13     /* availability "online" */
+    EM_EVENT_DEVICE_EVENT = 11, /* a device reported an event (tamper, ...) */
+    EM_EVENT_ERROR = 12,        /* a rejected message, a connection error, ... */
+    EM_EVENT_DEVICE_ONLINE = 13 /* availability "online" */
 } em_event_type_t;
 
 #define EM_EVENT_TYPE_COUNT 14
-#define EM_EVENT_MASK(t) (1u << (t))
-#define EM_EVENT_MASK_ALL ((1u << EM_EVENT_TYPE_COUNT) - 1u)
+#define EM_EVENT_MASK(t)    (1u << (t))
+#define EM_EVENT_MASK_ALL   ((1u << EM_EVENT_TYPE_COUNT) - 1u)
 
 /*
  * What a callback receives. Pointers are valid only during the callback.
@@ -107,11 +107,11 @@ typedef struct em_manager_stats {
     uint64_t telemetry_accepted;
     uint64_t responses_received;
     uint64_t device_events;
-    uint64_t rejected;              /* all rejections below */
-    uint64_t rejected_format;       /* not JSON, wrong shape */
-    uint64_t rejected_validation;   /* out of range, wrong type */
-    uint64_t rejected_topic;        /* unknown topic layout */
-    uint64_t unknown_device;        /* valid message from an unregistered device */
+    uint64_t rejected;            /* all rejections below */
+    uint64_t rejected_format;     /* not JSON, wrong shape */
+    uint64_t rejected_validation; /* out of range, wrong type */
+    uint64_t rejected_topic;      /* unknown topic layout */
+    uint64_t unknown_device;      /* valid message from an unregistered device */
     uint64_t commands_sent;
     uint64_t commands_rate_limited;
     uint64_t commands_invalid;
@@ -231,8 +231,8 @@ EM_EXPORT em_err_t em_manager_send_group_command(em_manager_t *mgr, const char *
 EM_EXPORT em_err_t em_manager_sleep_device(em_manager_t *mgr, const char *id, uint32_t duration_s,
                                            em_error_t *err);
 EM_EXPORT em_err_t em_manager_wake_device(em_manager_t *mgr, const char *id, em_error_t *err);
-EM_EXPORT em_err_t em_manager_sleep_group(em_manager_t *mgr, const char *group,
-                                          uint32_t duration_s, em_error_t *err);
+EM_EXPORT em_err_t em_manager_sleep_group(em_manager_t *mgr, const char *group, uint32_t duration_s,
+                                          em_error_t *err);
 EM_EXPORT em_err_t em_manager_wake_group(em_manager_t *mgr, const char *group, em_error_t *err);
 
 /*

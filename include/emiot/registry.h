@@ -26,8 +26,8 @@ extern "C" {
 typedef struct em_registry em_registry_t;
 
 #define EM_REGISTRY_DEVICES_MAX_DEFAULT 10000000u
-#define EM_REGISTRY_GROUPS_MAX_DEFAULT 100000u
-#define EM_DEVICE_GROUPS_MAX 64 /* groups one device may belong to */
+#define EM_REGISTRY_GROUPS_MAX_DEFAULT  100000u
+#define EM_DEVICE_GROUPS_MAX            64 /* groups one device may belong to */
 
 /*
  * Creates an empty registry. capacity_hint pre-sizes the index (0 is fine);

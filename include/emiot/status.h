@@ -22,14 +22,14 @@
 extern "C" {
 #endif
 
-#define EM_PAYLOAD_MAX 16384  /* largest payload any decoder accepts */
-#define EM_JSON_DEPTH_MAX 8   /* deepest JSON nesting accepted */
-#define EM_FIRMWARE_VERSION_MAX 31
-#define EM_STATUS_ERRORS_MAX 16       /* entries in "errors" */
-#define EM_STATUS_ERROR_LEN_MAX 256   /* bytes per entry */
-#define EM_STATUS_EXTRA_MAX 4096      /* bytes of compact JSON kept for additionalInfo */
-#define EM_SIGNAL_MIN (-150)          /* dBm */
-#define EM_SIGNAL_MAX 0
+#define EM_PAYLOAD_MAX           16384 /* largest payload any decoder accepts */
+#define EM_JSON_DEPTH_MAX        8     /* deepest JSON nesting accepted */
+#define EM_FIRMWARE_VERSION_MAX  31
+#define EM_STATUS_ERRORS_MAX     16     /* entries in "errors" */
+#define EM_STATUS_ERROR_LEN_MAX  256    /* bytes per entry */
+#define EM_STATUS_EXTRA_MAX      4096   /* bytes of compact JSON kept for additionalInfo */
+#define EM_SIGNAL_MIN            (-150) /* dBm */
+#define EM_SIGNAL_MAX            0
 #define EM_CLOCK_SKEW_MS_DEFAULT 300000 /* telemetry timestamps may lead the clock by this */
 
 typedef enum em_power_mode {
@@ -48,14 +48,14 @@ typedef enum em_conn_status {
 } em_conn_status_t;
 
 /* Bits of em_status_t.has. */
-#define EM_STATUS_HAS_BATTERY (1u << 0)
+#define EM_STATUS_HAS_BATTERY    (1u << 0)
 #define EM_STATUS_HAS_POWER_MODE (1u << 1)
 #define EM_STATUS_HAS_CONNECTION (1u << 2)
-#define EM_STATUS_HAS_FIRMWARE (1u << 3)
-#define EM_STATUS_HAS_SIGNAL (1u << 4)
-#define EM_STATUS_HAS_ERRORS (1u << 5)
-#define EM_STATUS_HAS_EXTRA (1u << 6)
-#define EM_STATUS_HAS_LAST_SEEN (1u << 7)
+#define EM_STATUS_HAS_FIRMWARE   (1u << 3)
+#define EM_STATUS_HAS_SIGNAL     (1u << 4)
+#define EM_STATUS_HAS_ERRORS     (1u << 5)
+#define EM_STATUS_HAS_EXTRA      (1u << 6)
+#define EM_STATUS_HAS_LAST_SEEN  (1u << 7)
 
 /*
  * A device status. errors_json and extra_json are heap strings owned by the
@@ -63,15 +63,15 @@ typedef enum em_conn_status {
  * an empty list/object or none, which is the common case and costs nothing.
  */
 typedef struct em_status {
-    uint16_t has;           /* EM_STATUS_HAS_* */
-    uint8_t battery_level;  /* 0..100 */
-    uint8_t power_mode;     /* em_power_mode_t */
-    uint8_t connection;     /* em_conn_status_t */
-    int16_t signal_strength; /* dBm, -150..0 */
+    uint16_t has;                                       /* EM_STATUS_HAS_* */
+    uint8_t battery_level;                              /* 0..100 */
+    uint8_t power_mode;                                 /* em_power_mode_t */
+    uint8_t connection;                                 /* em_conn_status_t */
+    int16_t signal_strength;                            /* dBm, -150..0 */
     char firmware_version[EM_FIRMWARE_VERSION_MAX + 1]; /* [0-9A-Za-z.+_-], "" if absent */
-    int64_t last_seen_ms;   /* when the manager received it */
-    char *errors_json;      /* compact JSON array of strings, or NULL */
-    char *extra_json;       /* compact JSON object (additionalInfo), or NULL */
+    int64_t last_seen_ms;                               /* when the manager received it */
+    char *errors_json;                                  /* compact JSON array of strings, or NULL */
+    char *extra_json; /* compact JSON object (additionalInfo), or NULL */
 } em_status_t;
 
 /* Frees the heap strings of st and zeroes it. Accepts NULL. */
@@ -100,13 +100,13 @@ EM_EXPORT const char *em_power_mode_name(em_power_mode_t m);   /* "normal"...; N
 EM_EXPORT const char *em_conn_status_name(em_conn_status_t c); /* "online"...; NULL if unknown */
 
 /* Bits of em_telemetry_t.has. */
-#define EM_TELEMETRY_HAS_POWER (1u << 0)
-#define EM_TELEMETRY_HAS_ENERGY (1u << 1)
-#define EM_TELEMETRY_HAS_VOLTAGE (1u << 2)
-#define EM_TELEMETRY_HAS_CURRENT (1u << 3)
+#define EM_TELEMETRY_HAS_POWER       (1u << 0)
+#define EM_TELEMETRY_HAS_ENERGY      (1u << 1)
+#define EM_TELEMETRY_HAS_VOLTAGE     (1u << 2)
+#define EM_TELEMETRY_HAS_CURRENT     (1u << 3)
 #define EM_TELEMETRY_HAS_TEMPERATURE (1u << 4)
-#define EM_TELEMETRY_HAS_HUMIDITY (1u << 5)
-#define EM_TELEMETRY_HAS_BATTERY (1u << 6)
+#define EM_TELEMETRY_HAS_HUMIDITY    (1u << 5)
+#define EM_TELEMETRY_HAS_BATTERY     (1u << 6)
 
 /*
  * A telemetry sample. timestamp is required: an RFC 3339 string or a number of
@@ -138,7 +138,7 @@ EM_EXPORT em_err_t em_telemetry_decode(const char *payload, size_t len, int64_t 
 EM_EXPORT em_err_t em_telemetry_encode(const em_telemetry_t *t, char *buf, size_t size,
                                        size_t *out_len);
 
-#define EM_EVENT_TYPE_MAX 32
+#define EM_EVENT_TYPE_MAX    32
 #define EM_EVENT_DETAILS_MAX 4096
 
 /*

@@ -14,8 +14,8 @@ extern "C" {
 #endif
 
 #define EM_TOPIC_PREFIX_DEFAULT "device/"
-#define EM_TOPIC_PREFIX_MAX 64
-#define EM_TOPIC_MAX 160 /* prefix + id + "/" + kind, with room to spare */
+#define EM_TOPIC_PREFIX_MAX     64
+#define EM_TOPIC_MAX            160 /* prefix + id + "/" + kind, with room to spare */
 
 typedef enum em_topic_kind {
     EM_TOPIC_STATUS = 0,

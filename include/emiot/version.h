@@ -6,9 +6,9 @@
 
 #include "emiot/export.h"
 
-#define EM_VERSION_MAJOR 0
-#define EM_VERSION_MINOR 1
-#define EM_VERSION_PATCH 0
+#define EM_VERSION_MAJOR  0
+#define EM_VERSION_MINOR  1
+#define EM_VERSION_PATCH  0
 #define EM_VERSION_STRING "0.1.0"
 
 #ifdef __cplusplus
