@@ -93,86 +93,115 @@ static bool expect(const char *s, size_t len, size_t *pos, char c)
 
 #define SHAPE "must be an RFC 3339 timestamp like 2026-11-22T10:00:00Z"
 
-static em_err_t bad(em_error_t *err, const char *msg)
+/* The fields of a timestamp as written, before any range check. */
+typedef struct stamp {
+    unsigned year, mon, day, hour, min, sec, frac_ms;
+    int offset_min; /* east of UTC */
+} stamp_t;
+
+/* Reads the optional fraction of a second at s[*pos] (truncated to ms). */
+static const char *read_fraction(const char *s, size_t len, size_t *pos, unsigned *frac_ms)
 {
-    return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, NULL, "%s", msg);
+    *frac_ms = 0;
+    if (*pos >= len || s[*pos] != '.')
+        return NULL;
+    (*pos)++;
+    unsigned n = 0;
+    while (*pos < len && s[*pos] >= '0' && s[*pos] <= '9') {
+        /* Sub-millisecond digits are read and dropped. */
+        if (n < 3)
+            *frac_ms = *frac_ms * 10 + (unsigned)(s[*pos] - '0');
+        n++;
+        (*pos)++;
+    }
+    if (n == 0 || n > 9)
+        return "fraction of a second must have 1 to 9 digits";
+    for (; n < 3; n++)
+        *frac_ms *= 10;
+    return NULL;
+}
+
+/* Reads "Z", "z", "+hh:mm" or "-hh:mm" at s[*pos]. */
+static const char *read_offset(const char *s, size_t len, size_t *pos, int *offset_min)
+{
+    *offset_min = 0;
+    if (*pos < len && (s[*pos] == 'Z' || s[*pos] == 'z')) {
+        (*pos)++;
+        return NULL;
+    }
+    if (*pos >= len || (s[*pos] != '+' && s[*pos] != '-'))
+        return "offset must be Z or +hh:mm / -hh:mm";
+    int sign = s[*pos] == '-' ? -1 : 1;
+    unsigned oh, om;
+    (*pos)++;
+    if (!digits(s, len, pos, 2, &oh) || !expect(s, len, pos, ':') || !digits(s, len, pos, 2, &om))
+        return "offset must be Z or +hh:mm / -hh:mm";
+    if (oh > 23 || om > 59)
+        return "offset must be between -23:59 and +23:59";
+    *offset_min = sign * (int)(oh * 60 + om);
+    return NULL;
+}
+
+/* Splits s into its fields; returns the rule broken, or NULL. */
+static const char *read_stamp(const char *s, size_t len, stamp_t *t)
+{
+    size_t pos = 0;
+    if (!digits(s, len, &pos, 4, &t->year) || !expect(s, len, &pos, '-') ||
+        !digits(s, len, &pos, 2, &t->mon) || !expect(s, len, &pos, '-') ||
+        !digits(s, len, &pos, 2, &t->day))
+        return SHAPE;
+    if (pos >= len || (s[pos] != 'T' && s[pos] != 't'))
+        return SHAPE;
+    pos++;
+    if (!digits(s, len, &pos, 2, &t->hour) || !expect(s, len, &pos, ':') ||
+        !digits(s, len, &pos, 2, &t->min) || !expect(s, len, &pos, ':') ||
+        !digits(s, len, &pos, 2, &t->sec))
+        return SHAPE;
+    const char *why = read_fraction(s, len, &pos, &t->frac_ms);
+    if (why == NULL)
+        why = read_offset(s, len, &pos, &t->offset_min);
+    if (why == NULL && pos != len)
+        why = "unexpected characters after the timestamp";
+    return why;
+}
+
+/* Checks the fields against the calendar; returns the rule broken, or NULL. */
+static const char *check_stamp(const stamp_t *t)
+{
+    if (t->year < 1970)
+        return "year must be between 1970 and 9999";
+    if (t->mon < 1 || t->mon > 12)
+        return "month must be between 01 and 12";
+    if (t->day < 1 || t->day > days_in_month(t->year, t->mon))
+        return "day does not exist in that month";
+    if (t->hour > 23)
+        return "hour must be between 00 and 23";
+    if (t->min > 59)
+        return "minute must be between 00 and 59";
+    /* Leap seconds (":60") cannot be placed without a leap-second table and
+     * no device clock emits them in practice; they are refused, as most
+     * RFC 3339 consumers (JavaScript's Date among them) do. */
+    if (t->sec > 59)
+        return "second must be between 00 and 59";
+    return NULL;
 }
 
 em_err_t em_time_parse(const char *s, size_t len, int64_t *out_ms, em_error_t *err)
 {
     if (s == NULL || out_ms == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no timestamp");
-    size_t pos = 0;
-    unsigned year, mon, day, hour, min, sec;
-    if (!digits(s, len, &pos, 4, &year) || !expect(s, len, &pos, '-') ||
-        !digits(s, len, &pos, 2, &mon) || !expect(s, len, &pos, '-') ||
-        !digits(s, len, &pos, 2, &day))
-        return bad(err, SHAPE);
-    if (pos >= len || (s[pos] != 'T' && s[pos] != 't'))
-        return bad(err, SHAPE);
-    pos++;
-    if (!digits(s, len, &pos, 2, &hour) || !expect(s, len, &pos, ':') ||
-        !digits(s, len, &pos, 2, &min) || !expect(s, len, &pos, ':') ||
-        !digits(s, len, &pos, 2, &sec))
-        return bad(err, SHAPE);
-
-    unsigned frac_ms = 0;
-    if (pos < len && s[pos] == '.') {
-        pos++;
-        unsigned n = 0;
-        while (pos < len && s[pos] >= '0' && s[pos] <= '9') {
-            /* Sub-millisecond digits are read and dropped (truncation). */
-            if (n < 3)
-                frac_ms = frac_ms * 10 + (unsigned)(s[pos] - '0');
-            n++;
-            pos++;
-        }
-        if (n == 0 || n > 9)
-            return bad(err, "fraction of a second must have 1 to 9 digits");
-        for (; n < 3; n++)
-            frac_ms *= 10;
-    }
-
-    int offset_min = 0;
-    if (pos < len && (s[pos] == 'Z' || s[pos] == 'z')) {
-        pos++;
-    } else if (pos < len && (s[pos] == '+' || s[pos] == '-')) {
-        int sign = s[pos] == '-' ? -1 : 1;
-        unsigned oh, om;
-        pos++;
-        if (!digits(s, len, &pos, 2, &oh) || !expect(s, len, &pos, ':') ||
-            !digits(s, len, &pos, 2, &om))
-            return bad(err, "offset must be Z or +hh:mm / -hh:mm");
-        if (oh > 23 || om > 59)
-            return bad(err, "offset must be between -23:59 and +23:59");
-        offset_min = sign * (int)(oh * 60 + om);
-    } else {
-        return bad(err, "offset must be Z or +hh:mm / -hh:mm");
-    }
-    if (pos != len)
-        return bad(err, "unexpected characters after the timestamp");
-
-    if (year < 1970)
-        return bad(err, "year must be between 1970 and 9999");
-    if (mon < 1 || mon > 12)
-        return bad(err, "month must be between 01 and 12");
-    if (day < 1 || day > days_in_month(year, mon))
-        return bad(err, "day does not exist in that month");
-    if (hour > 23)
-        return bad(err, "hour must be between 00 and 23");
-    if (min > 59)
-        return bad(err, "minute must be between 00 and 59");
-    /* Leap seconds (":60") cannot be placed without a leap-second table and
-     * no device clock emits them in practice; they are refused, as most
-     * RFC 3339 consumers (JavaScript's Date among them) do. */
-    if (sec > 59)
-        return bad(err, "second must be between 00 and 59");
-
-    int64_t days = days_from_civil((int64_t)year, mon, day);
-    int64_t ms = days * MS_PER_DAY + (int64_t)hour * 3600000 + (int64_t)min * 60000 +
-                 (int64_t)sec * 1000 + frac_ms - (int64_t)offset_min * 60000;
+    stamp_t t;
+    const char *why = read_stamp(s, len, &t);
+    if (why == NULL)
+        why = check_stamp(&t);
+    if (why != NULL)
+        return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, NULL, "%s", why);
+    int64_t days = days_from_civil((int64_t)t.year, t.mon, t.day);
+    int64_t ms = days * MS_PER_DAY + (int64_t)t.hour * 3600000 + (int64_t)t.min * 60000 +
+                 (int64_t)t.sec * 1000 + t.frac_ms - (int64_t)t.offset_min * 60000;
     if (ms < 0)
-        return bad(err, "timestamp is before 1970-01-01T00:00:00Z");
+        return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, NULL, "%s",
+                            "timestamp is before 1970-01-01T00:00:00Z");
     *out_ms = ms;
     return EM_OK;
 }

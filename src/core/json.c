@@ -32,8 +32,8 @@
 
 #include "emiot/status.h"
 
-#define ARENA_SIZE  (64u * 1024u)
-#define ARENA_ALIGN 16u
+#define ARENA_SIZE  ((size_t)64 * 1024)
+#define ARENA_ALIGN ((size_t)16)
 
 typedef struct json_arena {
     size_t used;
@@ -162,26 +162,18 @@ static size_t utf8_seq(const unsigned char *p, size_t avail)
  */
 enum { C_PLAIN = 0, C_QUOTE, C_BACKSLASH, C_CONTROL, C_OPEN, C_CLOSE, C_HIGH };
 
-#define CTRL8(b)                                                                                   \
-    [b] = C_CONTROL, [b + 1] = C_CONTROL, [b + 2] = C_CONTROL, [b + 3] = C_CONTROL,                \
-    [b + 4] = C_CONTROL, [b + 5] = C_CONTROL, [b + 6] = C_CONTROL, [b + 7] = C_CONTROL
-#define HIGH8(b)                                                                                   \
-    [b] = C_HIGH, [b + 1] = C_HIGH, [b + 2] = C_HIGH, [b + 3] = C_HIGH, [b + 4] = C_HIGH,          \
-    [b + 5] = C_HIGH, [b + 6] = C_HIGH, [b + 7] = C_HIGH
-#define HIGH64(b)                                                                                  \
-    HIGH8(b), HIGH8(b + 8), HIGH8(b + 16), HIGH8(b + 24), HIGH8(b + 32), HIGH8(b + 40),            \
-        HIGH8(b + 48), HIGH8(b + 56)
-
 /* Inside a string: what ends a run of plain bytes. */
 static const unsigned char in_string_class[256] = {
-    CTRL8(0x00),     CTRL8(0x08),          CTRL8(0x10),  CTRL8(0x18),
-    ['"'] = C_QUOTE, ['\\'] = C_BACKSLASH, HIGH64(0x80), HIGH64(0xC0),
+    [0x00 ... 0x1F] = C_CONTROL,
+    ['"'] = C_QUOTE,
+    ['\\'] = C_BACKSLASH,
+    [0x80 ... 0xFF] = C_HIGH,
 };
 
 /* Outside strings: control characters are whitespace or cJSON's to reject. */
 static const unsigned char outside_class[256] = {
-    ['"'] = C_QUOTE, ['['] = C_OPEN, ['{'] = C_OPEN, [']'] = C_CLOSE,
-    ['}'] = C_CLOSE, HIGH64(0x80),   HIGH64(0xC0),
+    ['"'] = C_QUOTE, ['['] = C_OPEN,  ['{'] = C_OPEN,
+    [']'] = C_CLOSE, ['}'] = C_CLOSE, [0x80 ... 0xFF] = C_HIGH,
 };
 
 /*
