@@ -967,15 +967,22 @@ static void test_connect_times_out_without_connack(void **state)
     close(fd);
 }
 
-/* A broker that speaks only MQTT 3.1.1: it answers a version 5 CONNECT with a
- * 3.1.1 CONNACK "unacceptable protocol version" (as such brokers do), and a
- * version 4 CONNECT with success. It records the versions it saw. */
-typedef struct v311_server {
+/* Fake brokers, for what a real mosquitto never does.
+ * FAKE_V311 speaks only MQTT 3.1.1: it answers a version 5 CONNECT with a
+ * 3.1.1 CONNACK "unacceptable protocol version" (as such brokers do) and a
+ * version 4 CONNECT with success. FAKE_SILENT accepts the connection and
+ * then reads everything without ever acknowledging a message.
+ * Both record the protocol versions they saw. */
+typedef enum fake_mode { FAKE_V311, FAKE_SILENT } fake_mode_t;
+
+typedef struct fake_server {
+    fake_mode_t mode;
     int fd;
     int port;
     int levels[4];
     int nlevels;
-} v311_server_t;
+    pthread_t thread;
+} fake_server_t;
 
 static bool read_full(int fd, unsigned char *buf, size_t n)
 {
@@ -989,9 +996,16 @@ static bool read_full(int fd, unsigned char *buf, size_t n)
     return true;
 }
 
-static void *v311_main(void *arg)
+static void write_all(int fd, const unsigned char *buf, size_t n)
 {
-    v311_server_t *s = arg;
+    if (write(fd, buf, n) < 0) {
+        /* the client went away: nothing to do */
+    }
+}
+
+static void *fake_main(void *arg)
+{
+    fake_server_t *s = arg;
     while (s->nlevels < 4) {
         int c = accept(s->fd, NULL, NULL);
         if (c < 0)
@@ -1004,25 +1018,30 @@ static void *v311_main(void *arg)
         }
         int level = body[6]; /* after the length-prefixed "MQTT" */
         s->levels[s->nlevels++] = level;
-        if (level != 4) {
+        if (s->mode == FAKE_V311 && level != 4) {
             const unsigned char refuse[] = {0x20, 0x02, 0x00, 0x01};
-            if (write(c, refuse, sizeof(refuse)) < 0) {
-            }
+            write_all(c, refuse, sizeof(refuse));
             close(c);
             continue;
         }
-        const unsigned char ok[] = {0x20, 0x02, 0x00, 0x00};
-        if (write(c, ok, sizeof(ok)) < 0) {
-        }
-        /* Serve PINGREQ until the client goes. */
-        unsigned char p[2];
-        while (read_full(c, p, 2)) {
-            if (p[0] == 0xC0) {
-                const unsigned char pong[] = {0xD0, 0x00};
-                if (write(c, pong, sizeof(pong)) < 0) {
+        const unsigned char ok4[] = {0x20, 0x02, 0x00, 0x00};
+        const unsigned char ok5[] = {0x20, 0x03, 0x00, 0x00, 0x00};
+        if (level == 5)
+            write_all(c, ok5, sizeof(ok5));
+        else
+            write_all(c, ok4, sizeof(ok4));
+        if (s->mode == FAKE_SILENT) {
+            unsigned char sink[4096];
+            while (read(c, sink, sizeof(sink)) > 0) {
+            }
+        } else {
+            /* Serve PINGREQ until the client goes. */
+            unsigned char p[2];
+            while (read_full(c, p, 2) && p[0] != 0xE0) {
+                if (p[0] == 0xC0) {
+                    const unsigned char pong[] = {0xD0, 0x00};
+                    write_all(c, pong, sizeof(pong));
                 }
-            } else if (p[0] == 0xE0) {
-                break;
             }
         }
         close(c);
@@ -1031,41 +1050,84 @@ static void *v311_main(void *arg)
     return NULL;
 }
 
-static void test_mqtt5_refused_falls_back_to_mqtt311(void **state)
+static void fake_start(fake_server_t *s, fake_mode_t mode)
 {
-    (void)state;
-    v311_server_t s;
-    memset(&s, 0, sizeof(s));
-    s.fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(s, 0, sizeof(*s));
+    s->mode = mode;
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(s->fd >= 0);
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof(sa);
-    assert_int_equal(bind(s.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(s.fd, 4), 0);
-    assert_int_equal(getsockname(s.fd, (struct sockaddr *)&sa, &len), 0);
-    s.port = ntohs(sa.sin_port);
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, v311_main, &s), 0);
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(s->fd, 4), 0);
+    assert_int_equal(getsockname(s->fd, (struct sockaddr *)&sa, &len), 0);
+    s->port = ntohs(sa.sin_port);
+    assert_int_equal(pthread_create(&s->thread, NULL, fake_main, s), 0);
+}
 
+static void fake_stop(fake_server_t *s)
+{
+    shutdown(s->fd, SHUT_RDWR);
+    pthread_join(s->thread, NULL);
+    close(s->fd);
+}
+
+static void fake_opts(em_mqtt_options_t *o, const fake_server_t *s, char *url, size_t size)
+{
+    snprintf(url, size, "mqtt://127.0.0.1:%d", s->port);
+    em_mqtt_options_init(o);
+    o->url = url;
+    o->allow_plain = true;
+}
+
+static void test_mqtt5_refused_falls_back_to_mqtt311(void **state)
+{
+    (void)state;
+    fake_server_t s;
+    fake_start(&s, FAKE_V311);
     char url[64];
-    snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", s.port);
     em_mqtt_options_t o;
-    em_mqtt_options_init(&o);
-    o.url = url;
-    o.allow_plain = true;
+    fake_opts(&o, &s, url, sizeof(url));
     em_mqtt_t *m = new_client(&o);
     connect_ok(m);
     assert_int_equal(em_mqtt_protocol(m), 4);
     assert_int_equal(em_mqtt_disconnect(m, NULL), EM_OK);
     em_mqtt_free(m);
-    shutdown(s.fd, SHUT_RDWR);
-    pthread_join(t, NULL);
-    close(s.fd);
+    fake_stop(&s);
     assert_int_equal(s.nlevels, 2);
     assert_int_equal(s.levels[0], 5);
     assert_int_equal(s.levels[1], 4);
+}
+
+static void test_unacknowledged_publishes_are_bounded_and_reported_at_disconnect(void **state)
+{
+    (void)state;
+    fake_server_t s;
+    fake_start(&s, FAKE_SILENT);
+    char url[64];
+    em_mqtt_options_t o;
+    fake_opts(&o, &s, url, sizeof(url));
+    em_mqtt_t *m = new_client(&o);
+    connect_ok(m);
+    assert_int_equal(em_mqtt_start(m, NULL), EM_OK);
+    for (int i = 0; i < EM_MQTT_PENDING_MAX; i++) {
+        if (em_mqtt_publish(m, "t/limit", "x", 1, 1, false, NULL, NULL) != EM_OK)
+            fail_msg("publish %d refused", i);
+    }
+    em_error_t err;
+    em_error_clear(&err);
+    assert_int_equal(em_mqtt_publish(m, "t/limit", "x", 1, 1, false, NULL, &err), EM_ERR_LIMIT);
+    assert_int_equal(err.code, EM_ERR_LIMIT);
+    /* Nothing was acknowledged: disconnect says so, and disconnects anyway. */
+    em_error_clear(&err);
+    assert_int_equal(em_mqtt_disconnect(m, &err), EM_ERR_TIMEOUT);
+    assert_contains(err.message, "not acknowledged");
+    assert_false(em_mqtt_is_connected(m));
+    em_mqtt_free(m);
+    fake_stop(&s);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1372,6 +1434,90 @@ static void test_broker_killed_and_restarted_reconnects_and_resubscribes(void **
     em_test_broker_cleanup(&b);
 }
 
+/* Drives a client without a thread until event ev (at or after index from)
+ * is recorded; returns its index or -1. */
+static int loop_until_event(em_mqtt_t *m, em_mqtt_event_t ev, int from, int ms)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int i = wait_event(&R, ev, from, 0);
+        if (i >= 0)
+            return i;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 > ms)
+            return -1;
+        if (em_mqtt_loop(m, 50, NULL) != EM_OK)
+            return -1;
+    }
+}
+
+static void test_loop_without_thread_reconnects_after_broker_restart(void **state)
+{
+    (void)state;
+    em_test_broker_t b;
+    assert_int_equal(em_test_broker_start(&b, "plain"), 0);
+    em_mqtt_options_t o;
+    opts_plain(&o, &b);
+    o.reconnect_min_s = 1;
+    o.reconnect_max_s = 2;
+    em_mqtt_t *m = new_client(&o);
+    connect_ok(m);
+    assert_int_equal(em_mqtt_subscribe(m, "t/loopback/#", 1, NULL), EM_OK);
+    int c0 = loop_until_event(m, EM_MQTT_CONNECTED, 0, WAIT_MS);
+    assert_true(c0 >= 0);
+
+    assert_int_equal(em_test_broker_kill(&b), 0);
+    int d = loop_until_event(m, EM_MQTT_DISCONNECTED, c0, WAIT_MS);
+    assert_true(d > c0);
+    int r = loop_until_event(m, EM_MQTT_RECONNECTING, d, WAIT_MS);
+    assert_true(r > d);
+    assert_int_equal(em_test_broker_restart(&b), 0);
+    int c1 = loop_until_event(m, EM_MQTT_CONNECTED, r, 3 * WAIT_MS);
+    assert_true(c1 > r);
+
+    /* Re-subscribed: its own message comes back. */
+    assert_int_equal(em_mqtt_publish(m, "t/loopback/x", "again", 5, 1, false, NULL, NULL), EM_OK);
+    assert_true(loop_until_messages(m, &R, 1, WAIT_MS));
+    em_mqtt_free(m);
+    em_test_broker_cleanup(&b);
+}
+
+static void test_will_published_when_connection_drops(void **state)
+{
+    (void)state;
+    em_mqtt_options_t o;
+    opts_plain(&o, &PLAIN);
+    em_mqtt_t *watcher = new_client(&o);
+    connect_ok(watcher);
+    assert_int_equal(em_mqtt_start(watcher, NULL), EM_OK);
+    roundtrip(watcher, "t/will/dev-9/availability");
+    int before = NMSG();
+
+    /* A child process connects with a last will and dies without a
+     * DISCONNECT: the broker publishes the will. */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        em_mqtt_options_t w;
+        opts_plain(&w, &PLAIN);
+        w.will_topic = "t/will/dev-9/availability";
+        w.will_payload = "offline";
+        w.will_qos = 1;
+        em_mqtt_t *dev = em_mqtt_new(&w, NULL, NULL);
+        int rc = dev != NULL && em_mqtt_connect(dev, WAIT_MS, NULL) == EM_OK ? 0 : 1;
+        _exit(rc);
+    }
+    assert_int_equal(em_test_wait(pid, WAIT_MS), 0);
+    assert_true(wait_messages(&R, before + 1, WAIT_MS));
+    pthread_mutex_lock(&R.mu);
+    assert_string_equal(R.topic[before], "t/will/dev-9/availability");
+    assert_string_equal(R.payload[before], "offline");
+    pthread_mutex_unlock(&R.mu);
+    em_mqtt_free(watcher);
+}
+
 /* ---------------------------------------------------------------------- */
 /* The child-process helpers the manager tests use                         */
 
@@ -1462,6 +1608,8 @@ int main(void)
         cmocka_unit_test_setup(test_connection_refused_is_connection_error, test_setup),
         cmocka_unit_test_setup(test_connect_times_out_without_connack, test_setup),
         cmocka_unit_test_setup(test_mqtt5_refused_falls_back_to_mqtt311, test_setup),
+        cmocka_unit_test_setup(test_unacknowledged_publishes_are_bounded_and_reported_at_disconnect,
+                               test_setup),
         cmocka_unit_test_setup(test_tls_connect_with_right_ca, test_setup),
         cmocka_unit_test_setup(test_tls_client_freed_without_connecting_leaks_nothing, test_setup),
         cmocka_unit_test_setup(test_tls_ip_address_url_matches_ip_san, test_setup),
@@ -1483,6 +1631,9 @@ int main(void)
         cmocka_unit_test_setup(test_no_credentials_refused_by_password_broker, test_setup),
         cmocka_unit_test_setup(test_broker_killed_and_restarted_reconnects_and_resubscribes,
                                test_setup),
+        cmocka_unit_test_setup(test_loop_without_thread_reconnects_after_broker_restart,
+                               test_setup),
+        cmocka_unit_test_setup(test_will_published_when_connection_drops, test_setup),
         cmocka_unit_test_setup(test_mosquitto_sub_receives_what_we_publish, test_setup),
         cmocka_unit_test_setup(test_mosquitto_pub_message_is_received, test_setup),
     };
