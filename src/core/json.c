@@ -39,6 +39,7 @@ typedef struct json_arena {
     size_t used;
     unsigned live; /* trees from em__json_parse not yet freed */
     bool parsing;  /* inside cJSON_ParseWithLengthOpts on this thread */
+    bool spilled;  /* a parse since the last reset fell back to malloc */
     _Alignas(16) unsigned char data[ARENA_SIZE];
 } json_arena_t;
 
@@ -64,6 +65,8 @@ static void *hook_malloc(size_t size)
             return p;
         }
     }
+    if (a != NULL && a->parsing)
+        a->spilled = true;
     return malloc(size);
 }
 
@@ -109,6 +112,7 @@ static json_arena_t *arena_get(void)
     a->used = 0;
     a->live = 0;
     a->parsing = false;
+    a->spilled = false;
     if (pthread_setspecific(arena_key, a) != 0) {
         free(a);
         return NULL;
@@ -368,8 +372,10 @@ cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err)
         }
     }
     if (root == NULL) {
-        if (a != NULL && a->live == 0)
+        if (a != NULL && a->live == 0) {
             a->used = 0;
+            a->spilled = false;
+        }
         /* cJSON cannot tell a failed allocation from bad input; an allocation
          * this small failing means the process is out of memory anyway. */
         size_t off = end != NULL && end >= buf ? (size_t)(end - buf) : 0;
@@ -386,10 +392,22 @@ void em__json_free(cJSON *root)
 {
     if (root == NULL)
         return;
-    cJSON_Delete(root);
     json_arena_t *a = tls_arena;
-    if (a != NULL && a->live > 0 && --a->live == 0)
+    /* When this is the thread's only live tree and every byte of it came from
+     * the arena, resetting the arena frees it: walking it with cJSON_Delete
+     * only to have the free hook ignore every node would cost as much as a
+     * third of decoding a status message. Trees are never modified (json.h),
+     * so no malloc'd item can hide in one. */
+    if (a != NULL && a->live == 1 && !a->spilled) {
+        a->live = 0;
         a->used = 0;
+        return;
+    }
+    cJSON_Delete(root);
+    if (a != NULL && a->live > 0 && --a->live == 0) {
+        a->used = 0;
+        a->spilled = false;
+    }
 }
 
 /* Stack space used for printing before falling back to a heap buffer. */

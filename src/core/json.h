@@ -32,7 +32,9 @@ void em__json_init(void);
  */
 cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err);
 
-/* Frees a tree from em__json_parse. Accepts NULL. */
+/* Frees a tree from em__json_parse, on the thread that parsed it. Trees are
+ * read-only: never add, replace or detach items (freeing may skip the walk of
+ * a tree that lives wholly in the arena). Accepts NULL. */
 void em__json_free(cJSON *root);
 
 /*
