@@ -160,13 +160,49 @@ void em__mqtt_on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
                          const mosquitto_property *props);
 void em__mqtt_subs_free(em_mqtt_t *m);
 
-/* mqtt.c */
+/* callbacks.c */
 
 /* Reports an event to the application (or defers it). No lock held. */
 void em__mqtt_emit(em_mqtt_t *m, em_mqtt_event_t ev, const em_error_t *err);
 
 /* Reports a PUBACK to the application (or defers it). No lock held. */
 void em__mqtt_emit_published(em_mqtt_t *m, int mid);
+
+/* libmosquitto's message callback. */
+void em__mqtt_on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_message *msg);
+
+/* Delivers the deferred callbacks, in order (driver, defer off). */
+void em__mqtt_deliver_deferred(em_mqtt_t *m);
+
+/* Drops the deferred callbacks. */
+void em__mqtt_deferred_free(em_mqtt_t *m);
+
+/* driver.c */
+
+/* libmosquitto's CONNACK, disconnect and log callbacks. */
+void em__mqtt_on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
+                         const mosquitto_property *props);
+void em__mqtt_on_disconnect(struct mosquitto *mosq, void *ud, int rc,
+                            const mosquitto_property *props);
+void em__mqtt_on_log(struct mosquitto *mosq, void *ud, int level, const char *str);
+
+/* Waits on cond (CLOCK_MONOTONIC) for at most ms milliseconds. */
+void em__mqtt_cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t ms);
+
+/* Starts a connection attempt; the caller has set state to CONNECTING. */
+void em__mqtt_attempt_start(em_mqtt_t *m);
+
+/* Cuts the current attempt or connection short (libmosquitto then closes). */
+void em__mqtt_abort(em_mqtt_t *m);
+
+/* One step of the network, returning within about timeout_ms. No lock held. */
+void em__mqtt_drive(em_mqtt_t *m, int timeout_ms);
+
+/* Closes whatever socket is still open, at once. */
+void em__mqtt_close_now(em_mqtt_t *m);
+
+/* The network thread. */
+void *em__mqtt_thread_main(void *arg);
 
 /* Test hooks. */
 

@@ -1,0 +1,520 @@
+/*
+ * emiot - mqtt/driver.c: the one loop that runs the network, on the network
+ * thread or in the caller of em_mqtt_connect / em_mqtt_loop / em_mqtt_disconnect.
+ *
+ * Why emiot runs its own network thread instead of mosquitto_loop_start: the
+ * thread and em_mqtt_loop share this driver, so both reconnect the same way,
+ * with a backoff that really doubles (libmosquitto's "exponential" delay grows
+ * as n squared, and its thread stops for good on a TLS or protocol error),
+ * report EM_MQTT_RECONNECTING before each retry, time out an attempt that
+ * gets no CONNACK, and fall back from MQTT 5 to 3.1.1. libmosquitto stays in
+ * threaded mode (mosquitto_threaded_set), so publish and subscribe are safe
+ * from any thread while the driver runs mosquitto_loop.
+ *
+ * States: IDLE -> CONNECTING (attempt_start) -> CONNECTED (on_connect) or
+ * WAITING (connection_closed schedules a retry) -> CONNECTING ... and back to
+ * IDLE when the client disconnects.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "emiot/clock.h"
+#include "emiot/log.h"
+#include "mqtt/mqtt_internal.h"
+
+/* Set on the network thread, whose signals are all blocked. */
+static _Thread_local bool tl_network_thread;
+
+/* Waits on cond for at most ms milliseconds (CLOCK_MONOTONIC). */
+void em__mqtt_cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(cond, mu, &ts);
+}
+
+/* A SIGPIPE raised by a write on a closed TLS socket would kill the process.
+ * The network thread blocks every signal; a caller driving the network
+ * without a thread gets SIGPIPE blocked around the call, and a SIGPIPE that
+ * the call raised is consumed before the mask is restored. */
+typedef struct sigpipe_guard {
+    bool active;
+    bool was_pending;
+    sigset_t old;
+} sigpipe_guard_t;
+
+static void sigpipe_block(sigpipe_guard_t *g)
+{
+    g->active = false;
+    if (tl_network_thread)
+        return;
+    sigset_t set, pending;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE) == 1;
+    g->active = pthread_sigmask(SIG_BLOCK, &set, &g->old) == 0;
+}
+
+static void sigpipe_restore(sigpipe_guard_t *g)
+{
+    if (!g->active)
+        return;
+    if (!g->was_pending) {
+        sigset_t set, pending;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        sigemptyset(&pending);
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE) == 1) {
+            struct timespec zero = {0, 0};
+            while (sigtimedwait(&set, NULL, &zero) < 0 && errno == EINTR) {
+            }
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Connection state                                                        */
+
+/* Chooses the delay before the next attempt and doubles the next one. A
+ * random fifth is added so that a fleet does not reconnect in lockstep after a
+ * broker restart. Lock held. */
+static int64_t schedule_retry(em_mqtt_t *m)
+{
+    int64_t max_ms = (int64_t)m->reconnect_max_s * 1000;
+    int64_t delay = m->backoff_ms;
+    unsigned char r[2] = {0, 0};
+    if (delay >= 5 && RAND_bytes(r, sizeof(r)) == 1)
+        delay += (int64_t)(((unsigned)r[0] << 8 | r[1]) % (unsigned)(delay / 5 + 1));
+    if (delay > max_ms)
+        delay = max_ms;
+    m->backoff_ms = m->backoff_ms > max_ms / 2 ? max_ms : m->backoff_ms * 2;
+    m->state = EM__MQTT_WAITING;
+    m->next_attempt_ms = em_mono_ms() + delay;
+    return delay;
+}
+
+static void emit_reconnecting(em_mqtt_t *m, int64_t delay_ms, const em_error_t *cause)
+{
+    em_error_t e;
+    em_error_clear(&e);
+    em_error_set(&e, cause != NULL ? cause->code : EM_ERR_CONNECTION, EM_SEV_MEDIUM, NULL,
+                 "reconnecting in %lld.%01lld s", (long long)(delay_ms / 1000),
+                 (long long)(delay_ms % 1000 / 100));
+    em__mqtt_emit(m, EM_MQTT_RECONNECTING, &e);
+}
+
+/* Why a connection that was up went down. */
+static void explain_drop(em_mqtt_t *m, int rc, int saved_errno, em_error_t *err)
+{
+    const char *why;
+    if (rc == MOSQ_ERR_KEEPALIVE)
+        why = "keepalive timeout: no answer from the broker";
+    else if (rc == MOSQ_ERR_ERRNO && saved_errno != 0)
+        why = strerror(saved_errno);
+    else if (rc == MOSQ_ERR_SUCCESS || rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST)
+        why = "closed by the broker or the network";
+    else
+        why = mosquitto_strerror(rc);
+    em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url", "connection to %s:%d lost: %s",
+                 m->url.host, m->url.port, why);
+}
+
+/* Maps a refused CONNACK (reason code for MQTT 5, return code for 3.1.1). */
+static void explain_connack(em_mqtt_t *m, int protocol, int rc, em_error_t *err)
+{
+    em_err_t code = EM_ERR_CONNECTION;
+    const char *text;
+    if (protocol == 5) {
+        text = mosquitto_reason_string(rc);
+        switch (rc) {
+        case MQTT_RC_BAD_USERNAME_OR_PASSWORD:
+        case MQTT_RC_NOT_AUTHORIZED:
+        case MQTT_RC_BAD_AUTHENTICATION_METHOD:
+            code = EM_ERR_AUTHENTICATION;
+            break;
+        case MQTT_RC_BANNED:
+            code = EM_ERR_PERMISSION_DENIED;
+            break;
+        case MQTT_RC_CLIENTID_NOT_VALID:
+            code = EM_ERR_CONFIGURATION;
+            break;
+        case MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION:
+        case MQTT_RC_PROTOCOL_ERROR:
+        case MQTT_RC_MALFORMED_PACKET:
+            code = EM_ERR_PROTOCOL;
+            break;
+        case MQTT_RC_CONNECTION_RATE_EXCEEDED:
+        case MQTT_RC_QUOTA_EXCEEDED:
+            code = EM_ERR_RATE_LIMIT_EXCEEDED;
+            break;
+        default:
+            code = EM_ERR_CONNECTION;
+            break;
+        }
+    } else {
+        text = mosquitto_connack_string(rc);
+        switch (rc) {
+        case CONNACK_REFUSED_PROTOCOL_VERSION:
+            code = EM_ERR_PROTOCOL;
+            break;
+        case CONNACK_REFUSED_IDENTIFIER_REJECTED:
+            code = EM_ERR_CONFIGURATION;
+            break;
+        case CONNACK_REFUSED_BAD_USERNAME_PASSWORD:
+        case CONNACK_REFUSED_NOT_AUTHORIZED:
+            code = EM_ERR_AUTHENTICATION;
+            break;
+        default:
+            code = EM_ERR_CONNECTION;
+            break;
+        }
+    }
+    em_error_set(err, code, EM_SEV_HIGH, code == EM_ERR_AUTHENTICATION ? "username" : "url",
+                 "broker %s:%d refused the connection: %s (CONNACK code %d)", m->url.host,
+                 m->url.port, text, rc);
+}
+
+/* Why the current attempt failed. Driver only. */
+static void explain_attempt(em_mqtt_t *m, int protocol, int rc, int saved_errno, em_error_t *err)
+{
+    const char *host = m->url.host;
+    int port = m->url.port;
+    if (m->aborted) {
+        em_error_set(err, EM_ERR_TIMEOUT, EM_SEV_HIGH, "url",
+                     "no answer (CONNACK) from broker %s:%d in time", host, port);
+        return;
+    }
+    if (em__mqtt_tls_explain(m, err))
+        return;
+    if (m->connack_rc > 0) {
+        explain_connack(m, protocol, m->connack_rc, err);
+        return;
+    }
+    if (rc == MOSQ_ERR_EAI) {
+        em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url", "cannot resolve host %s", host);
+        return;
+    }
+    if (rc == MOSQ_ERR_ERRNO || rc == MOSQ_ERR_CONN_LOST) {
+        switch (saved_errno) {
+        case ECONNREFUSED:
+            em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url",
+                         "connection refused by %s:%d (is the broker running?)", host, port);
+            return;
+        case ETIMEDOUT:
+        case EHOSTUNREACH:
+        case ENETUNREACH:
+        case EHOSTDOWN:
+        case ENETDOWN:
+            em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url", "%s:%d is unreachable: %s",
+                         host, port, strerror(saved_errno));
+            return;
+        default:
+            break;
+        }
+    }
+    if (m->ssl_ctx != NULL && !m->tls.handshake_done) {
+        em_error_set(err, EM_ERR_TLS, EM_SEV_HIGH, "url",
+                     "TLS handshake with %s:%d failed (%s; is it a TLS listener?)", host, port,
+                     rc == MOSQ_ERR_ERRNO && saved_errno != 0 ? strerror(saved_errno)
+                                                              : mosquitto_strerror(rc));
+        return;
+    }
+    if (rc == MOSQ_ERR_ERRNO && saved_errno != 0)
+        em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url", "cannot connect to %s:%d: %s",
+                     host, port, strerror(saved_errno));
+    else
+        em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url",
+                     "connection to %s:%d closed before the broker answered (%s)", host, port,
+                     mosquitto_strerror(rc));
+}
+
+static void log_event(em_log_level_t level, em_mqtt_t *m, const char *msg, const em_error_t *e)
+{
+    if (!em_log_enabled(level))
+        return;
+    em_log_field_t f[] = {EM_LOG_STR("host", m->url.host), EM_LOG_INT("port", m->url.port),
+                          EM_LOG_STR("client_id", m->client_id),
+                          EM_LOG_STR("error", e != NULL ? e->message : "")};
+    em_log(level, "mqtt", NULL, msg, f, e != NULL ? 4 : 3);
+}
+
+/* The connection (or attempt) is gone: libmosquitto has closed the socket.
+ * Decides what comes next and tells the application. Driver only. */
+static void connection_closed(em_mqtt_t *m, int rc, int saved_errno)
+{
+    em_error_t e;
+    em_error_clear(&e);
+    atomic_store_explicit(&m->connected, false, memory_order_release);
+    /* QoS 0 packets not yet written are gone with the connection (QoS 1/2
+     * ones stay in libmosquitto and are sent again after reconnecting). */
+    pthread_mutex_lock(&m->pub_lock);
+    m->pending0 = 0;
+    pthread_mutex_unlock(&m->pub_lock);
+
+    pthread_mutex_lock(&m->lock);
+    em__mqtt_state_t prev = m->state;
+    int protocol = m->protocol;
+    if (m->closing || !m->auto_connect) {
+        m->state = EM__MQTT_IDLE;
+        if (prev == EM__MQTT_CONNECTING) {
+            em_error_set(&m->last_attempt_err, EM_ERR_CONNECTION, EM_SEV_MEDIUM, NULL,
+                         "the connection attempt was cancelled");
+            m->attempts_done++;
+        }
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        if (prev == EM__MQTT_CONNECTED) {
+            em_error_set(&e, EM_ERR_OK, EM_SEV_LOW, NULL, "disconnected by the client");
+            log_event(EM_LOG_DEBUG, m, "disconnected", NULL);
+            em__mqtt_emit(m, EM_MQTT_DISCONNECTED, &e);
+        }
+        return;
+    }
+
+    if (prev == EM__MQTT_CONNECTED) {
+        explain_drop(m, rc, saved_errno, &e);
+        m->backoff_ms = (int64_t)m->reconnect_min_s * 1000;
+        int64_t delay = schedule_retry(m);
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        log_event(EM_LOG_DEBUG, m, "connection lost", &e);
+        em__mqtt_emit(m, EM_MQTT_DISCONNECTED, &e);
+        emit_reconnecting(m, delay, &e);
+        return;
+    }
+
+    /* A failed attempt. A broker that does not speak MQTT 5 gets one more
+     * attempt at once, in 3.1.1; the client stays on 3.1.1 from then on. */
+    int connack = m->connack_rc;
+    if (protocol == 5 && !m->aborted &&
+        (connack == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION ||
+         connack == CONNACK_REFUSED_PROTOCOL_VERSION)) {
+        m->protocol = 4;
+        m->state = EM__MQTT_WAITING;
+        m->next_attempt_ms = em_mono_ms();
+        m->attempt_now = true;
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        log_event(EM_LOG_DEBUG, m, "broker refused MQTT 5; retrying with MQTT 3.1.1", NULL);
+        return;
+    }
+    explain_attempt(m, protocol, rc, saved_errno, &e);
+    m->last_attempt_err = e;
+    m->attempts_done++;
+    int64_t delay = schedule_retry(m);
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    log_event(EM_LOG_DEBUG, m, "connection attempt failed", &e);
+    if (!m->quiet) {
+        em__mqtt_emit(m, EM_MQTT_ERROR, &e);
+        emit_reconnecting(m, delay, &e);
+    }
+}
+
+void em__mqtt_on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
+                         const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)flags;
+    (void)props;
+    em_mqtt_t *m = ud;
+    int saved = errno;
+    m->connack_rc = rc;
+    if (rc != 0) {
+        /* Refused: libmosquitto closes the socket and the driver reports
+         * the refusal from connection_closed. */
+        errno = saved;
+        return;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->state = EM__MQTT_CONNECTED;
+    atomic_store_explicit(&m->negotiated, m->protocol, memory_order_release);
+    atomic_store_explicit(&m->connected, true, memory_order_release);
+    m->backoff_ms = (int64_t)m->reconnect_min_s * 1000;
+    m->attempts_done++;
+    em_error_clear(&m->last_attempt_err);
+    em__mqtt_resubscribe(m);
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    log_event(EM_LOG_DEBUG, m, "connected", NULL);
+    em__mqtt_emit(m, EM_MQTT_CONNECTED, NULL);
+    errno = saved;
+}
+
+void em__mqtt_on_disconnect(struct mosquitto *mosq, void *ud, int rc,
+                            const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)rc;
+    (void)props;
+    em_mqtt_t *m = ud;
+    /* Publishers see it at once; the driver does the rest when
+     * mosquitto_loop returns. */
+    atomic_store_explicit(&m->connected, false, memory_order_release);
+}
+
+void em__mqtt_on_log(struct mosquitto *mosq, void *ud, int level, const char *str)
+{
+    (void)mosq;
+    (void)level;
+    em_mqtt_t *m = ud;
+    if (!em_log_enabled(EM_LOG_DEBUG) || str == NULL)
+        return;
+    em_log_field_t f[] = {EM_LOG_STR("client_id", m->client_id), EM_LOG_STR("libmosquitto", str)};
+    em_log(EM_LOG_DEBUG, "mqtt", NULL, "libmosquitto", f, 2);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The driver                                                              */
+
+/* Starts an attempt; state is already CONNECTING. Driver only, no lock. */
+void em__mqtt_attempt_start(em_mqtt_t *m)
+{
+    m->connack_rc = -1;
+    m->aborted = false;
+    em__mqtt_tls_diag_reset(m);
+    int protocol;
+    pthread_mutex_lock(&m->lock);
+    protocol = m->protocol;
+    pthread_mutex_unlock(&m->lock);
+    mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION,
+                         protocol == 5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    errno = 0;
+    int rc = mosquitto_connect_async(m->mosq, m->url.host, m->url.port, m->keepalive_s);
+    int saved = errno;
+    sigpipe_restore(&g);
+    if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
+        connection_closed(m, rc != MOSQ_ERR_SUCCESS ? rc : MOSQ_ERR_NO_CONN, saved);
+}
+
+/* Cuts the current attempt or connection short: libmosquitto sees the socket
+ * fail on its next read and closes it itself. */
+void em__mqtt_abort(em_mqtt_t *m)
+{
+    int fd = mosquitto_socket(m->mosq);
+    m->aborted = true;
+    if (fd < 0)
+        return;
+    if (shutdown(fd, SHUT_RDWR) != 0 && errno == ENOTCONN) {
+        /* Still connecting: dissolve the association instead. */
+        struct sockaddr sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_family = AF_UNSPEC;
+        (void)connect(fd, &sa, sizeof(sa));
+    }
+}
+
+/* Runs the network once while a socket is open. Driver only. */
+static void io_step(em_mqtt_t *m, int timeout_ms)
+{
+    pthread_mutex_lock(&m->lock);
+    em__mqtt_state_t st = m->state;
+    int64_t deadline = m->attempt_deadline_ms;
+    pthread_mutex_unlock(&m->lock);
+    if (st == EM__MQTT_CONNECTING) {
+        int64_t left = deadline - em_mono_ms();
+        if (left <= 0 && !m->aborted)
+            em__mqtt_abort(m);
+        /* Wake up in time to notice the deadline. */
+        if (left < timeout_ms)
+            timeout_ms = left > 0 ? (int)left : 0;
+        if (timeout_ms > 200)
+            timeout_ms = 200;
+    }
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    errno = 0;
+    int rc = mosquitto_loop(m->mosq, timeout_ms, 1);
+    int saved = errno;
+    sigpipe_restore(&g);
+    if (mosquitto_socket(m->mosq) < 0) {
+        connection_closed(m, rc, saved);
+        return;
+    }
+    if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
+        /* The socket is still open but select failed: do not spin. */
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* One step of the network: waits, starts an attempt, or runs the socket.
+ * Returns within about timeout_ms. Driver only, no lock held. */
+void em__mqtt_drive(em_mqtt_t *m, int timeout_ms)
+{
+    pthread_mutex_lock(&m->lock);
+    em__mqtt_state_t st = m->state;
+    if (st == EM__MQTT_CONNECTING || st == EM__MQTT_CONNECTED) {
+        pthread_mutex_unlock(&m->lock);
+        io_step(m, timeout_ms);
+        return;
+    }
+    if (!m->auto_connect || m->stop) {
+        if (st == EM__MQTT_WAITING)
+            m->state = EM__MQTT_IDLE;
+        if (!m->stop)
+            em__mqtt_cond_wait_ms(&m->cond, &m->lock, timeout_ms);
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    int64_t now = em_mono_ms();
+    if (st == EM__MQTT_WAITING && !m->attempt_now && now < m->next_attempt_ms) {
+        int64_t wait = m->next_attempt_ms - now;
+        em__mqtt_cond_wait_ms(&m->cond, &m->lock, wait < timeout_ms ? wait : timeout_ms);
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    m->attempt_now = false;
+    m->state = EM__MQTT_CONNECTING;
+    m->attempt_deadline_ms = now + EM__MQTT_CONNECT_TIMEOUT_MS;
+    pthread_mutex_unlock(&m->lock);
+    em__mqtt_attempt_start(m);
+}
+
+/* Closes whatever socket is still open, at once (the network thread on its
+ * way out, or a disconnect whose DISCONNECT did not go through). */
+void em__mqtt_close_now(em_mqtt_t *m)
+{
+    for (int i = 0; i < 50 && mosquitto_socket(m->mosq) >= 0; i++) {
+        em__mqtt_abort(m);
+        io_step(m, 20);
+    }
+}
+
+void *em__mqtt_thread_main(void *arg)
+{
+    em_mqtt_t *m = arg;
+    tl_network_thread = true;
+    em__mqtt_deliver_deferred(m);
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        bool stop = m->stop;
+        pthread_mutex_unlock(&m->lock);
+        if (stop)
+            break;
+        em__mqtt_drive(m, 1000);
+    }
+    em__mqtt_close_now(m);
+    return NULL;
+}
