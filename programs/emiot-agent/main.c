@@ -26,9 +26,14 @@
 #include "emiot/log.h"
 #include "emiot/version.h"
 
-#define PROGRAM                  "emiot-agent"
-#define MODULE                   "agent"
-#define AGENT_SIMULATE_MAX       10000
+#define PROGRAM "emiot-agent"
+#define MODULE  "agent"
+/* libmosquitto's loop waits with select(), which cannot watch a descriptor
+ * numbered 1024 or more, and each client holds three (its socket and the
+ * socket pair that wakes its thread). 300 clients stay well below; a bigger
+ * fleet runs as several processes (--first). */
+#define AGENT_SIMULATE_MAX       300
+#define AGENT_FIRST_MAX          999999
 #define AGENT_ID_PREFIX_DEFAULT  "sim"
 #define AGENT_TICK_MS            100
 #define AGENT_CONNECT_TIMEOUT_MS 10000
@@ -52,6 +57,7 @@ enum {
     OPT_ID,
     OPT_SIMULATE,
     OPT_ID_PREFIX,
+    OPT_FIRST,
     OPT_TYPE,
     OPT_INTERVAL,
     OPT_TELEMETRY_INTERVAL,
@@ -82,6 +88,7 @@ static const struct option long_options[] = {
     {"id", required_argument, NULL, OPT_ID},
     {"simulate", required_argument, NULL, OPT_SIMULATE},
     {"id-prefix", required_argument, NULL, OPT_ID_PREFIX},
+    {"first", required_argument, NULL, OPT_FIRST},
     {"type", required_argument, NULL, OPT_TYPE},
     {"interval", required_argument, NULL, OPT_INTERVAL},
     {"telemetry-interval", required_argument, NULL, OPT_TELEMETRY_INTERVAL},
@@ -120,8 +127,10 @@ static void usage(FILE *out)
         "\n"
         "Devices:\n"
         "  --id ID                   play the single device ID (3-50 of [A-Za-z0-9_-])\n"
-        "  --simulate N              play N devices <id-prefix>-001..N (1..10000)\n"
+        "  --simulate N              play N devices <id-prefix>-001..N (1..300 per process)\n"
         "  --id-prefix P             id prefix of simulated devices (default \"sim\")\n"
+        "  --first K                 number of the first simulated device (default 1), to\n"
+        "                            split a fleet over processes\n"
         "  --type TYPE               sensor (default), camera, actuator, gateway, generic,\n"
         "                            or mixed (simulated devices take the types in turn)\n"
         "  --prefix P                topic prefix (default \"device/\")\n"
@@ -203,6 +212,7 @@ typedef struct agent_args {
     const char *id;
     const char *id_prefix;
     long simulate; /* 0 = single device */
+    long first;    /* number of the first simulated device */
     const char *type;
     long duration_s;
     uint64_t seed;
@@ -223,6 +233,7 @@ static int parse_args(int argc, char **argv, agent_args_t *a)
     a->cfg.command_max_age_ms = 300 * 1000;
     a->cfg.firmware = AGENT_FIRMWARE_DEFAULT;
     a->id_prefix = AGENT_ID_PREFIX_DEFAULT;
+    a->first = 1;
     a->type = "sensor";
     a->log_level = EM_LOG_INFO;
 
@@ -272,7 +283,14 @@ static int parse_args(int argc, char **argv, agent_args_t *a)
             break;
         case OPT_SIMULATE:
             if (!parse_long(optarg, 1, AGENT_SIMULATE_MAX, &a->simulate))
-                return usage_error("--simulate: '%s' is not a number from 1 to 10000", optarg);
+                return usage_error("--simulate: '%s' is not a number from 1 to %d (run several "
+                                   "processes with --first for more)",
+                                   optarg, AGENT_SIMULATE_MAX);
+            break;
+        case OPT_FIRST:
+            if (!parse_long(optarg, 1, AGENT_FIRST_MAX, &a->first))
+                return usage_error("--first: '%s' is not a number from 1 to %d", optarg,
+                                   AGENT_FIRST_MAX);
             break;
         case OPT_ID_PREFIX:
             a->id_prefix = optarg;
@@ -347,6 +365,8 @@ static int parse_args(int argc, char **argv, agent_args_t *a)
 
     if (!a->cfg.url)
         return usage_error("%s", "--url is required");
+    if (a->first != 1 && !a->simulate)
+        return usage_error("%s", "--first goes with --simulate");
     if (a->id && a->simulate)
         return usage_error("%s", "--id and --simulate exclude each other");
     if (!a->id && !a->simulate)
@@ -366,7 +386,7 @@ static int parse_args(int argc, char **argv, agent_args_t *a)
     if (a->simulate) {
         /* The longest generated id must still be a valid device id. */
         char probe[EM_DEVICE_ID_MAX + 16];
-        int n = snprintf(probe, sizeof probe, "%s-%03ld", a->id_prefix, a->simulate);
+        int n = snprintf(probe, sizeof probe, "%s-%03ld", a->id_prefix, a->first + a->simulate - 1);
         if (n < 0 || (size_t)n >= sizeof probe ||
             em_device_id_validate(probe, (size_t)n, NULL) != EM_OK)
             return usage_error("--id-prefix: '%s' does not make valid device ids", a->id_prefix);
@@ -435,16 +455,19 @@ int main(int argc, char **argv)
         em_error_t err;
 
         if (a.simulate)
-            snprintf(id, sizeof id, "%s-%03zu", a.id_prefix, i + 1);
+            snprintf(id, sizeof id, "%s-%03ld", a.id_prefix, a.first + (long)i);
         else
             snprintf(id, sizeof id, "%s", a.id);
+        /* Types and seeds follow the device number, not the position in this
+         * process, so a fleet split with --first is the same fleet. */
         if (strcmp(a.type, "mixed") == 0)
-            type = mixed[i % (sizeof mixed / sizeof mixed[0])];
+            type = mixed[(size_t)(a.first - 1 + (long)i) % (sizeof mixed / sizeof mixed[0])];
         else
             (void)em_device_type_parse(a.type, strlen(a.type), &type, NULL);
 
         em_error_clear(&err);
-        if (agent_device_init(&devs[i], &a.cfg, id, type, a.seed + i, &err) != EM_OK) {
+        if (agent_device_init(&devs[i], &a.cfg, id, type, a.seed + (uint64_t)(a.first - 1) + i,
+                              &err) != EM_OK) {
             em_log_field_t f[3] = {EM_LOG_STR("device", id),
                                    EM_LOG_STR("error", em_err_name(err.code)),
                                    EM_LOG_STR("detail", err.message)};
