@@ -118,7 +118,7 @@ static em_err_t id_reserve(em_registry_t *reg, uint32_t *id)
             cap = reg->groups_max;
         if (cap <= reg->groups_cap)
             return EM_ERR_LIMIT;
-        struct em__group **groups = realloc(reg->groups, cap * sizeof(*groups));
+        struct em__group **groups = realloc(reg->groups, cap * sizeof(struct em__group *));
         if (groups == NULL)
             return EM_ERR_NOMEM;
         reg->groups = groups;
@@ -168,7 +168,7 @@ static void members_shrink(struct em__group *g)
     if (g->cap <= MEMBERS_MIN_CAP || g->count >= g->cap / 4)
         return;
     uint32_t cap = g->cap / 2;
-    em_device_t **m = realloc(g->members, (size_t)cap * sizeof(*m));
+    em_device_t **m = realloc(g->members, (size_t)cap * sizeof(em_device_t *));
     if (m != NULL) {
         g->members = m;
         g->cap = cap;
@@ -337,7 +337,7 @@ em_err_t em_registry_group_add(em_registry_t *reg, const char *group, const char
             return group_error(
                 err, em_error_set(err, EM_ERR_LIMIT, EM_SEV_MEDIUM, "group", "group is full"),
                 dev->id);
-        em_device_t **m = realloc(g->members, (size_t)cap * sizeof(*m));
+        em_device_t **m = realloc(g->members, (size_t)cap * sizeof(em_device_t *));
         if (m == NULL)
             return group_out_of_memory(err, dev->id);
         g->members = m;
@@ -485,13 +485,15 @@ void em__registry_groups_free(em_registry_t *reg)
 
 size_t em__registry_groups_memory(const em_registry_t *reg)
 {
-    size_t n = em__heap_bytes((size_t)reg->groups_cap * sizeof(*reg->groups)) +
+    size_t n = em__heap_bytes((size_t)reg->groups_cap * sizeof(struct em__group *)) +
                em__heap_bytes((size_t)reg->groups_cap * sizeof(*reg->free_ids)) +
                em__heap_bytes((size_t)reg->gindex_cap * sizeof(*reg->gindex));
     for (uint32_t id = 0; id < reg->groups_len; id++) {
         const struct em__group *g = reg->groups[id];
-        if (g != NULL)
-            n += em__heap_bytes(sizeof(*g)) + em__heap_bytes((size_t)g->cap * sizeof(*g->members));
+        if (g != NULL) {
+            n += em__heap_bytes(sizeof(*g));
+            n += em__heap_bytes((size_t)g->cap * sizeof(em_device_t *));
+        }
     }
     return n;
 }

@@ -131,7 +131,7 @@ static void index_put(em_device_t **slots, size_t cap, em_device_t *dev)
  * a load of at most 3/4). On allocation failure the index is unchanged. */
 static em_err_t index_resize(em_registry_t *reg, size_t new_cap)
 {
-    em_device_t **slots = calloc(new_cap, sizeof(*slots));
+    em_device_t **slots = calloc(new_cap, sizeof(em_device_t *));
     if (slots == NULL)
         return EM_ERR_NOMEM;
     for (size_t i = 0; i < reg->cap; i++)
@@ -197,7 +197,7 @@ em_registry_t *em_registry_new(size_t capacity_hint, size_t max_devices)
     em_registry_t *reg = calloc(1, sizeof(*reg));
     if (reg == NULL)
         return NULL;
-    reg->slots = calloc(cap, sizeof(*reg->slots));
+    reg->slots = calloc(cap, sizeof(em_device_t *));
     if (reg->slots == NULL) {
         free(reg);
         return NULL;
@@ -560,7 +560,7 @@ size_t em_registry_memory(const em_registry_t *reg)
     /* A walk over every device: exact for what the registry holds, and cheap
      * next to anything that would ask for it (about a millisecond per 100,000
      * devices). */
-    size_t n = em__heap_bytes(sizeof(*reg)) + em__heap_bytes(reg->cap * sizeof(*reg->slots));
+    size_t n = em__heap_bytes(sizeof(*reg)) + em__heap_bytes(reg->cap * sizeof(em_device_t *));
     for (size_t i = 0; i < reg->cap; i++)
         if (reg->slots[i] != NULL)
             n += device_memory(reg->slots[i]);
