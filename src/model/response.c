@@ -17,10 +17,11 @@
 #include "model/json_util.h"
 
 /* The member key of obj, or NULL when absent or null; refuses a key given
- * twice. */
+ * twice. *out is written on every path, so no caller can read it unset. */
 static em_err_t optional_member(const cJSON *obj, const char *key, const cJSON **out,
                                 em_error_t *err)
 {
+    *out = NULL;
     if (em__json_key_count(obj, key) > 1)
         return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, key, "must appear only once");
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -76,7 +77,7 @@ static em_err_t decode_tree(const cJSON *root, em_response_t *out, em_error_t *e
         /* The payload was at most EM_PAYLOAD_MAX bytes; compact printing
          * may lengthen numbers ("1e14" has 15 digits), hence the wide bound,
          * which only guards against the impossible. */
-        rc = em__json_print_bounded(data, 4u * EM_PAYLOAD_MAX, &out->data_json);
+        rc = em__json_print_bounded(data, (size_t)4 * EM_PAYLOAD_MAX, &out->data_json);
         if (rc == EM_ERR_NOMEM)
             return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, "data", "out of memory");
         if (rc != EM_OK)
