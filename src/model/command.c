@@ -206,8 +206,10 @@ static em_err_t parse_payload(const char *payload, size_t len, cJSON **root, em_
 }
 
 /* Nesting depth of item counted in containers, as the parser's limit counts
- * it ({"a":1} is 1, a scalar 0). The parser already bounds the depth, so the
- * recursion is shallow. */
+ * it ({"a":1} is 1, a scalar 0). item comes from em__json_parse, which refuses
+ * input nested deeper than EM_JSON_DEPTH_MAX, so the recursion is at most that
+ * deep. */
+// NOLINTNEXTLINE(misc-no-recursion): depth is bounded by EM_JSON_DEPTH_MAX (see above)
 static unsigned json_depth(const cJSON *item)
 {
     if (!cJSON_IsObject(item) && !cJSON_IsArray(item))
@@ -339,13 +341,13 @@ em_err_t em__request_id_read(const cJSON *obj, char *out, size_t size, em_error_
     em_err_t rc = unique_member(obj, "requestId", &item, err);
     if (rc != EM_OK)
         return rc;
-    size_t len = 0;
-    if (cJSON_IsString(item) && item->valuestring != NULL)
-        len = strlen(item->valuestring);
-    if (len == 0 || len > EM_REQUEST_ID_MAX || len >= size || !em__is_token(item->valuestring, len))
+    /* NULL when requestId is absent or not a string. */
+    const char *id = cJSON_GetStringValue(item);
+    size_t len = id != NULL ? strlen(id) : 0;
+    if (len == 0 || len > EM_REQUEST_ID_MAX || len >= size || !em__is_token(id, len))
         return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, "requestId",
                             "must be 1-%d characters of A-Z a-z 0-9 _ -", EM_REQUEST_ID_MAX);
-    memcpy(out, item->valuestring, len);
+    memcpy(out, id, len);
     out[len] = '\0';
     return EM_OK;
 }
