@@ -312,6 +312,50 @@ static scan_result_t prescan(const unsigned char *p, size_t len, unsigned max, s
     }
 }
 
+/*
+ * True when p[0..len) holds no byte >= 0x80, none < 0x20 and no backslash: a
+ * compact ASCII payload without escapes, which is what devices send. Such a
+ * payload cannot carry invalid UTF-8, raw control characters or \u0000, so
+ * the only pre-check left is the nesting depth, and that is checked on the
+ * tree (tree_depth_ok) at a fraction of the cost of the full scan. cJSON's own
+ * nesting limit (1000 levels) bounds its recursion in the meantime.
+ */
+static bool plain_ascii(const unsigned char *p, size_t len)
+{
+    size_t i = 0;
+#ifdef __SSE2__
+    const __m128i space = _mm_set1_epi8(0x20);
+    const __m128i backslash = _mm_set1_epi8('\\');
+    for (; len - i >= 16; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        /* Signed compare: bytes >= 0x80 are negative, so below 0x20 too. */
+        __m128i bad = _mm_or_si128(_mm_cmplt_epi8(v, space), _mm_cmpeq_epi8(v, backslash));
+        if (_mm_movemask_epi8(bad) != 0)
+            return false;
+    }
+#endif
+    for (; i < len; i++) {
+        if (p[i] < 0x20 || p[i] >= 0x80 || p[i] == '\\')
+            return false;
+    }
+    return true;
+}
+
+/* True when no container below the container `node` (itself at nesting level
+ * `level`, the root being 1) lies deeper than max. The recursion stops at
+ * max + 1 levels. */
+// NOLINTNEXTLINE(misc-no-recursion): bounded by max (EM_JSON_DEPTH_MAX)
+static bool tree_depth_ok(const cJSON *node, unsigned level, unsigned max)
+{
+    for (const cJSON *c = node->child; c != NULL; c = c->next) {
+        if (!cJSON_IsArray(c) && !cJSON_IsObject(c))
+            continue;
+        if (level + 1 > max || !tree_depth_ok(c, level + 1, max))
+            return false;
+    }
+    return true;
+}
+
 static bool is_json_space(char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
@@ -329,7 +373,8 @@ cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err)
         return NULL;
     }
     size_t at = 0;
-    switch (prescan((const unsigned char *)buf, len, EM_JSON_DEPTH_MAX, &at)) {
+    bool plain = plain_ascii((const unsigned char *)buf, len);
+    switch (plain ? SCAN_OK : prescan((const unsigned char *)buf, len, EM_JSON_DEPTH_MAX, &at)) {
     case SCAN_OK:
         break;
     case SCAN_TOO_DEEP:
@@ -385,6 +430,13 @@ cJSON *em__json_parse(const char *buf, size_t len, em_error_t *err)
     }
     if (a != NULL)
         a->live++;
+    if (plain && (cJSON_IsArray(root) || cJSON_IsObject(root)) &&
+        !tree_depth_ok(root, 1, EM_JSON_DEPTH_MAX)) {
+        em__json_free(root);
+        em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, NULL, "JSON nested deeper than %u",
+                     (unsigned)EM_JSON_DEPTH_MAX);
+        return NULL;
+    }
     return root;
 }
 

@@ -114,6 +114,29 @@ static void test_deep_nesting_of_objects_is_refused(void **state)
     assert_refused(s, strlen(s), "JSON nested deeper than 8");
 }
 
+/* Compact ASCII payloads have their depth checked on the tree, others by the
+ * byte scan: both must draw the line at the same place. */
+static void test_depth_limit_is_the_same_for_plain_and_non_ascii_payloads(void **state)
+{
+    (void)state;
+    const char *plain_ok = "[[[[[[[[\"x\"]]]]]]]]";
+    const char *utf8_ok = "[[[[[[[[\"\xc3\xa9\"]]]]]]]]";
+    const char *tab_ok = "[[[[[[[[\t1]]]]]]]]";
+    const char *plain_deep = "[[[[[[[[[\"x\"]]]]]]]]]";
+    const char *utf8_deep = "[[[[[[[[[\"\xc3\xa9\"]]]]]]]]]";
+    const char *tab_deep = "[[[[[[[[[\t1]]]]]]]]]";
+    const char *ok[] = {plain_ok, utf8_ok, tab_ok};
+    for (size_t i = 0; i < 3; i++) {
+        em_error_t err;
+        cJSON *root = parse_str(ok[i], &err);
+        assert_non_null(root);
+        em__json_free(root);
+    }
+    assert_refused(plain_deep, strlen(plain_deep), "JSON nested deeper than 8");
+    assert_refused(utf8_deep, strlen(utf8_deep), "JSON nested deeper than 8");
+    assert_refused(tab_deep, strlen(tab_deep), "JSON nested deeper than 8");
+}
+
 static void test_brackets_inside_strings_do_not_count_as_nesting(void **state)
 {
     (void)state;
@@ -459,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_nesting_at_max_depth_is_accepted),
         cmocka_unit_test(test_nesting_deeper_than_max_is_refused),
         cmocka_unit_test(test_deep_nesting_of_objects_is_refused),
+        cmocka_unit_test(test_depth_limit_is_the_same_for_plain_and_non_ascii_payloads),
         cmocka_unit_test(test_brackets_inside_strings_do_not_count_as_nesting),
         cmocka_unit_test(test_escaped_backslash_before_quote_ends_string),
         cmocka_unit_test(test_trailing_garbage_is_refused),
