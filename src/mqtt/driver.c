@@ -7,21 +7,25 @@
  * with a backoff that really doubles (libmosquitto's "exponential" delay grows
  * as n squared, and its thread stops for good on a TLS or protocol error),
  * report EM_MQTT_RECONNECTING before each retry, time out an attempt that
- * gets no CONNACK, and fall back from MQTT 5 to 3.1.1. libmosquitto stays in
- * threaded mode (mosquitto_threaded_set), so publish and subscribe are safe
- * from any thread while the driver runs mosquitto_loop.
+ * gets no CONNACK, and fall back from MQTT 5 to 3.1.1. The socket is run
+ * with poll() and libmosquitto's loop_read/loop_write/loop_misc rather than
+ * mosquitto_loop, whose select() cannot take a descriptor of 1024 or more.
+ * libmosquitto stays in threaded mode (mosquitto_threaded_set), so publish
+ * and subscribe are safe from any thread while the driver runs the socket.
  *
  * States: IDLE -> CONNECTING (attempt_start) -> CONNECTED (on_connect) or
  * WAITING (connection_closed schedules a retry) -> CONNECTING ... and back to
  * IDLE when the client disconnects.
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -212,6 +216,11 @@ static void explain_attempt(em_mqtt_t *m, int protocol, int rc, int saved_errno,
     if (rc == MOSQ_ERR_EAI) {
         em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, "url", "cannot resolve host %s", host);
         return;
+    }
+    if (rc == MOSQ_ERR_CONN_LOST ||
+        (rc == MOSQ_ERR_ERRNO && (saved_errno == EPROTO || saved_errno == ECONNRESET))) {
+        if (em__mqtt_tls_explain_early_close(m, err))
+            return;
     }
     if (rc == MOSQ_ERR_ERRNO || rc == MOSQ_ERR_CONN_LOST) {
         switch (saved_errno) {
@@ -425,6 +434,64 @@ void em__mqtt_abort(em_mqtt_t *m)
     }
 }
 
+void em__mqtt_wake(em_mqtt_t *m)
+{
+    /* Pairs with the fence in poll_once: either the driver sees the packet
+     * just queued before it sleeps, or this sees it polling and wakes it. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&m->polling, memory_order_relaxed))
+        em__mqtt_wake_always(m);
+}
+
+void em__mqtt_wake_always(em_mqtt_t *m)
+{
+    uint64_t one = 1;
+    if (write(m->wake_fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is already non-zero, a wake-up is pending. */
+    }
+}
+
+/* What mosquitto_loop does, with poll() instead of select(): libmosquitto's
+ * select() refuses descriptors from FD_SETSIZE (1024) on, which a daemon with
+ * many connections reaches. Other threads wake the driver through wake_fd
+ * (em__mqtt_wake) rather than libmosquitto's internal socket pair, which is
+ * never read here (its writes fail harmlessly once its buffer is full). */
+static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
+{
+    int fd = mosquitto_socket(m->mosq);
+    if (fd < 0)
+        return MOSQ_ERR_NO_CONN;
+    atomic_store_explicit(&m->polling, true, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    bool want_write = mosquitto_want_write(m->mosq);
+    struct pollfd p[2] = {{fd, (short)(POLLIN | (want_write ? POLLOUT : 0)), 0},
+                          {m->wake_fd, POLLIN, 0}};
+    int n = poll(p, 2, timeout_ms);
+    atomic_store_explicit(&m->polling, false, memory_order_relaxed);
+    if (n < 0)
+        return errno == EINTR ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ERRNO;
+    if (p[1].revents & POLLIN) {
+        uint64_t v;
+        if (read(m->wake_fd, &v, sizeof(v)) < 0) {
+            /* EAGAIN: another read took it */
+        }
+    }
+    int rc;
+    /* During a TLS handshake, libmosquitto advances it from the read side
+     * (mosquitto_loop does the same when the socket turns writable). */
+    if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) || (connecting && (p[0].revents & POLLOUT))) {
+        rc = mosquitto_loop_read(m->mosq, 1);
+        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
+            return rc;
+    }
+    if (mosquitto_want_write(m->mosq)) {
+        rc = mosquitto_loop_write(m->mosq, 1);
+        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
+            return rc;
+    }
+    return mosquitto_loop_misc(m->mosq);
+}
+
 /* Runs the network once while a socket is open. Driver only. */
 static void io_step(em_mqtt_t *m, int timeout_ms)
 {
@@ -445,7 +512,7 @@ static void io_step(em_mqtt_t *m, int timeout_ms)
     sigpipe_guard_t g;
     sigpipe_block(&g);
     errno = 0;
-    int rc = mosquitto_loop(m->mosq, timeout_ms, 1);
+    int rc = poll_once(m, timeout_ms, st == EM__MQTT_CONNECTING);
     int saved = errno;
     sigpipe_restore(&g);
     if (mosquitto_socket(m->mosq) < 0) {
@@ -453,7 +520,7 @@ static void io_step(em_mqtt_t *m, int timeout_ms)
         return;
     }
     if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
-        /* The socket is still open but select failed: do not spin. */
+        /* The socket is still open but poll failed: do not spin. */
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }

@@ -7,7 +7,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -272,6 +274,7 @@ em_mqtt_t *em_mqtt_new(const em_mqtt_options_t *opts, const em_mqtt_callbacks_t 
         em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
         return NULL;
     }
+    m->wake_fd = -1;
     if (make_client_id(opts, m->client_id, err) != EM_OK) {
         free(m);
         return NULL;
@@ -302,6 +305,14 @@ em_mqtt_t *em_mqtt_new(const em_mqtt_options_t *opts, const em_mqtt_callbacks_t 
         em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "cannot create a condition");
         return NULL;
     }
+    /* From here on em_mqtt_free undoes whatever was done. */
+    m->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (m->wake_fd < 0) {
+        em_error_set(err, errno == ENOMEM ? EM_ERR_NOMEM : EM_ERR_INTERNAL, EM_SEV_HIGH, NULL,
+                     "cannot create an eventfd: %s", strerror(errno));
+        em_mqtt_free(m);
+        return NULL;
+    }
     m->url = url;
     if (cbs != NULL)
         m->cbs = *cbs;
@@ -314,6 +325,7 @@ em_mqtt_t *em_mqtt_new(const em_mqtt_options_t *opts, const em_mqtt_callbacks_t 
     m->connack_rc = -1;
     atomic_init(&m->connected, false);
     atomic_init(&m->negotiated, 0);
+    atomic_init(&m->polling, false);
 
     m->mosq = mosquitto_new(m->client_id, opts->clean_session, m);
     if (m->mosq == NULL) {
@@ -348,6 +360,8 @@ void em_mqtt_free(em_mqtt_t *m)
     em__mqtt_subs_free(m);
     pthread_mutex_unlock(&m->lock);
     em__mqtt_deferred_free(m);
+    if (m->wake_fd >= 0)
+        close(m->wake_fd);
     pthread_cond_destroy(&m->pub_cond);
     pthread_cond_destroy(&m->cond);
     pthread_mutex_destroy(&m->pub_lock);
@@ -463,7 +477,9 @@ em_err_t em_mqtt_connect(em_mqtt_t *m, int timeout_ms, em_error_t *err)
             break;
         }
         int64_t left = deadline - em_mono_ms();
-        if (left <= 0 && st != EM__MQTT_CONNECTING) {
+        /* Past the deadline the attempt is aborted; should the socket not
+         * close within EM__MQTT_CLOSE_MS more, give up waiting anyway. */
+        if (left <= 0 && (st != EM__MQTT_CONNECTING || left < -EM__MQTT_CLOSE_MS)) {
             pthread_mutex_unlock(&m->lock);
             rc = em_error_set(err, EM_ERR_TIMEOUT, EM_SEV_HIGH, "url",
                               "not connected to %s:%d within %d ms", m->url.host, m->url.port,
@@ -621,8 +637,10 @@ em_err_t em_mqtt_disconnect(em_mqtt_t *m, em_error_t *err)
         pthread_mutex_lock(&m->lock);
         m->closing = true;
         pthread_mutex_unlock(&m->lock);
-        if (mosquitto_disconnect(m->mosq) == MOSQ_ERR_SUCCESS)
+        if (mosquitto_disconnect(m->mosq) == MOSQ_ERR_SUCCESS) {
+            em__mqtt_wake(m);
             wait_closed(m, threaded, EM__MQTT_CLOSE_MS);
+        }
     } else if (st == EM__MQTT_CONNECTING) {
         pthread_mutex_lock(&m->lock);
         m->closing = true;
@@ -634,6 +652,7 @@ em_err_t em_mqtt_disconnect(em_mqtt_t *m, em_error_t *err)
         m->stop = true;
         pthread_cond_broadcast(&m->cond);
         pthread_mutex_unlock(&m->lock);
+        em__mqtt_wake_always(m);
         pthread_join(m->thread, NULL);
         pthread_mutex_lock(&m->lock);
         m->thread_running = false;

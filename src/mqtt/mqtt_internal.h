@@ -3,10 +3,10 @@
  *
  * Threads. One "driver" runs the network at a time: the network thread
  * (em_mqtt_start), or else the caller of em_mqtt_connect, em_mqtt_loop or
- * em_mqtt_disconnect. Only the driver calls mosquitto_loop and the connect
- * functions of libmosquitto, so every libmosquitto callback runs on it. Other
- * threads publish and subscribe: libmosquitto is in threaded mode, so those
- * calls only queue packets and wake the driver.
+ * em_mqtt_disconnect. Only the driver reads and writes the socket and calls
+ * the connect functions of libmosquitto, so every libmosquitto callback runs
+ * on it. Other threads publish and subscribe: libmosquitto is in threaded
+ * mode, so those calls only queue packets, then wake the driver.
  *
  * Locks, never taken in the other order: lock (state, subscriptions) and
  * pub_lock (outstanding publishes). User callbacks are called with neither
@@ -64,6 +64,7 @@ typedef struct em__mqtt_tls_diag {
     int alert_received; /* fatal alert the broker sent, -1 if none */
     long verify_result; /* our verification of the broker's certificate */
     bool handshake_done;
+    bool tls13; /* the handshake negotiated TLS 1.3 */
 } em__mqtt_tls_diag_t;
 
 typedef struct em__mqtt_deferred em__mqtt_deferred_t;
@@ -80,6 +81,8 @@ struct em_mqtt {
     bool has_client_cert;
     atomic_bool connected;
     atomic_int negotiated; /* protocol of the current/last connection, 0 before */
+    int wake_fd;           /* eventfd: other threads wake the driver's poll */
+    atomic_bool polling;   /* the driver is (about to be) asleep in poll */
 
     pthread_mutex_t lock; /* guards everything down to nsubs */
     pthread_cond_t cond;  /* broadcast on every state change */
@@ -139,6 +142,11 @@ void em__mqtt_tls_diag_reset(em_mqtt_t *m);
  * failed; EM_ERR_AUTHENTICATION: the broker refused our certificate) and
  * returns true. */
 bool em__mqtt_tls_explain(em_mqtt_t *m, em_error_t *err);
+
+/* When the connection ended, without an alert and before any CONNACK, right
+ * after a TLS 1.3 handshake (how a refused client certificate can look),
+ * fills err (EM_ERR_AUTHENTICATION) and returns true. */
+bool em__mqtt_tls_explain_early_close(em_mqtt_t *m, em_error_t *err);
 
 /* secret.c */
 
@@ -203,6 +211,11 @@ void em__mqtt_close_now(em_mqtt_t *m);
 
 /* The network thread. */
 void *em__mqtt_thread_main(void *arg);
+
+/* Wakes the driver if it sleeps in poll (after queueing a packet from
+ * another thread); em__mqtt_wake_always wakes it whatever it does. */
+void em__mqtt_wake(em_mqtt_t *m);
+void em__mqtt_wake_always(em_mqtt_t *m);
 
 /* Test hooks. */
 

@@ -92,6 +92,7 @@ em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload, s
     pthread_mutex_unlock(&m->pub_lock);
     if (rc != MOSQ_ERR_SUCCESS)
         return publish_error(rc, err);
+    em__mqtt_wake(m);
     if (mid != NULL)
         *mid = local_mid;
     return EM_OK;
@@ -197,8 +198,10 @@ em_err_t em_mqtt_subscribe(em_mqtt_t *m, const char *filter, int qos, em_error_t
     if (m->state == EM__MQTT_CONNECTED) {
         int mid = 0;
         mrc = mosquitto_subscribe(m->mosq, &mid, filter, qos);
-        if (mrc == MOSQ_ERR_SUCCESS)
+        if (mrc == MOSQ_ERR_SUCCESS) {
             s->mid = mid;
+            em__mqtt_wake(m);
+        }
     }
     if (mrc != MOSQ_ERR_SUCCESS && mrc != MOSQ_ERR_NO_CONN) {
         if (added) {
@@ -233,8 +236,11 @@ em_err_t em_mqtt_unsubscribe(em_mqtt_t *m, const char *filter, em_error_t *err)
         m->nsubs--;
     }
     int mrc = MOSQ_ERR_SUCCESS;
-    if (m->state == EM__MQTT_CONNECTED)
+    if (m->state == EM__MQTT_CONNECTED) {
         mrc = mosquitto_unsubscribe(m->mosq, NULL, filter);
+        if (mrc == MOSQ_ERR_SUCCESS)
+            em__mqtt_wake(m);
+    }
     pthread_mutex_unlock(&m->lock);
     if (mrc != MOSQ_ERR_SUCCESS && mrc != MOSQ_ERR_NO_CONN) {
         /* The filter is forgotten anyway: it will not be renewed after the

@@ -74,6 +74,7 @@ static void info_callback(const SSL *ssl, int where, int ret)
     }
     if (where & SSL_CB_HANDSHAKE_DONE) {
         m->tls.handshake_done = true;
+        m->tls.tls13 = SSL_version(ssl) == TLS1_3_VERSION;
         const char *v = SSL_get_version(ssl);
         pthread_mutex_lock(&m->lock);
         size_t n = strnlen(v, sizeof(m->tls_version) - 1);
@@ -176,6 +177,7 @@ void em__mqtt_tls_diag_reset(em_mqtt_t *m)
     m->tls.alert_received = -1;
     m->tls.verify_result = X509_V_OK;
     m->tls.handshake_done = false;
+    m->tls.tls13 = false;
 }
 
 /* Names of the TLS alerts emiot reports (OpenSSL 3.0 has no name for 116). */
@@ -267,4 +269,26 @@ bool em__mqtt_tls_explain(em_mqtt_t *m, em_error_t *err)
         return true;
     }
     return false;
+}
+
+bool em__mqtt_tls_explain_early_close(em_mqtt_t *m, em_error_t *err)
+{
+    /* In TLS 1.3 the client finishes its handshake before the server has
+     * checked the client's certificate. A server that refuses it sends an
+     * alert and closes, but the alert is sometimes lost (the close may reset
+     * the connection first): then all the client sees is the connection
+     * ending right after its handshake, before any MQTT answer. */
+    if (m->ssl_ctx == NULL || !m->tls.handshake_done || !m->tls.tls13 || m->connack_rc >= 0)
+        return false;
+    if (m->has_client_cert)
+        em_error_set(err, EM_ERR_AUTHENTICATION, EM_SEV_HIGH, "cert_file",
+                     "broker %s:%d closed the connection right after the TLS handshake: it most "
+                     "likely refused the client certificate",
+                     m->url.host, m->url.port);
+    else
+        em_error_set(err, EM_ERR_AUTHENTICATION, EM_SEV_HIGH, "cert_file",
+                     "broker %s:%d closed the connection right after the TLS handshake: it most "
+                     "likely requires a client certificate",
+                     m->url.host, m->url.port);
+    return true;
 }

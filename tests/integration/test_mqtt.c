@@ -12,11 +12,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -624,6 +627,41 @@ static void test_connected_event_has_no_error_and_disconnected_says_why(void **s
     assert_int_equal(R.code[d], EM_OK);
     assert_contains(R.msg[d], "by the client");
     em_mqtt_free(m);
+}
+
+static void test_works_with_descriptors_above_fd_setsize(void **state)
+{
+    (void)state;
+    /* A daemon with many connections hands the MQTT socket a descriptor of
+     * 1024 or more, which select() cannot watch (libmosquitto's own loop
+     * refuses it). Occupy the low descriptors, then connect. */
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < 1200 && rl.rlim_max >= 1200) {
+        rl.rlim_cur = 1200;
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
+    if (rl.rlim_cur < 1200)
+        skip();
+    enum { FILLERS = 1100 };
+    static int fillers[FILLERS];
+    int n = 0;
+    while (n < FILLERS) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        fillers[n++] = fd;
+        if (fd >= FD_SETSIZE + 8)
+            break;
+    }
+    em_mqtt_options_t o;
+    opts_plain(&o, &PLAIN);
+    em_mqtt_t *m = new_client(&o);
+    connect_ok(m);
+    assert_int_equal(em_mqtt_start(m, NULL), EM_OK);
+    roundtrip(m, "t/fdsetsize/a");
+    em_mqtt_free(m);
+    for (int i = 0; i < n; i++)
+        close(fillers[i]);
 }
 
 static void test_publish_when_not_connected_is_refused(void **state)
@@ -1592,6 +1630,7 @@ int main(void)
         cmocka_unit_test_setup(test_plain_connect_subscribe_publish_receive, test_setup),
         cmocka_unit_test_setup(test_connected_event_has_no_error_and_disconnected_says_why,
                                test_setup),
+        cmocka_unit_test_setup(test_works_with_descriptors_above_fd_setsize, test_setup),
         cmocka_unit_test_setup(test_publish_when_not_connected_is_refused, test_setup),
         cmocka_unit_test_setup(test_publish_argument_errors, test_setup),
         cmocka_unit_test_setup(test_qos1_publishes_acknowledged_via_on_published, test_setup),
