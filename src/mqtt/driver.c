@@ -499,6 +499,9 @@ static void io_step(em_mqtt_t *m, int timeout_ms)
     em__mqtt_state_t st = m->state;
     int64_t deadline = m->attempt_deadline_ms;
     pthread_mutex_unlock(&m->lock);
+    /* Keepalive pings are sent from loop_misc: run it at least every second. */
+    if (timeout_ms > 1000)
+        timeout_ms = 1000;
     if (st == EM__MQTT_CONNECTING) {
         int64_t left = deadline - em_mono_ms();
         if (left <= 0 && !m->aborted)
