@@ -341,6 +341,11 @@ static bool plain_ascii(const unsigned char *p, size_t len)
     return true;
 }
 
+bool em__json_plain_ascii(const char *p, size_t len)
+{
+    return plain_ascii((const unsigned char *)p, len);
+}
+
 /* True when no container below the container `node` (itself at nesting level
  * `level`, the root being 1) lies deeper than max. The recursion stops at
  * max + 1 levels. */

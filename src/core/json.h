@@ -14,9 +14,15 @@
 #define EM_CORE_JSON_H
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "emiot/error.h"
+
+/* True when p[0..len) holds no byte >= 0x80, none < 0x20 and no backslash: a
+ * compact ASCII payload without escapes (what devices send). Decoders with a
+ * fast path for that shape use it to choose (src/model/status_fast.c). */
+bool em__json_plain_ascii(const char *p, size_t len);
 
 /* Installs the allocation hooks (idempotent, thread-safe). */
 void em__json_init(void);
