@@ -10,7 +10,7 @@ PACKAGES=(
   clang clang-format clang-tidy cppcheck libclang-rt-14-dev
   libssl-dev openssl ca-certificates
   libmosquitto-dev mosquitto mosquitto-clients
-  libcjson-dev libcmocka-dev
+  libcjson-dev libjsmn-dev libcmocka-dev
   procps curl
 )
 
