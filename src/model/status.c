@@ -1,10 +1,13 @@
 /*
  * emiot - status.c: device status decoding and encoding (see status.h).
  *
- * The decoder is on the ingest hot path (W1: a million messages a second), so
- * it walks the parsed object once and dispatches on the key; the common
- * message, with "errors":[] and "additionalInfo":{}, costs no allocation
- * beyond the JSON arena.
+ * The decoder is on the ingest hot path (W1: a million messages a second).
+ * em_status_decode first tries the jsmn fast path of status_fast.c, which
+ * decides the common compact message without building a tree or allocating;
+ * whatever it declines is decoded here on a cJSON tree, which stays the
+ * reference for every rule (status_internal.h). The tree decoder walks the
+ * parsed object once and dispatches on the key; with "errors":[] and
+ * "additionalInfo":{} it costs no allocation beyond the JSON arena.
  */
 #include "emiot/status.h"
 
@@ -15,32 +18,25 @@
 
 #include "emiot/clock.h"
 #include "model/fields.h"
+#include "model/status_internal.h"
 
-#define RULE_BATTERY    "must be an integer between 0 and 100"
-#define RULE_POWER_MODE "must be one of normal, low_power, sleep, critical"
-#define RULE_CONNECTION "must be one of online, offline, intermittent"
-#define RULE_FIRMWARE   "must be a string of 1 to 31 characters of 0-9 A-Z a-z . + _ -"
-#define RULE_SIGNAL     "must be an integer between -150 and 0"
-#define RULE_ERRORS     "must be an array of at most 16 strings of at most 256 bytes each"
-#define RULE_EXTRA      "must be a JSON object of at most 4096 bytes as compact JSON"
-#define RULE_DUPLICATE  "appears more than once"
-#define RULE_NOT_OBJECT "status must be a JSON object"
-
-static const char *const power_mode_names[] = {NULL, "normal", "low_power", "sleep", "critical"};
-static const char *const conn_names[] = {NULL, "online", "offline", "intermittent"};
+const char *const em__status_power_mode_names[EM__STATUS_POWER_MODES] = {
+    NULL, "normal", "low_power", "sleep", "critical"};
+const char *const em__status_conn_names[EM__STATUS_CONNS] = {NULL, "online", "offline",
+                                                             "intermittent"};
 
 const char *em_power_mode_name(em_power_mode_t m)
 {
-    if ((unsigned)m >= sizeof(power_mode_names) / sizeof(power_mode_names[0]))
+    if ((unsigned)m >= EM__STATUS_POWER_MODES)
         return NULL;
-    return power_mode_names[m];
+    return em__status_power_mode_names[m];
 }
 
 const char *em_conn_status_name(em_conn_status_t c)
 {
-    if ((unsigned)c >= sizeof(conn_names) / sizeof(conn_names[0]))
+    if ((unsigned)c >= EM__STATUS_CONNS)
         return NULL;
-    return conn_names[c];
+    return em__status_conn_names[c];
 }
 
 void em_status_cleanup(em_status_t *st)
@@ -92,25 +88,19 @@ static unsigned lookup_name(const char *s, const char *const *names, unsigned n)
     return 0;
 }
 
-static bool firmware_char(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '.' ||
-           c == '+' || c == '_' || c == '-';
-}
-
 static em_err_t decode_firmware(const cJSON *v, em_status_t *out, em_error_t *err)
 {
     if (!cJSON_IsString(v))
-        return em__field_invalid(err, "firmwareVersion", RULE_FIRMWARE);
+        return em__field_invalid(err, "firmwareVersion", EM__STATUS_RULE_FIRMWARE);
     const unsigned char *s = (const unsigned char *)v->valuestring;
     size_t n = 0;
     while (s[n] != '\0') {
-        if (n >= EM_FIRMWARE_VERSION_MAX || !firmware_char(s[n]))
-            return em__field_invalid(err, "firmwareVersion", RULE_FIRMWARE);
+        if (n >= EM_FIRMWARE_VERSION_MAX || !em__status_firmware_char(s[n]))
+            return em__field_invalid(err, "firmwareVersion", EM__STATUS_RULE_FIRMWARE);
         n++;
     }
     if (n == 0)
-        return em__field_invalid(err, "firmwareVersion", RULE_FIRMWARE);
+        return em__field_invalid(err, "firmwareVersion", EM__STATUS_RULE_FIRMWARE);
     memcpy(out->firmware_version, s, n + 1);
     return EM_OK;
 }
@@ -118,25 +108,26 @@ static em_err_t decode_firmware(const cJSON *v, em_status_t *out, em_error_t *er
 static em_err_t decode_errors(const cJSON *v, em_status_t *out, em_error_t *err)
 {
     if (!cJSON_IsArray(v))
-        return em__field_invalid(err, "errors", RULE_ERRORS);
+        return em__field_invalid(err, "errors", EM__STATUS_RULE_ERRORS);
     unsigned count = 0;
     for (const cJSON *e = v->child; e != NULL; e = e->next) {
         if (++count > EM_STATUS_ERRORS_MAX || !cJSON_IsString(e) ||
             strnlen(e->valuestring, EM_STATUS_ERROR_LEN_MAX + 1) > EM_STATUS_ERROR_LEN_MAX)
-            return em__field_invalid(err, "errors", RULE_ERRORS);
+            return em__field_invalid(err, "errors", EM__STATUS_RULE_ERRORS);
     }
     /* cJSON prints a string no longer than its shortest JSON spelling, so the
      * compact list is never longer than the payload it came from: this bound
      * never refuses a valid list. */
-    return em__field_compact(v, "errors", RULE_ERRORS, EM_PAYLOAD_MAX, &out->errors_json, err);
+    return em__field_compact(v, "errors", EM__STATUS_RULE_ERRORS, EM_PAYLOAD_MAX, &out->errors_json,
+                             err);
 }
 
 static em_err_t decode_extra(const cJSON *v, em_status_t *out, em_error_t *err)
 {
     if (!cJSON_IsObject(v))
-        return em__field_invalid(err, "additionalInfo", RULE_EXTRA);
-    return em__field_compact(v, "additionalInfo", RULE_EXTRA, EM_STATUS_EXTRA_MAX, &out->extra_json,
-                             err);
+        return em__field_invalid(err, "additionalInfo", EM__STATUS_RULE_EXTRA);
+    return em__field_compact(v, "additionalInfo", EM__STATUS_RULE_EXTRA, EM_STATUS_EXTRA_MAX,
+                             &out->extra_json, err);
 }
 
 /* The EM_STATUS_HAS_* bit of a key, or 0 when the key is not one of ours. */
@@ -170,24 +161,26 @@ static em_err_t decode_member(const cJSON *v, uint16_t bit, em_status_t *out, em
     switch (bit) {
     case EM_STATUS_HAS_BATTERY:
         if (!em__field_int(v, 0, 100, &i))
-            return em__field_invalid(err, k, RULE_BATTERY);
+            return em__field_invalid(err, k, EM__STATUS_RULE_BATTERY);
         out->battery_level = (uint8_t)i;
         return EM_OK;
     case EM_STATUS_HAS_POWER_MODE:
-        if (!cJSON_IsString(v) || (idx = lookup_name(v->valuestring, power_mode_names, 5)) == 0)
-            return em__field_invalid(err, k, RULE_POWER_MODE);
+        if (!cJSON_IsString(v) || (idx = lookup_name(v->valuestring, em__status_power_mode_names,
+                                                     EM__STATUS_POWER_MODES)) == 0)
+            return em__field_invalid(err, k, EM__STATUS_RULE_POWER_MODE);
         out->power_mode = (uint8_t)idx;
         return EM_OK;
     case EM_STATUS_HAS_CONNECTION:
-        if (!cJSON_IsString(v) || (idx = lookup_name(v->valuestring, conn_names, 4)) == 0)
-            return em__field_invalid(err, k, RULE_CONNECTION);
+        if (!cJSON_IsString(v) ||
+            (idx = lookup_name(v->valuestring, em__status_conn_names, EM__STATUS_CONNS)) == 0)
+            return em__field_invalid(err, k, EM__STATUS_RULE_CONNECTION);
         out->connection = (uint8_t)idx;
         return EM_OK;
     case EM_STATUS_HAS_FIRMWARE:
         return decode_firmware(v, out, err);
     case EM_STATUS_HAS_SIGNAL:
         if (!em__field_int(v, EM_SIGNAL_MIN, EM_SIGNAL_MAX, &i))
-            return em__field_invalid(err, k, RULE_SIGNAL);
+            return em__field_invalid(err, k, EM__STATUS_RULE_SIGNAL);
         out->signal_strength = (int16_t)i;
         return EM_OK;
     case EM_STATUS_HAS_ERRORS:
@@ -199,17 +192,15 @@ static em_err_t decode_member(const cJSON *v, uint16_t bit, em_status_t *out, em
     }
 }
 
-em_err_t em_status_decode(const char *payload, size_t len, em_status_t *out, em_error_t *err)
+em_err_t em__status_decode_tree(const char *payload, size_t len, em_status_t *out, em_error_t *err)
 {
-    if (out == NULL)
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no output");
     memset(out, 0, sizeof(*out));
     cJSON *root = em__json_parse(payload, len, err);
     if (root == NULL)
         return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
     em_err_t rc = EM_OK;
     if (!cJSON_IsObject(root)) {
-        rc = em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL, RULE_NOT_OBJECT);
+        rc = em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL, EM__STATUS_RULE_NOT_OBJECT);
         goto done;
     }
     for (const cJSON *v = root->child; v != NULL; v = v->next) {
@@ -219,7 +210,7 @@ em_err_t em_status_decode(const char *payload, size_t len, em_status_t *out, em_
         /* A second copy of a key could make two readers of the same message
          * disagree about its value, so duplicates are refused outright. */
         if (out->has & bit) {
-            rc = em__field_invalid(err, v->string, RULE_DUPLICATE);
+            rc = em__field_invalid(err, v->string, EM__STATUS_RULE_DUPLICATE);
             goto done;
         }
         rc = decode_member(v, bit, out, err);
@@ -232,6 +223,16 @@ done:
     if (rc != EM_OK)
         em_status_cleanup(out);
     return rc;
+}
+
+em_err_t em_status_decode(const char *payload, size_t len, em_status_t *out, em_error_t *err)
+{
+    if (out == NULL)
+        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no output");
+    em_err_t rc;
+    if (em__status_decode_fast(payload, len, out, err, &rc))
+        return rc;
+    return em__status_decode_tree(payload, len, out, err);
 }
 
 /* Appends to a bounded buffer; remembers overflow instead of failing each call. */
@@ -313,7 +314,8 @@ em_err_t em_status_encode(const em_status_t *st, char *buf, size_t size, size_t 
         /* The decoder admits only characters that need no JSON escaping; a
          * hand-filled value is cut at the first one that would. */
         size_t n = 0;
-        while (n < EM_FIRMWARE_VERSION_MAX && firmware_char((unsigned char)st->firmware_version[n]))
+        while (n < EM_FIRMWARE_VERSION_MAX &&
+               em__status_firmware_char((unsigned char)st->firmware_version[n]))
             n++;
         put_key(&o, "firmwareVersion");
         put(&o, "\"", 1);
