@@ -3,6 +3,7 @@
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <cmocka.h>
 
 #include "emiot/status.h"
+#include "model/status_internal.h"
 
 /* energy-manager-iot's example status message (DESIGN.md, "Protocol"). */
 static const char EXAMPLE[] =
@@ -572,6 +574,429 @@ static void test_names(void **state)
     assert_null(em_conn_status_name((em_conn_status_t)4));
 }
 
+/* --- the jsmn fast path against the cJSON reference ---------------------- */
+
+/* What one decoder made of a payload. Prefilled with a pattern, so that what
+ * a decoder leaves alone compares equal too. */
+typedef struct outcome {
+    em_err_t rc;
+    em_status_t st;
+    em_error_t err;
+} outcome_t;
+
+static void prefill(outcome_t *o)
+{
+    memset(o, 0x5A, sizeof(*o));
+}
+
+static bool str_same(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static void assert_same_outcome(const char *s, const outcome_t *a, const outcome_t *b)
+{
+    if (a->rc != b->rc)
+        fail_msg("'%s': rc %d vs %d ('%s' vs '%s')", s, a->rc, b->rc, a->err.message,
+                 b->err.message);
+    assert_int_equal(a->st.has, b->st.has);
+    assert_int_equal(a->st.battery_level, b->st.battery_level);
+    assert_int_equal(a->st.power_mode, b->st.power_mode);
+    assert_int_equal(a->st.connection, b->st.connection);
+    assert_int_equal(a->st.signal_strength, b->st.signal_strength);
+    assert_memory_equal(a->st.firmware_version, b->st.firmware_version,
+                        sizeof(a->st.firmware_version));
+    assert_true(a->st.last_seen_ms == b->st.last_seen_ms);
+    assert_true(str_same(a->st.errors_json, b->st.errors_json));
+    assert_true(str_same(a->st.extra_json, b->st.extra_json));
+    if (memcmp(&a->err, &b->err, sizeof(a->err)) != 0)
+        fail_msg("'%s': err %d %d '%s' '%s' vs %d %d '%s' '%s'", s, a->err.code, a->err.severity,
+                 a->err.field, a->err.message, b->err.code, b->err.severity, b->err.field,
+                 b->err.message);
+}
+
+static void cleanup_outcome(outcome_t *o)
+{
+    if (o->rc == EM_OK)
+        em_status_cleanup(&o->st);
+}
+
+/* The same payload with an unknown member whose key is not ASCII in front,
+ * which sends em_status_decode down the cJSON path. */
+static char *non_ascii_variant(const char *s)
+{
+    size_t n = strlen(s);
+    const char *brace = strchr(s, '{');
+    assert_non_null(brace);
+    size_t head = (size_t)(brace - s) + 1;
+    const char *rest = s + head;
+    while (*rest == ' ')
+        rest++;
+    char *v = malloc(n + 16);
+    assert_non_null(v);
+    snprintf(v, n + 16, "%.*s\"\xc3\xa9\":0%s%s", (int)head, s, *rest == '}' ? "" : ",", rest);
+    return v;
+}
+
+/* Asserts that the fast path decides s, exactly as the cJSON decoder does on
+ * the same bytes, and as em_status_decode does on the non-ASCII variant. */
+static void assert_fast_matches_tree(const char *s)
+{
+    size_t n = strlen(s);
+    outcome_t fast, tree, slow;
+    prefill(&fast);
+    prefill(&tree);
+    prefill(&slow);
+    if (!em__status_decode_fast(s, n, &fast.st, &fast.err, &fast.rc))
+        fail_msg("'%s' was declined by the fast path", s);
+    assert_null(fast.st.errors_json); /* the fast path never allocates */
+    assert_null(fast.st.extra_json);
+    tree.rc = em__status_decode_tree(s, n, &tree.st, &tree.err);
+    assert_same_outcome(s, &fast, &tree);
+
+    char *v = non_ascii_variant(s);
+    outcome_t probe;
+    prefill(&probe);
+    assert_false(em__status_decode_fast(v, strlen(v), &probe.st, &probe.err, &probe.rc));
+    slow.rc = em_status_decode(v, strlen(v), &slow.st, &slow.err);
+    assert_same_outcome(v, &fast, &slow);
+    free(v);
+    cleanup_outcome(&fast);
+    cleanup_outcome(&tree);
+    cleanup_outcome(&slow);
+}
+
+/* Runs assert_fast_matches_tree on {"key":value} for each value. */
+static void fast_matches_tree_for_values(const char *key, const char *const *values, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        char buf[512];
+        snprintf(buf, sizeof(buf), "{\"%s\":%s}", key, values[i]);
+        assert_fast_matches_tree(buf);
+    }
+}
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+static void test_fast_path_decodes_design_example_as_tree_does(void **state)
+{
+    (void)state;
+    assert_fast_matches_tree(EXAMPLE);
+    assert_fast_matches_tree("{}");
+    assert_fast_matches_tree("  { }  ");
+    assert_fast_matches_tree(
+        "{ \"batteryLevel\" : 75 , \"powerMode\" : \"sleep\" , \"errors\" : [ ] , "
+        "\"additionalInfo\" : { } }");
+}
+
+static void test_fast_path_battery_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"0",
+                                         "100",
+                                         "-0",
+                                         "75",
+                                         "-1",
+                                         "101",
+                                         "1000",
+                                         "-9223372036854775807",
+                                         "9223372036854775807",
+                                         "\"75\"",
+                                         "true",
+                                         "false",
+                                         "null",
+                                         "[]",
+                                         "{}",
+                                         "\"\""};
+    fast_matches_tree_for_values("batteryLevel", values, COUNT(values));
+}
+
+static void test_fast_path_signal_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"-150", "0",       "-0",    "-67",  "-151", "1",
+                                         "150",  "\"-67\"", "false", "null", "[ ]",  "{ }"};
+    fast_matches_tree_for_values("signalStrength", values, COUNT(values));
+}
+
+static void test_fast_path_power_mode_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {
+        "\"normal\"", "\"low_power\"", "\"sleep\"",   "\"critical\"", "\"Normal\"",
+        "\"norma\"",  "\"normall\"",   "\"normal \"", "\"\"",         "\"low\"",
+        "1",          "null",          "true",        "[]",           "{}"};
+    fast_matches_tree_for_values("powerMode", values, COUNT(values));
+}
+
+static void test_fast_path_connection_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"\"online\"", "\"offline\"", "\"intermittent\"",
+                                         "\"ONLINE\"", "\"onlin\"",   "\"connected\"",
+                                         "\"\"",       "0",           "false",
+                                         "[]"};
+    fast_matches_tree_for_values("connectionStatus", values, COUNT(values));
+}
+
+static void test_fast_path_firmware_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"\"1\"",
+                                         "\"1.2.3\"",
+                                         "\"2.0.0-rc.1+b7_x\"",
+                                         "\"1234567890123456789012345678901\"",
+                                         "\"12345678901234567890123456789012\"",
+                                         "\"\"",
+                                         "\"1.2 beta\"",
+                                         "\"1.2/3\"",
+                                         "\"1,2\"",
+                                         "\"\x7f\"",
+                                         "1.2",
+                                         "123",
+                                         "null",
+                                         "[]",
+                                         "{}"};
+    fast_matches_tree_for_values("firmwareVersion", values, COUNT(values));
+}
+
+static void test_fast_path_errors_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"[]", "[  ]", "{}", "\"fault\"", "1", "null", "true"};
+    fast_matches_tree_for_values("errors", values, COUNT(values));
+}
+
+static void test_fast_path_additional_info_rule_matches_tree(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"{}", "{ }", "[]", "\"x\"", "7", "null", "false"};
+    fast_matches_tree_for_values("additionalInfo", values, COUNT(values));
+}
+
+static void test_fast_path_duplicate_rule_matches_tree(void **state)
+{
+    (void)state;
+    assert_fast_matches_tree("{\"batteryLevel\":5,\"batteryLevel\":7}");
+    assert_fast_matches_tree("{\"batteryLevel\":5,\"batteryLevel\":5}");
+    assert_fast_matches_tree("{\"errors\":[],\"errors\":[]}");
+    assert_fast_matches_tree(
+        "{\"additionalInfo\":{},\"powerMode\":\"sleep\",\"additionalInfo\":7}");
+    /* The first broken rule wins, a duplicate or not. */
+    assert_fast_matches_tree("{\"batteryLevel\":500,\"batteryLevel\":5}");
+    assert_fast_matches_tree("{\"batteryLevel\":5,\"batteryLevel\":500}");
+    /* Unknown keys may repeat. */
+    assert_fast_matches_tree("{\"vendor\":1,\"vendor\":\"x\",\"batteryLevel\":5}");
+}
+
+static void test_fast_path_unknown_keys_match_tree(void **state)
+{
+    (void)state;
+    assert_fast_matches_tree(
+        "{\"a\":true,\"b\":false,\"c\":null,\"d\":[],\"e\":{},\"f\":\"s\",\"g\":-0.5e+3,"
+        "\"h\":12345678901234567890123,\"\":0,\"batteryLevel\":9}");
+    assert_fast_matches_tree("{\"batteryleve\":\"x\",\"BatteryLevel\":\"x\",\"errors \":1}");
+    assert_fast_matches_tree("{\"lastSeen\":1,\"batteryLevel\":1}");
+}
+
+static void test_fast_path_first_broken_rule_wins_as_in_tree(void **state)
+{
+    (void)state;
+    assert_fast_matches_tree("{\"batteryLevel\":500,\"powerMode\":\"turbo\"}");
+    assert_fast_matches_tree("{\"powerMode\":\"turbo\",\"batteryLevel\":500}");
+    /* A later value that the fast path would decline for no longer matters
+     * once a rule is broken: it is valid JSON all the same. */
+    assert_fast_matches_tree("{\"powerMode\":1,\"batteryLevel\":50.5}");
+}
+
+/* Asserts that the fast path declines s without touching out or err, and
+ * that em_status_decode then gives what the cJSON decoder gives. */
+static void assert_fast_declines(const char *s, size_t n)
+{
+    outcome_t fast, untouched, tree, pub;
+    prefill(&fast);
+    prefill(&untouched);
+    prefill(&tree);
+    prefill(&pub);
+    if (em__status_decode_fast(s, n, &fast.st, &fast.err, &fast.rc))
+        fail_msg("'%.*s' was decided by the fast path", (int)n, s);
+    assert_memory_equal(&fast, &untouched, sizeof(fast));
+    tree.rc = em__status_decode_tree(s, n, &tree.st, &tree.err);
+    pub.rc = em_status_decode(s, n, &pub.st, &pub.err);
+    assert_same_outcome(s, &tree, &pub);
+    cleanup_outcome(&tree);
+    cleanup_outcome(&pub);
+}
+
+static void test_fast_path_declines_what_it_cannot_decide(void **state)
+{
+    (void)state;
+    static const char *const cases[] = {
+        /* numbers cJSON reads its own way */
+        "{\"batteryLevel\":50.0}", "{\"batteryLevel\":1e1}", "{\"batteryLevel\":50.5}",
+        "{\"batteryLevel\":99999999999999999999}", "{\"batteryLevel\":007}", "{\"x\":007}",
+        "{\"x\":1.}", "{\"x\":.5}", "{\"x\":+1}", "{\"x\":-}", "{\"x\":1e}", "{\"x\":0x10}",
+        "{\"x\":12345678901234567890123456789012345678901}",
+        /* primitives that are not JSON */
+        "{\"x\":tru}", "{\"x\":nul}", "{\"x\":truex}", "{\"x\":True}", "{\"x\":1:2}",
+        /* containers with something inside */
+        "{\"errors\":[\"a\"]}", "{\"additionalInfo\":{\"a\":1}}", "{\"x\":[[]]}",
+        /* what jsmn lets through */
+        "{,}", "{\"x\":[,]}", "{\"x\":{:}}", "{\"a\" \"b\"}", "{\"a\":1 \"b\":2}",
+        "{\"a\":\"b\":\"c\"}", "{\"a\"::1}", "{\"a\":1,}", "{,\"a\":1}", ",{}", "{}:", "{}{}",
+        "{} x", "{\"a\":1}}", "{\"a\"}", "{\"a\":}",
+        /* not a flat object */
+        "[]", "75", "\"online\"", "null", "",
+        /* escapes, non-ASCII, control characters, other whitespace */
+        "{\"firmwareVersion\":\"1.2\\n\"}", "{\"x\":\"\xc3\xa9\"}", "{\"batteryLevel\":\t75}",
+        "{\n\"batteryLevel\":75}\n", "{\"a\":\"\x01\"}",
+        /* unterminated */
+        "{\"batteryLevel\":75", "{\"a", "{",
+        /* a broken rule does not hide invalid JSON later on */
+        "{\"batteryLevel\":500,\"x\":tru}", "{\"batteryLevel\":500,}"};
+    for (size_t i = 0; i < COUNT(cases); i++)
+        assert_fast_declines(cases[i], strlen(cases[i]));
+}
+
+static void test_fast_path_declines_more_members_than_tokens(void **state)
+{
+    (void)state;
+    /* 23 members fit in the token array, 24 do not. */
+    char buf[512];
+    size_t n = 0;
+    buf[n++] = '{';
+    for (int i = 0; i < 23; i++)
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s\"k%d\":%d", i ? "," : "", i, i);
+    snprintf(buf + n, sizeof(buf) - n, "}");
+    assert_fast_matches_tree(buf);
+    snprintf(buf + n, sizeof(buf) - n, ",\"batteryLevel\":1}");
+    assert_fast_declines(buf, strlen(buf));
+}
+
+static void test_fast_path_declines_payload_over_limit(void **state)
+{
+    (void)state;
+    size_t n = EM_PAYLOAD_MAX + 1;
+    char *s = malloc(n);
+    assert_non_null(s);
+    memset(s, ' ', n);
+    s[0] = '{';
+    s[n - 1] = '}';
+    assert_fast_declines(s, n);
+    assert_fast_declines(s, 0);
+    free(s);
+}
+
+/* --- counting allocations ------------------------------------------------- */
+
+/* Under ASan (and the other sanitizers that own malloc) the sanitizer's
+ * allocation hook counts; in a plain glibc build malloc is replaced by one
+ * that counts and forwards to glibc's own allocator. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define COUNT_WITH_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
+    __has_feature(memory_sanitizer)
+#define COUNT_WITH_SANITIZER 1
+#endif
+#endif
+
+static volatile bool g_counting;
+static volatile unsigned long g_allocations;
+
+#if defined(COUNT_WITH_SANITIZER)
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+
+static void count_malloc(const volatile void *p, size_t n)
+{
+    (void)p;
+    (void)n;
+    if (g_counting)
+        g_allocations++;
+}
+
+static void count_free(const volatile void *p)
+{
+    (void)p;
+}
+
+static bool allocation_counter_ready(void)
+{
+    static int installed = -1;
+    if (installed < 0)
+        installed = __sanitizer_install_malloc_and_free_hooks(count_malloc, count_free) != 0;
+    return installed > 0;
+}
+#elif defined(__GLIBC__)
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+extern void __libc_free(void *p);
+
+void *malloc(size_t n)
+{
+    if (g_counting)
+        g_allocations++;
+    return __libc_malloc(n);
+}
+
+void *calloc(size_t n, size_t size)
+{
+    if (g_counting)
+        g_allocations++;
+    return __libc_calloc(n, size);
+}
+
+void *realloc(void *p, size_t n)
+{
+    if (g_counting)
+        g_allocations++;
+    return __libc_realloc(p, n);
+}
+
+void free(void *p)
+{
+    __libc_free(p);
+}
+
+static bool allocation_counter_ready(void)
+{
+    return true;
+}
+#else
+static bool allocation_counter_ready(void)
+{
+    return false;
+}
+#endif
+
+/* Allocations made by em_status_decode on s. */
+static unsigned long allocations_of_decode(const char *s)
+{
+    em_status_t st;
+    em_error_t err;
+    g_allocations = 0;
+    g_counting = true;
+    em_err_t rc = em_status_decode(s, strlen(s), &st, &err);
+    g_counting = false;
+    assert_int_equal(rc, EM_OK);
+    em_status_cleanup(&st);
+    return g_allocations;
+}
+
+static void test_common_message_allocates_nothing(void **state)
+{
+    (void)state;
+    if (!allocation_counter_ready())
+        skip();
+    /* The counter sees allocations: a non-empty list is copied to the heap. */
+    assert_true(allocations_of_decode("{\"errors\":[\"sensor fault\"]}") > 0);
+    assert_int_equal(allocations_of_decode(EXAMPLE), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -618,6 +1043,21 @@ int main(void)
         cmocka_unit_test(test_copy_refuses_null),
         cmocka_unit_test(test_cleanup_accepts_null),
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_fast_path_decodes_design_example_as_tree_does),
+        cmocka_unit_test(test_fast_path_battery_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_signal_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_power_mode_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_connection_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_firmware_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_errors_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_additional_info_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_duplicate_rule_matches_tree),
+        cmocka_unit_test(test_fast_path_unknown_keys_match_tree),
+        cmocka_unit_test(test_fast_path_first_broken_rule_wins_as_in_tree),
+        cmocka_unit_test(test_fast_path_declines_what_it_cannot_decide),
+        cmocka_unit_test(test_fast_path_declines_more_members_than_tokens),
+        cmocka_unit_test(test_fast_path_declines_payload_over_limit),
+        cmocka_unit_test(test_common_message_allocates_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
