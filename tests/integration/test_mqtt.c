@@ -664,6 +664,25 @@ static void test_works_with_descriptors_above_fd_setsize(void **state)
         close(fillers[i]);
 }
 
+static void test_idle_connection_kept_alive_by_pings(void **state)
+{
+    (void)state;
+    /* mosquitto drops a client silent for 1.5 keepalive periods (7.5 s here,
+     * checked every few seconds: 12 s without pings in practice): an idle
+     * connection survives only if the driver sends PINGREQ. */
+    em_mqtt_options_t o;
+    opts_plain(&o, &PLAIN);
+    o.keepalive_s = 5;
+    em_mqtt_t *m = new_client(&o);
+    connect_ok(m);
+    assert_int_equal(em_mqtt_start(m, NULL), EM_OK);
+    em_test_sleep_ms(16000);
+    assert_int_equal(count_events(&R, EM_MQTT_DISCONNECTED), 0);
+    assert_true(em_mqtt_is_connected(m));
+    roundtrip(m, "t/keepalive/a");
+    em_mqtt_free(m);
+}
+
 static void test_publish_when_not_connected_is_refused(void **state)
 {
     (void)state;
@@ -1631,6 +1650,7 @@ int main(void)
         cmocka_unit_test_setup(test_connected_event_has_no_error_and_disconnected_says_why,
                                test_setup),
         cmocka_unit_test_setup(test_works_with_descriptors_above_fd_setsize, test_setup),
+        cmocka_unit_test_setup(test_idle_connection_kept_alive_by_pings, test_setup),
         cmocka_unit_test_setup(test_publish_when_not_connected_is_refused, test_setup),
         cmocka_unit_test_setup(test_publish_argument_errors, test_setup),
         cmocka_unit_test_setup(test_qos1_publishes_acknowledged_via_on_published, test_setup),
