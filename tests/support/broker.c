@@ -171,6 +171,57 @@ int em_test_wait_lines(const char *path, int n, int timeout_ms)
 /* ---------------------------------------------------------------------- */
 /* Broker                                                                  */
 
+/* Brokers not yet cleaned up, by directory. A failing cmocka assertion jumps
+ * out of a test before its em_test_broker_cleanup: at exit, whatever is left
+ * is killed and removed. Copies, not pointers: the em_test_broker_t of a test
+ * that failed may have lived on its stack. */
+#define LIVE_MAX 64
+static struct {
+    char dir[sizeof(((em_test_broker_t *)0)->dir)];
+    pid_t pid;
+} live[LIVE_MAX];
+static bool live_atexit;
+
+static void live_cleanup(void)
+{
+    for (int i = 0; i < LIVE_MAX; i++) {
+        if (live[i].dir[0] == '\0')
+            continue;
+        if (live[i].pid > 0) {
+            kill(live[i].pid, SIGKILL);
+            int st;
+            waitpid(live[i].pid, &st, 0);
+        }
+        em_test_rmtree(live[i].dir);
+        live[i].dir[0] = '\0';
+    }
+}
+
+/* Records b's directory and pid (pid 0: not running; forget: cleaned up). */
+static void live_set(const em_test_broker_t *b, bool forget)
+{
+    if (!live_atexit) {
+        atexit(live_cleanup);
+        live_atexit = true;
+    }
+    int free_slot = -1;
+    for (int i = 0; i < LIVE_MAX; i++) {
+        if (live[i].dir[0] != '\0' && strcmp(live[i].dir, b->dir) == 0) {
+            if (forget)
+                live[i].dir[0] = '\0';
+            else
+                live[i].pid = b->pid;
+            return;
+        }
+        if (live[i].dir[0] == '\0' && free_slot < 0)
+            free_slot = i;
+    }
+    if (!forget && free_slot >= 0) {
+        snprintf(live[free_slot].dir, sizeof(live[free_slot].dir), "%s", b->dir);
+        live[free_slot].pid = b->pid;
+    }
+}
+
 char *em_test_broker_path(const em_test_broker_t *b, const char *name, char *buf, size_t size)
 {
     int n = snprintf(buf, size, "%s/%s", b->dir, name);
@@ -235,6 +286,7 @@ int em_test_broker_init(em_test_broker_t *b, const char *mode)
         b->dir[0] = '\0';
         return -1;
     }
+    live_set(b, false);
     if (script(b, "gen-certs.sh", NULL, NULL, NULL, NULL, NULL, NULL) != 0)
         return -1;
     b->port = em_test_free_port();
@@ -339,6 +391,7 @@ static int run_broker(em_test_broker_t *b)
             return 1;
         if (port_accepts(b->port)) {
             b->pid = pid;
+            live_set(b, false);
             return 0;
         }
         em_test_sleep_ms(20);
@@ -384,6 +437,7 @@ int em_test_broker_stop(em_test_broker_t *b)
         return 0;
     em_test_stop(b->pid);
     b->pid = 0;
+    live_set(b, false);
     return 0;
 }
 
@@ -396,6 +450,7 @@ int em_test_broker_kill(em_test_broker_t *b)
     while (waitpid(b->pid, &st, 0) < 0 && errno == EINTR) {
     }
     b->pid = 0;
+    live_set(b, false);
     return 0;
 }
 
@@ -424,8 +479,10 @@ void em_test_broker_cleanup(em_test_broker_t *b)
     if (b == NULL)
         return;
     em_test_broker_stop(b);
-    if (b->dir[0] != '\0')
+    if (b->dir[0] != '\0') {
         em_test_rmtree(b->dir);
+        live_set(b, true);
+    }
     memset(b, 0, sizeof(*b));
 }
 

@@ -7,7 +7,8 @@
  * log (mosquitto.log). It listens on 127.0.0.1 only, on a port that was free
  * when it started and that it keeps across em_test_broker_restart. It is
  * stopped by PID, never by name, and dies with the test process (it gets
- * SIGTERM if the thread that started it exits).
+ * SIGTERM if the thread that started it exits). A broker that a failed test
+ * did not clean up is killed, and its directory removed, at process exit.
  *
  * Typical use:
  *   em_test_broker_t b;
