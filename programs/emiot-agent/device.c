@@ -286,8 +286,12 @@ static bool cmd_configure(agent_device_t *d, const cJSON *payload, int64_t now, 
             /* Keys are echoed back: keep only the safe characters' prefix. */
             char safe[33];
             size_t n = 0;
-            for (const char *p = k; *p && n < sizeof safe - 1; p++)
-                safe[n++] = (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') ? *p : '?';
+            for (const char *p = k; *p && n < sizeof safe - 1; p++) {
+                char ch = *p;
+                if (ch < 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+                    ch = '?';
+                safe[n++] = ch;
+            }
             safe[n] = '\0';
             msg_append(ignored, sizeof ignored, safe);
         }
