@@ -38,7 +38,7 @@
 #define AGENT_TICK_MS            100
 #define AGENT_CONNECT_TIMEOUT_MS 10000
 #define AGENT_SHUTDOWN_WAIT_MS   3000
-#define AGENT_DURATION_MAX       (10 * 365 * 86400L)
+#define AGENT_DURATION_MAX       (10L * 365 * 86400)
 #define EXIT_USAGE               2
 
 enum {
@@ -156,11 +156,13 @@ static int usage_error(const char *fmt, ...)
 {
     va_list ap;
 
-    fprintf(stderr, PROGRAM ": ");
+    /* Nothing is left to do when stderr itself fails: the exit status still
+     * tells. */
+    (void)fprintf(stderr, PROGRAM ": ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    (void)vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry '" PROGRAM " --help'.\n");
+    (void)fprintf(stderr, "\nTry '" PROGRAM " --help'.\n");
     return EXIT_USAGE;
 }
 
@@ -220,149 +222,159 @@ typedef struct agent_args {
     int log_level;
 } agent_args_t;
 
-/* Returns -1 to go on, or the exit status. */
-static int parse_args(int argc, char **argv, agent_args_t *a)
+static void args_defaults(agent_args_t *a)
 {
-    long v;
-    int c;
-
     memset(a, 0, sizeof *a);
     a->cfg.prefix = EM_TOPIC_PREFIX_DEFAULT;
     a->cfg.status_interval_s = 10;
     a->cfg.telemetry_interval_s = 10;
-    a->cfg.command_max_age_ms = 300 * 1000;
+    a->cfg.command_max_age_ms = (int64_t)300 * 1000;
     a->cfg.firmware = AGENT_FIRMWARE_DEFAULT;
     a->id_prefix = AGENT_ID_PREFIX_DEFAULT;
     a->first = 1;
     a->type = "sensor";
     a->log_level = EM_LOG_INFO;
+}
 
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
-        switch (c) {
-        case OPT_URL:
-            a->cfg.url = optarg;
-            break;
-        case OPT_CA:
-            a->cfg.ca_file = optarg;
-            break;
-        case OPT_CA_PATH:
-            a->cfg.ca_path = optarg;
-            break;
-        case OPT_CERT:
-            a->cfg.cert_file = optarg;
-            break;
-        case OPT_KEY:
-            a->cfg.key_file = optarg;
-            break;
-        case OPT_CERT_DIR:
-            a->cfg.cert_dir = optarg;
-            break;
-        case OPT_USERNAME:
-            a->cfg.username = optarg;
-            break;
-        case OPT_PASSWORD:
-            /* The value is not echoed: it may be a real password. */
-            return usage_error("%s", "passwords are never taken on the command line (they would "
-                                     "show in ps and shell history); use --password-env or "
-                                     "--password-file");
-        case OPT_PASSWORD_ENV:
-            a->cfg.password_env = optarg;
-            break;
-        case OPT_PASSWORD_FILE:
-            a->cfg.password_file = optarg;
-            break;
-        case OPT_ALLOW_PLAIN:
-            a->cfg.allow_plain = true;
-            break;
-        case OPT_PREFIX:
-            a->cfg.prefix = optarg;
-            break;
-        case OPT_ID:
-            a->id = optarg;
-            break;
-        case OPT_SIMULATE:
-            if (!parse_long(optarg, 1, AGENT_SIMULATE_MAX, &a->simulate))
-                return usage_error("--simulate: '%s' is not a number from 1 to %d (run several "
-                                   "processes with --first for more)",
-                                   optarg, AGENT_SIMULATE_MAX);
-            break;
-        case OPT_FIRST:
-            if (!parse_long(optarg, 1, AGENT_FIRST_MAX, &a->first))
-                return usage_error("--first: '%s' is not a number from 1 to %d", optarg,
-                                   AGENT_FIRST_MAX);
-            break;
-        case OPT_ID_PREFIX:
-            a->id_prefix = optarg;
-            break;
-        case OPT_TYPE:
-            a->type = optarg;
-            break;
-        case OPT_INTERVAL:
-            if (!parse_long(optarg, 1, EM_REPORTING_INTERVAL_MAX, &v))
-                return usage_error("--interval: '%s' is not a number of seconds from 1 to 86400",
-                                   optarg);
-            a->cfg.status_interval_s = (int)v;
-            break;
-        case OPT_TELEMETRY_INTERVAL:
-            if (!parse_long(optarg, 0, EM_REPORTING_INTERVAL_MAX, &v))
-                return usage_error(
-                    "--telemetry-interval: '%s' is not a number of seconds from 0 to 86400",
-                    optarg);
-            a->cfg.telemetry_interval_s = (int)v;
-            break;
-        case OPT_DURATION:
-            if (!parse_long(optarg, 0, AGENT_DURATION_MAX, &a->duration_s))
-                return usage_error("--duration: '%s' is not a number of seconds", optarg);
-            break;
-        case OPT_SEED:
-            if (!parse_u64(optarg, &a->seed))
-                return usage_error("--seed: '%s' is not an unsigned number", optarg);
-            a->seed_set = true;
-            break;
-        case OPT_FIRMWARE:
-            if (!firmware_valid(optarg))
-                return usage_error("--firmware: '%s' is not 1-31 of [0-9A-Za-z.+_-]", optarg);
-            a->cfg.firmware = optarg;
-            break;
-        case OPT_COMMAND_MAX_AGE:
-            if (!parse_long(optarg, 0, 86400, &v))
-                return usage_error("--command-max-age: '%s' is not a number of seconds from 0 "
-                                   "to 86400",
-                                   optarg);
-            a->cfg.command_max_age_ms = (int64_t)v * 1000;
-            break;
-        case OPT_MQTT_VERSION:
-            if (!parse_long(optarg, 4, 5, &v))
-                return usage_error("--mqtt-version: '%s' is neither 5 nor 4", optarg);
-            a->cfg.protocol = (int)v;
-            break;
-        case OPT_KEEPALIVE:
-            if (!parse_long(optarg, 5, 3600, &v))
-                return usage_error("--keepalive: '%s' is not a number of seconds from 5 to 3600",
-                                   optarg);
-            a->cfg.keepalive_s = (int)v;
-            break;
-        case OPT_LOG_LEVEL:
-            a->log_level = em_log_level_parse(optarg);
-            if (a->log_level < 0)
-                return usage_error("--log-level: unknown level '%s'", optarg);
-            break;
-        case OPT_HELP:
-            usage(stdout);
-            return 0;
-        case OPT_VERSION:
-            printf(PROGRAM " %s (libemiot %s)\n", EM_VERSION_STRING, em_version());
-            return 0;
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
-        default:
-            return usage_error("unknown option '%s'", argv[optind - 1]);
-        }
+/* Applies the option getopt_long returned as c, with its value arg. Returns
+ * -1 to go on, or the exit status (--help, --version, a usage error). */
+static int parse_option(int c, const char *arg, char **argv, agent_args_t *a)
+{
+    long v;
+
+    switch (c) {
+    case OPT_URL:
+        a->cfg.url = arg;
+        break;
+    case OPT_CA:
+        a->cfg.ca_file = arg;
+        break;
+    case OPT_CA_PATH:
+        a->cfg.ca_path = arg;
+        break;
+    case OPT_CERT:
+        a->cfg.cert_file = arg;
+        break;
+    case OPT_KEY:
+        a->cfg.key_file = arg;
+        break;
+    case OPT_CERT_DIR:
+        a->cfg.cert_dir = arg;
+        break;
+    case OPT_USERNAME:
+        a->cfg.username = arg;
+        break;
+    case OPT_PASSWORD:
+        /* The value is not echoed: it may be a real password. */
+        return usage_error("%s", "passwords are never taken on the command line (they would "
+                                 "show in ps and shell history); use --password-env or "
+                                 "--password-file");
+    case OPT_PASSWORD_ENV:
+        a->cfg.password_env = arg;
+        break;
+    case OPT_PASSWORD_FILE:
+        a->cfg.password_file = arg;
+        break;
+    case OPT_ALLOW_PLAIN:
+        a->cfg.allow_plain = true;
+        break;
+    case OPT_PREFIX:
+        a->cfg.prefix = arg;
+        break;
+    case OPT_ID:
+        a->id = arg;
+        break;
+    case OPT_SIMULATE:
+        if (!parse_long(arg, 1, AGENT_SIMULATE_MAX, &a->simulate))
+            return usage_error("--simulate: '%s' is not a number from 1 to %d (run several "
+                               "processes with --first for more)",
+                               arg, AGENT_SIMULATE_MAX);
+        break;
+    case OPT_FIRST:
+        if (!parse_long(arg, 1, AGENT_FIRST_MAX, &a->first))
+            return usage_error("--first: '%s' is not a number from 1 to %d", arg, AGENT_FIRST_MAX);
+        break;
+    case OPT_ID_PREFIX:
+        a->id_prefix = arg;
+        break;
+    case OPT_TYPE:
+        a->type = arg;
+        break;
+    case OPT_INTERVAL:
+        if (!parse_long(arg, 1, EM_REPORTING_INTERVAL_MAX, &v))
+            return usage_error("--interval: '%s' is not a number of seconds from 1 to 86400", arg);
+        a->cfg.status_interval_s = (int)v;
+        break;
+    case OPT_TELEMETRY_INTERVAL:
+        if (!parse_long(arg, 0, EM_REPORTING_INTERVAL_MAX, &v))
+            return usage_error(
+                "--telemetry-interval: '%s' is not a number of seconds from 0 to 86400", arg);
+        a->cfg.telemetry_interval_s = (int)v;
+        break;
+    case OPT_DURATION:
+        if (!parse_long(arg, 0, AGENT_DURATION_MAX, &a->duration_s))
+            return usage_error("--duration: '%s' is not a number of seconds", arg);
+        break;
+    case OPT_SEED:
+        if (!parse_u64(arg, &a->seed))
+            return usage_error("--seed: '%s' is not an unsigned number", arg);
+        a->seed_set = true;
+        break;
+    case OPT_FIRMWARE:
+        if (!firmware_valid(arg))
+            return usage_error("--firmware: '%s' is not 1-31 of [0-9A-Za-z.+_-]", arg);
+        a->cfg.firmware = arg;
+        break;
+    case OPT_COMMAND_MAX_AGE:
+        if (!parse_long(arg, 0, 86400, &v))
+            return usage_error("--command-max-age: '%s' is not a number of seconds from 0 "
+                               "to 86400",
+                               arg);
+        a->cfg.command_max_age_ms = (int64_t)v * 1000;
+        break;
+    case OPT_MQTT_VERSION:
+        if (!parse_long(arg, 4, 5, &v))
+            return usage_error("--mqtt-version: '%s' is neither 5 nor 4", arg);
+        a->cfg.protocol = (int)v;
+        break;
+    case OPT_KEEPALIVE:
+        if (!parse_long(arg, 5, 3600, &v))
+            return usage_error("--keepalive: '%s' is not a number of seconds from 5 to 3600", arg);
+        a->cfg.keepalive_s = (int)v;
+        break;
+    case OPT_LOG_LEVEL:
+        a->log_level = em_log_level_parse(arg);
+        if (a->log_level < 0)
+            return usage_error("--log-level: unknown level '%s'", arg);
+        break;
+    case OPT_HELP:
+        usage(stdout);
+        return 0;
+    case OPT_VERSION:
+        printf(PROGRAM " %s (libemiot %s)\n", EM_VERSION_STRING, em_version());
+        return 0;
+    case ':':
+        return usage_error("option '%s' needs a value", argv[optind - 1]);
+    default:
+        return usage_error("unknown option '%s'", argv[optind - 1]);
     }
-    if (optind < argc)
-        return usage_error("unexpected argument '%s'", argv[optind]);
+    return -1;
+}
 
+/* True when every id of the simulated fleet is a valid device id: the longest
+ * is the last one's. */
+static bool simulated_ids_valid(const agent_args_t *a)
+{
+    char probe[EM_DEVICE_ID_MAX + 16];
+    int n = snprintf(probe, sizeof probe, "%s-%03ld", a->id_prefix, a->first + a->simulate - 1);
+    return n >= 0 && (size_t)n < sizeof probe &&
+           em_device_id_validate(probe, (size_t)n, NULL) == EM_OK;
+}
+
+/* The checks that involve several options, once all are read. Returns -1 to
+ * go on, or the exit status of a usage error. */
+static int check_args(const agent_args_t *a)
+{
     if (!a->cfg.url)
         return usage_error("%s", "--url is required");
     if (a->first != 1 && !a->simulate)
@@ -383,20 +395,31 @@ static int parse_args(int argc, char **argv, agent_args_t *a)
                            a->cfg.prefix);
     if (a->id && em_device_id_validate(a->id, strlen(a->id), NULL) != EM_OK)
         return usage_error("--id: '%s' is not 3-50 of [A-Za-z0-9_-]", a->id);
-    if (a->simulate) {
-        /* The longest generated id must still be a valid device id. */
-        char probe[EM_DEVICE_ID_MAX + 16];
-        int n = snprintf(probe, sizeof probe, "%s-%03ld", a->id_prefix, a->first + a->simulate - 1);
-        if (n < 0 || (size_t)n >= sizeof probe ||
-            em_device_id_validate(probe, (size_t)n, NULL) != EM_OK)
-            return usage_error("--id-prefix: '%s' does not make valid device ids", a->id_prefix);
-    }
+    if (a->simulate && !simulated_ids_valid(a))
+        return usage_error("--id-prefix: '%s' does not make valid device ids", a->id_prefix);
     if (strcmp(a->type, "mixed") != 0) {
         em_device_type_t t;
         if (em_device_type_parse(a->type, strlen(a->type), &t, NULL) != EM_OK)
             return usage_error("--type: unknown type '%s'", a->type);
     }
     return -1;
+}
+
+/* Returns -1 to go on, or the exit status. */
+static int parse_args(int argc, char **argv, agent_args_t *a)
+{
+    int c;
+
+    args_defaults(a);
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+        int rc = parse_option(c, optarg, argv, a);
+        if (rc >= 0)
+            return rc;
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    return check_args(a);
 }
 
 /* Blocks until a signal, the timeout, or nothing (timeout_ms 0). Returns the
@@ -408,134 +431,183 @@ static int wait_signal(const sigset_t *set, int timeout_ms)
     return sig > 0 ? sig : 0;
 }
 
-int main(int argc, char **argv)
+/* Blocks the stop signals before any thread exists, so that every network
+ * thread inherits the mask and only wait_signal receives them; ignores
+ * SIGPIPE, as a broken connection must be an error code, never a signal. */
+static bool setup_signals(sigset_t *sigs)
 {
-    agent_args_t a;
-    agent_device_t *devs = NULL;
-    sigset_t sigs;
-    size_t n, started = 0;
-    int status = 0, rc, sig = 0;
-    bool connected = false, unreachable = false;
-    int64_t t0, deadline;
+    if (sigemptyset(sigs) != 0 || sigaddset(sigs, SIGINT) != 0 || sigaddset(sigs, SIGTERM) != 0 ||
+        pthread_sigmask(SIG_BLOCK, sigs, NULL) != 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        em_logf(EM_LOG_FATAL, MODULE, "cannot set up signal handling: %s", strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+/* The devices of this process; the first `started` were initialised and
+ * need agent_device_cleanup. */
+typedef struct agent_fleet {
+    agent_device_t *devs;
+    size_t n;
+    size_t started;
+} agent_fleet_t;
+
+/* The id and type of the i-th device of this process. Types and seeds follow
+ * the device number, not the position in this process, so a fleet split with
+ * --first is the same fleet. */
+static void device_identity(const agent_args_t *a, size_t i, char id[EM_DEVICE_ID_MAX + 1],
+                            em_device_type_t *type)
+{
     static const em_device_type_t mixed[] = {EM_DEVICE_SENSOR, EM_DEVICE_ACTUATOR, EM_DEVICE_CAMERA,
                                              EM_DEVICE_GATEWAY, EM_DEVICE_GENERIC};
 
-    rc = parse_args(argc, argv, &a);
-    if (rc >= 0)
-        return rc;
-    em_log_set_level((em_log_level_t)a.log_level);
-    if (!a.seed_set)
-        a.seed = (uint64_t)em_now_ms() ^ ((uint64_t)getpid() << 32);
+    /* Both fit: check_args validated the id and the longest generated id. */
+    if (a->simulate)
+        snprintf(id, EM_DEVICE_ID_MAX + 1, "%s-%03ld", a->id_prefix, a->first + (long)i);
+    else
+        snprintf(id, EM_DEVICE_ID_MAX + 1, "%s", a->id);
+    *type = EM_DEVICE_SENSOR;
+    if (strcmp(a->type, "mixed") == 0)
+        *type = mixed[(size_t)(a->first - 1 + (long)i) % (sizeof mixed / sizeof mixed[0])];
+    else
+        (void)em_device_type_parse(a->type, strlen(a->type), type, NULL);
+}
 
-    /* Block the stop signals before any thread exists, so every network
-     * thread inherits the mask and only sigtimedwait below receives them. A
-     * broken connection must be an error code, never SIGPIPE. */
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+static void log_device_failure(const char *msg, const char *id, const em_error_t *err)
+{
+    em_log_field_t f[3] = {EM_LOG_STR("device", id), EM_LOG_STR("error", em_err_name(err->code)),
+                           EM_LOG_STR("detail", err->message)};
+    em_log(EM_LOG_FATAL, MODULE, NULL, msg, f, 3);
+}
 
-    n = a.simulate ? (size_t)a.simulate : 1;
-    devs = calloc(n, sizeof *devs);
-    if (!devs) {
-        em_logf(EM_LOG_FATAL, MODULE, "out of memory for %zu devices", n);
-        return 1;
-    }
-    {
-        em_log_field_t f[5] = {EM_LOG_STR("version", EM_VERSION_STRING),
-                               EM_LOG_STR("broker", a.cfg.url), EM_LOG_INT("devices", n),
-                               EM_LOG_STR("type", a.type), EM_LOG_INT("seed", (long long)a.seed)};
-        em_log(EM_LOG_INFO, MODULE, NULL, "starting", f, 5);
-    }
+/* Sets up and connects the devices one after the other. Returns the exit
+ * status so far (1 when a device cannot be set up or connected); *sig is the
+ * stop signal received meanwhile, or 0. */
+static int start_fleet(const agent_args_t *a, agent_fleet_t *fl, const sigset_t *sigs, int *sig)
+{
+    bool connected = false, unreachable = false;
 
-    for (size_t i = 0; i < n; i++) {
+    *sig = 0;
+    for (size_t i = 0; i < fl->n; i++) {
         char id[EM_DEVICE_ID_MAX + 1];
-        em_device_type_t type = EM_DEVICE_SENSOR;
+        em_device_type_t type;
         em_error_t err;
 
-        if (a.simulate)
-            snprintf(id, sizeof id, "%s-%03ld", a.id_prefix, a.first + (long)i);
-        else
-            snprintf(id, sizeof id, "%s", a.id);
-        /* Types and seeds follow the device number, not the position in this
-         * process, so a fleet split with --first is the same fleet. */
-        if (strcmp(a.type, "mixed") == 0)
-            type = mixed[(size_t)(a.first - 1 + (long)i) % (sizeof mixed / sizeof mixed[0])];
-        else
-            (void)em_device_type_parse(a.type, strlen(a.type), &type, NULL);
-
+        device_identity(a, i, id, &type);
         em_error_clear(&err);
-        if (agent_device_init(&devs[i], &a.cfg, id, type, a.seed + (uint64_t)(a.first - 1) + i,
-                              &err) != EM_OK) {
-            em_log_field_t f[3] = {EM_LOG_STR("device", id),
-                                   EM_LOG_STR("error", em_err_name(err.code)),
-                                   EM_LOG_STR("detail", err.message)};
-            em_log(EM_LOG_FATAL, MODULE, NULL, "cannot set up device", f, 3);
-            status = 1;
-            break;
+        if (agent_device_init(&fl->devs[i], &a->cfg, id, type,
+                              a->seed + (uint64_t)(a->first - 1) + i, &err) != EM_OK) {
+            log_device_failure("cannot set up device", id, &err);
+            return 1;
         }
-        started = i + 1;
+        fl->started = i + 1;
         /* Once the broker proved unreachable, the other devices do not each
          * wait for it: their network threads keep trying. */
-        if (agent_device_start(&devs[i], unreachable ? 0 : AGENT_CONNECT_TIMEOUT_MS, &connected,
+        if (agent_device_start(&fl->devs[i], unreachable ? 0 : AGENT_CONNECT_TIMEOUT_MS, &connected,
                                &err) != EM_OK) {
-            em_log_field_t f[3] = {EM_LOG_STR("device", id),
-                                   EM_LOG_STR("error", em_err_name(err.code)),
-                                   EM_LOG_STR("detail", err.message)};
-            em_log(EM_LOG_FATAL, MODULE, NULL, "cannot connect", f, 3);
-            status = 1;
-            break;
+            log_device_failure("cannot connect", id, &err);
+            return 1;
         }
         if (!connected)
             unreachable = true;
         /* Starting a large fleet takes a while: stay responsive to Ctrl-C. */
-        sig = wait_signal(&sigs, 0);
-        if (sig)
-            break;
+        *sig = wait_signal(sigs, 0);
+        if (*sig)
+            return 0;
     }
-    if (status == 0 && !sig)
-        em_logf(EM_LOG_INFO, MODULE, "%zu device(s) started%s", n,
-                unreachable ? " (broker unreachable so far)" : "");
+    em_logf(EM_LOG_INFO, MODULE, "%zu device(s) started%s", fl->n,
+            unreachable ? " (broker unreachable so far)" : "");
+    return 0;
+}
 
-    t0 = em_mono_ms();
-    while (status == 0 && !sig) {
+/* Runs the devices' timers until a stop signal (returned) or the end of
+ * --duration (0 returned). */
+static int run_fleet(const agent_args_t *a, agent_fleet_t *fl, const sigset_t *sigs)
+{
+    int64_t t0 = em_mono_ms();
+    int sig = 0;
+
+    while (!sig) {
         int64_t now = em_mono_ms();
-        if (a.duration_s > 0 && now - t0 >= (int64_t)a.duration_s * 1000) {
-            em_logf(EM_LOG_INFO, MODULE, "duration of %ld s reached", a.duration_s);
+        if (a->duration_s > 0 && now - t0 >= (int64_t)a->duration_s * 1000) {
+            em_logf(EM_LOG_INFO, MODULE, "duration of %ld s reached", a->duration_s);
             break;
         }
-        for (size_t i = 0; i < started; i++)
-            agent_device_tick(&devs[i], now);
-        sig = wait_signal(&sigs, AGENT_TICK_MS);
+        for (size_t i = 0; i < fl->started; i++)
+            agent_device_tick(&fl->devs[i], now);
+        sig = wait_signal(sigs, AGENT_TICK_MS);
     }
+    return sig;
+}
+
+/* Clean shutdown: a DISCONNECT suppresses the last will, so each device says
+ * "offline" itself, and we wait (bounded) for the broker to take it before
+ * disconnecting. Frees the fleet. */
+static void stop_fleet(agent_fleet_t *fl)
+{
+    int *mids = calloc(fl->started ? fl->started : 1, sizeof *mids);
+    int64_t deadline;
+
+    for (size_t i = 0; i < fl->started; i++) {
+        agent_device_t *d = &fl->devs[i];
+        int mid = em_mqtt_is_connected(d->mqtt) ? agent_device_publish_offline(d) : -1;
+        if (mids)
+            mids[i] = mid;
+    }
+    deadline = em_mono_ms() + AGENT_SHUTDOWN_WAIT_MS;
+    for (size_t i = 0; mids && i < fl->started; i++) {
+        while (mids[i] >= 0 && !agent_device_acked(&fl->devs[i], mids[i]) &&
+               em_mono_ms() < deadline) {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    free(mids);
+    for (size_t i = 0; i < fl->started; i++)
+        agent_device_cleanup(&fl->devs[i]);
+    free(fl->devs);
+    fl->devs = NULL;
+    fl->started = 0;
+}
+
+static void log_starting(const agent_args_t *a, size_t n)
+{
+    em_log_field_t f[5] = {EM_LOG_STR("version", EM_VERSION_STRING),
+                           EM_LOG_STR("broker", a->cfg.url), EM_LOG_INT("devices", n),
+                           EM_LOG_STR("type", a->type), EM_LOG_INT("seed", (long long)a->seed)};
+    em_log(EM_LOG_INFO, MODULE, NULL, "starting", f, 5);
+}
+
+int main(int argc, char **argv)
+{
+    agent_args_t a;
+    agent_fleet_t fleet = {NULL, 0, 0};
+    sigset_t sigs;
+    int status, sig = 0;
+
+    status = parse_args(argc, argv, &a);
+    if (status >= 0)
+        return status;
+    em_log_set_level((em_log_level_t)a.log_level);
+    if (!a.seed_set)
+        a.seed = (uint64_t)em_now_ms() ^ ((uint64_t)getpid() << 32);
+    if (!setup_signals(&sigs))
+        return 1;
+
+    fleet.n = a.simulate ? (size_t)a.simulate : 1;
+    fleet.devs = calloc(fleet.n, sizeof *fleet.devs);
+    if (!fleet.devs) {
+        em_logf(EM_LOG_FATAL, MODULE, "out of memory for %zu devices", fleet.n);
+        return 1;
+    }
+    log_starting(&a, fleet.n);
+
+    status = start_fleet(&a, &fleet, &sigs, &sig);
+    if (status == 0 && !sig)
+        sig = run_fleet(&a, &fleet, &sigs);
     if (sig)
         em_logf(EM_LOG_INFO, MODULE, "received %s, going offline", strsignal(sig));
-
-    /* Clean shutdown: a DISCONNECT suppresses the last will, so each device
-     * says "offline" itself, and we wait (bounded) for the broker to take it
-     * before disconnecting. */
-    {
-        int *mids = calloc(started ? started : 1, sizeof *mids);
-        for (size_t i = 0; i < started; i++) {
-            int mid =
-                em_mqtt_is_connected(devs[i].mqtt) ? agent_device_publish_offline(&devs[i]) : -1;
-            if (mids)
-                mids[i] = mid;
-        }
-        deadline = em_mono_ms() + AGENT_SHUTDOWN_WAIT_MS;
-        for (size_t i = 0; mids && i < started; i++) {
-            while (mids[i] >= 0 && !agent_device_acked(&devs[i], mids[i]) &&
-                   em_mono_ms() < deadline) {
-                struct timespec ts = {0, 10 * 1000000L};
-                nanosleep(&ts, NULL);
-            }
-        }
-        free(mids);
-    }
-    for (size_t i = 0; i < started; i++)
-        agent_device_cleanup(&devs[i]);
-    free(devs);
+    stop_fleet(&fleet);
     em_logf(EM_LOG_INFO, MODULE, "stopped");
     return status;
 }
