@@ -70,12 +70,69 @@ static bool is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
+/* Index of the first byte at or after i (and before n) that is not a digit. */
+static size_t skip_digits(const char *s, size_t i, size_t n)
+{
+    while (i < n && is_digit(s[i]))
+        i++;
+    return i;
+}
+
 /*
- * Classifies the primitive s[0..n) by the exact grammar of RFC 8259: true,
- * false, null, or -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?. jsmn
- * accepts any run of printable bytes here, so everything else declines (cJSON
- * then reports the invalid JSON, or reads a spelling such as 007 its own
- * way).
+ * Classifies s[0..n), which starts with '-' or a digit, by RFC 8259's number
+ * grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?. *iv gets the value
+ * of an integer that fits int64_t (V_INT); any other valid number is
+ * V_NUMBER, what is not valid V_DECLINE.
+ */
+static value_kind_t classify_number(const char *s, size_t n, int64_t *iv)
+{
+    if (n > FAST_NUMBER_MAX)
+        return V_DECLINE;
+    bool neg = s[0] == '-';
+    size_t i = neg ? 1 : 0;
+    if (i >= n || !is_digit(s[i]))
+        return V_DECLINE;
+    /* The integer part, accumulated with an overflow check: a value past
+     * INT64_MAX is still a valid number, just not one converted here. */
+    bool fits = true;
+    int64_t v = 0;
+    size_t int_end = s[i] == '0' ? i + 1 : skip_digits(s, i, n);
+    for (; i < int_end; i++) {
+        int d = s[i] - '0';
+        fits = fits && v <= (INT64_MAX - d) / 10;
+        if (fits)
+            v = v * 10 + d;
+    }
+    bool integral = true;
+    if (i < n && s[i] == '.') {
+        size_t frac = i + 1;
+        i = skip_digits(s, frac, n);
+        if (i == frac)
+            return V_DECLINE;
+        integral = false;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        size_t exp = i + 1;
+        if (exp < n && (s[exp] == '+' || s[exp] == '-'))
+            exp++;
+        i = skip_digits(s, exp, n);
+        if (i == exp)
+            return V_DECLINE;
+        integral = false;
+    }
+    if (i != n)
+        return V_DECLINE;
+    if (!integral || !fits)
+        return V_NUMBER;
+    *iv = neg ? -v : v;
+    return V_INT;
+}
+
+/*
+ * Classifies the primitive s[0..n) (n >= 1) by the exact grammar of RFC 8259:
+ * true, false, null or a number. jsmn accepts any run of printable bytes
+ * here, so everything else declines (cJSON then reports the invalid JSON, or
+ * reads a spelling such as 007 its own way).
  */
 static value_kind_t classify_primitive(const char *s, size_t n, int64_t *iv)
 {
@@ -87,56 +144,8 @@ static value_kind_t classify_primitive(const char *s, size_t n, int64_t *iv)
     case 'n':
         return n == 4 && memcmp(s, "null", 4) == 0 ? V_LITERAL : V_DECLINE;
     default:
-        break;
+        return classify_number(s, n, iv);
     }
-    if (n > FAST_NUMBER_MAX)
-        return V_DECLINE;
-    size_t i = 0;
-    bool neg = s[0] == '-';
-    if (neg)
-        i++;
-    if (i >= n || !is_digit(s[i]))
-        return V_DECLINE;
-    /* Integer part, accumulated with an overflow check; a value past
-     * INT64_MAX is still a valid number, just not one we convert. */
-    bool fits = true;
-    int64_t v = 0;
-    if (s[i] == '0') {
-        i++;
-    } else {
-        for (; i < n && is_digit(s[i]); i++) {
-            int d = s[i] - '0';
-            if (v > (INT64_MAX - d) / 10)
-                fits = false;
-            else
-                v = v * 10 + d;
-        }
-    }
-    bool integral = true;
-    if (i < n && s[i] == '.') {
-        i++;
-        if (i >= n || !is_digit(s[i]))
-            return V_DECLINE;
-        while (i < n && is_digit(s[i]))
-            i++;
-        integral = false;
-    }
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        if (i >= n || !is_digit(s[i]))
-            return V_DECLINE;
-        while (i < n && is_digit(s[i]))
-            i++;
-        integral = false;
-    }
-    if (i != n)
-        return V_DECLINE;
-    if (!integral || !fits)
-        return V_NUMBER;
-    *iv = neg ? -v : v;
-    return V_INT;
 }
 
 /* The EM_STATUS_HAS_* bit of the key k[0..n), or 0 when it is not ours. */
@@ -310,6 +319,85 @@ static value_kind_t read_value(const char *s, size_t pos, size_t close, const js
     }
 }
 
+/* Where the walk over the root object's members stands. */
+typedef struct walk {
+    const char *s;
+    size_t close; /* offset of the root object's closing brace */
+    const jsmntok_t *tok;
+    int n;      /* tokens jsmn produced */
+    int i;      /* next token: the key of the next member */
+    size_t pos; /* next byte, never past close */
+} walk_t;
+
+/* Reads the member "key" : value at w->pos, up to the byte after the value;
+ * false to decline. */
+static bool next_member(walk_t *w, const char **key, size_t *key_len, value_t *v)
+{
+    const char *s = w->s;
+    if (w->i + 1 >= w->n)
+        return false;
+    const jsmntok_t *k = &w->tok[w->i];
+    size_t kstart = (size_t)k->start, kend = (size_t)k->end;
+    if (k->type != JSMN_STRING || s[w->pos] != '"' || kstart != w->pos + 1 || kend >= w->close)
+        return false;
+    size_t pos = skip_spaces(s, kend + 1, w->close);
+    if (pos >= w->close || s[pos] != ':')
+        return false;
+    pos = skip_spaces(s, pos + 1, w->close);
+    if (pos >= w->close)
+        return false;
+    size_t next = pos;
+    v->kind = read_value(s, pos, w->close, &w->tok[w->i + 1], v, &next);
+    if (v->kind == V_DECLINE)
+        return false;
+    *key = s + kstart;
+    *key_len = kend - kstart;
+    w->i += 2;
+    w->pos = next;
+    return true;
+}
+
+/* Steps over what follows a member: a comma and the spaces before the next
+ * key, or the spaces before the closing brace; false to decline. */
+static bool next_separator(walk_t *w)
+{
+    w->pos = skip_spaces(w->s, w->pos, w->close);
+    if (w->pos == w->close)
+        return true;
+    if (w->s[w->pos] != ',')
+        return false;
+    w->pos = skip_spaces(w->s, w->pos + 1, w->close);
+    return w->pos < w->close; /* a comma before the brace is not JSON */
+}
+
+/* The first rule a payload breaks. */
+typedef struct failure {
+    const char *field;
+    const char *rule;
+} failure_t;
+
+/* Applies the rules to one member, as the loop of em__status_decode_tree
+ * does; a broken rule goes to *bad. False to decline. */
+static bool take_member(const char *key, size_t key_len, const value_t *v, em_status_t *st,
+                        failure_t *bad)
+{
+    uint16_t bit = key_bit(key, key_len);
+    if (bit == 0)
+        return true; /* unknown keys, repeated or not, are ignored */
+    /* A second copy of a known key is refused, as in status.c. */
+    const char *rule = EM__STATUS_RULE_DUPLICATE;
+    step_t r = (st->has & bit) ? STEP_REJECT : apply_rule(bit, v, st, &rule);
+    if (r == STEP_DECLINE)
+        return false;
+    if (r == STEP_REJECT) {
+        bad->field = bit_field(bit);
+        bad->rule = rule;
+    } else {
+        st->has |= bit;
+    }
+    return true;
+}
+
 bool em__status_decode_fast(const char *payload, size_t len, em_status_t *out, em_error_t *err,
                             em_err_t *rc)
 {
@@ -324,74 +412,38 @@ bool em__status_decode_fast(const char *payload, size_t len, em_status_t *out, e
     if (n < 1 || n > FAST_TOKENS || tok[0].type != JSMN_OBJECT || tok[0].start < 0 ||
         tok[0].end < tok[0].start + 2)
         return false;
-    const char *s = payload;
     size_t open = (size_t)tok[0].start, close = (size_t)tok[0].end - 1;
     /* jsmn skips separators it does not expect (",{}" tokenizes as "{}"), so
      * the object must span the payload but for whitespace around it, as
      * em__json_parse requires. */
-    if (close >= len || s[close] != '}' || skip_spaces(s, 0, open) != open ||
-        skip_spaces(s, close + 1, len) != len)
+    if (close >= len || payload[close] != '}' || skip_spaces(payload, 0, open) != open ||
+        skip_spaces(payload, close + 1, len) != len)
         return false;
 
     em_status_t st;
     memset(&st, 0, sizeof(st));
+    walk_t w = {payload, close, tok, n, 1, skip_spaces(payload, open + 1, close)};
     /* The first broken rule is remembered, not reported at once: the rest of
      * the payload must still be valid JSON (or cJSON would report that
      * instead), and any later decline still declines. */
-    const char *bad_field = NULL, *bad_rule = NULL;
-    size_t pos = skip_spaces(s, open + 1, close);
-    int i = 1;
-    while (pos < close) {
-        if (i + 1 >= n)
-            return false;
-        const jsmntok_t *k = &tok[i];
-        size_t kstart = (size_t)k->start, kend = (size_t)k->end;
-        if (k->type != JSMN_STRING || s[pos] != '"' || kstart != pos + 1 || kend >= close)
-            return false;
-        pos = skip_spaces(s, kend + 1, close);
-        if (pos >= close || s[pos] != ':')
-            return false;
-        pos = skip_spaces(s, pos + 1, close);
-        if (pos >= close)
-            return false;
+    failure_t bad = {NULL, NULL};
+    while (w.pos < close) {
+        const char *key = NULL;
+        size_t key_len = 0;
         value_t v = {V_DECLINE, NULL, 0, 0};
-        size_t next = pos;
-        v.kind = read_value(s, pos, close, &tok[i + 1], &v, &next);
-        if (v.kind == V_DECLINE)
+        if (!next_member(&w, &key, &key_len, &v))
             return false;
-        i += 2;
-
-        uint16_t bit = bad_rule == NULL ? key_bit(s + kstart, kend - kstart) : 0;
-        if (bit != 0) {
-            /* A second copy of a known key is refused, as in status.c;
-             * unknown keys, repeated or not, are ignored. */
-            const char *rule = EM__STATUS_RULE_DUPLICATE;
-            step_t r = (st.has & bit) ? STEP_REJECT : apply_rule(bit, &v, &st, &rule);
-            if (r == STEP_DECLINE)
-                return false;
-            if (r == STEP_REJECT) {
-                bad_rule = rule;
-                bad_field = bit_field(bit);
-            } else {
-                st.has |= bit;
-            }
-        }
-
-        pos = skip_spaces(s, next, close);
-        if (pos == close)
-            break;
-        if (s[pos] != ',')
+        if (bad.rule == NULL && !take_member(key, key_len, &v, &st, &bad))
             return false;
-        pos = skip_spaces(s, pos + 1, close);
-        if (pos >= close)
-            return false; /* trailing comma */
+        if (!next_separator(&w))
+            return false;
     }
-    if (i != n)
-        return false;
+    if (w.i != n)
+        return false; /* tokens the walk did not account for */
 
-    if (bad_rule != NULL) {
+    if (bad.rule != NULL) {
         memset(out, 0, sizeof(*out));
-        *rc = em__field_invalid(err, bad_field, bad_rule);
+        *rc = em__field_invalid(err, bad.field, bad.rule);
         return true;
     }
     *out = st;
