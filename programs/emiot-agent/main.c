@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,11 +29,22 @@
 
 #define PROGRAM "emiot-agent"
 #define MODULE  "agent"
-/* libmosquitto's loop waits with select(), which cannot watch a descriptor
- * numbered 1024 or more, and each client holds three (its socket and the
- * socket pair that wakes its thread). 300 clients stay well below; a bigger
- * fleet runs as several processes (--first). */
-#define AGENT_SIMULATE_MAX       300
+/* Each device holds four descriptors for as long as it runs: its socket,
+ * libmosquitto's internal socket pair and the eventfd that wakes its network
+ * thread; and during a TLS handshake it may open a fifth for a moment (a CA
+ * certificate looked up in a directory: --ca-path, or the system store),
+ * which after a broker restart every device does at once. The
+ * transport waits with poll(), so descriptor numbers have no ceiling of their
+ * own (select() stopped at 1024): the process's RLIMIT_NOFILE bounds a fleet,
+ * and is checked at start. AGENT_FDS_RESERVED covers stdio, what the parent
+ * left open, and the files read while the devices are set up (certificates,
+ * keys, CA, password). */
+#define AGENT_FDS_PER_DEVICE 5
+#define AGENT_FDS_RESERVED   32
+/* Each device is also a thread with its own stack and TLS session: past ten
+ * thousand, memory and the kernel's thread and mapping limits bind before
+ * descriptors do, and a bigger fleet runs as several processes (--first). */
+#define AGENT_SIMULATE_MAX       10000
 #define AGENT_FIRST_MAX          999999
 #define AGENT_ID_PREFIX_DEFAULT  "sim"
 #define AGENT_TICK_MS            100
@@ -127,7 +139,8 @@ static void usage(FILE *out)
         "\n"
         "Devices:\n"
         "  --id ID                   play the single device ID (3-50 of [A-Za-z0-9_-])\n"
-        "  --simulate N              play N devices <id-prefix>-001..N (1..300 per process)\n"
+        "  --simulate N              play N devices <id-prefix>-001..N (1..10000 per process,\n"
+        "                            as the file descriptor limit allows: 5 per device)\n"
         "  --id-prefix P             id prefix of simulated devices (default \"sim\")\n"
         "  --first K                 number of the first simulated device (default 1), to\n"
         "                            split a fleet over processes\n"
@@ -444,6 +457,44 @@ static bool setup_signals(sigset_t *sigs)
     return true;
 }
 
+/* Makes sure the process may open the descriptors of n devices. The soft
+ * RLIMIT_NOFILE is commonly 1024 only for the sake of programs that use
+ * select(), and nothing here does: when it is too low it is raised, up to the
+ * hard limit. Logs why and returns false when the hard limit is too low. */
+static bool descriptors_suffice(size_t n)
+{
+    struct rlimit rl;
+    rlim_t need = AGENT_FDS_RESERVED + (rlim_t)n * AGENT_FDS_PER_DEVICE;
+    rlim_t soft;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        em_logf(EM_LOG_FATAL, MODULE, "cannot read the file descriptor limit: %s", strerror(errno));
+        return false;
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return true;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        em_logf(EM_LOG_FATAL, MODULE,
+                "%zu device(s) need %llu file descriptors (%d each, %d for the program), but "
+                "this process may open at most %llu (ulimit -Hn): raise that limit, or split "
+                "the fleet over several processes with --first",
+                n, (unsigned long long)need, AGENT_FDS_PER_DEVICE, AGENT_FDS_RESERVED,
+                (unsigned long long)rl.rlim_max);
+        return false;
+    }
+    soft = rl.rlim_cur;
+    rl.rlim_cur = need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        em_logf(EM_LOG_FATAL, MODULE,
+                "cannot raise the file descriptor limit from %llu to %llu: %s",
+                (unsigned long long)soft, (unsigned long long)need, strerror(errno));
+        return false;
+    }
+    em_logf(EM_LOG_DEBUG, MODULE, "file descriptor limit raised from %llu to %llu",
+            (unsigned long long)soft, (unsigned long long)need);
+    return true;
+}
+
 /* The devices of this process; the first `started` were initialised and
  * need agent_device_cleanup. */
 typedef struct agent_fleet {
@@ -591,10 +642,9 @@ int main(int argc, char **argv)
     em_log_set_level((em_log_level_t)a.log_level);
     if (!a.seed_set)
         a.seed = (uint64_t)em_now_ms() ^ ((uint64_t)getpid() << 32);
-    if (!setup_signals(&sigs))
-        return 1;
-
     fleet.n = a.simulate ? (size_t)a.simulate : 1;
+    if (!descriptors_suffice(fleet.n) || !setup_signals(&sigs))
+        return 1;
     fleet.devs = calloc(fleet.n, sizeof *fleet.devs);
     if (!fleet.devs) {
         em_logf(EM_LOG_FATAL, MODULE, "out of memory for %zu devices", fleet.n);

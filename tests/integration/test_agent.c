@@ -8,6 +8,7 @@
  * tests about process life (SIGTERM, last will, exit codes), reconnection and
  * TLS start their own.
  */
+#include <dirent.h>
 #include <mosquitto.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1029,6 +1031,200 @@ static void test_help_documents_every_option(void **state)
     }
 }
 
+/* ---- fleet size and file descriptors ----------------------------------- */
+
+/* More devices than the 300 of a process in the days of select(); four
+ * descriptors each put the agent's descriptors past 1024. */
+#define BIG_FLEET 320
+/* What the agent asks of RLIMIT_NOFILE (docs/AGENT.md, "Limits"). */
+#define AGENT_FDS(n) (32 + 5 * (n))
+
+/* Waits up to timeout_ms until each of <prefix>-001 .. <prefix>-n has
+ * published `payload` on its availability topic; returns how many did. */
+static int count_availability(sub_t *s, const char *prefix, int n, const char *payload,
+                              int timeout_ms)
+{
+    char head[64];
+    size_t head_len;
+    bool *seen = calloc((size_t)n + 1, sizeof *seen);
+    const msg_t *prev = NULL; /* the last message already looked at */
+    struct timespec ts;
+    int count = 0;
+
+    assert_non_null(seen);
+    snprintf(head, sizeof head, "device/%s-", prefix);
+    head_len = strlen(head);
+    deadline_in(&ts, timeout_ms);
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        for (const msg_t *e = prev ? prev->next : s->head; e; e = e->next) {
+            prev = e;
+            if (strncmp(e->topic, head, head_len) == 0 && strcmp(e->payload, payload) == 0) {
+                char *end = NULL;
+                long k = strtol(e->topic + head_len, &end, 10);
+                if (strcmp(end, "/availability") == 0 && k >= 1 && k <= n && !seen[k]) {
+                    seen[k] = true;
+                    count++;
+                }
+            }
+        }
+        if (count == n || pthread_cond_timedwait(&s->cond, &s->lock, &ts) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(seen);
+    return count;
+}
+
+/* The highest descriptor number process pid has open, or -1. */
+static int highest_descriptor(pid_t pid)
+{
+    char path[64];
+    struct dirent *e;
+    DIR *d;
+    int max = -1;
+
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    d = opendir(path);
+    if (!d)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        char *end = NULL;
+        long v = strtol(e->d_name, &end, 10);
+        if (e->d_name[0] != '.' && *end == '\0' && v > max)
+            max = (int)v;
+    }
+    closedir(d);
+    return max;
+}
+
+static bool file_contains(const char *path, const char *needle)
+{
+    char text[8192];
+    size_t n;
+    FILE *f = fopen(path, "r");
+
+    if (!f)
+        return false;
+    n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    return strstr(text, needle) != NULL;
+}
+
+/* Regression: the agent refused more than 300 devices, because libmosquitto's
+ * select() loop cannot watch a descriptor numbered 1024 or more. Started with
+ * the common soft limit of 1024 (which it raises by itself), the fleet uses
+ * descriptors past 1024, and every device still comes online and goes
+ * offline cleanly. */
+static void test_fleet_past_descriptor_1024_comes_online_and_stops_cleanly(void **state)
+{
+    const char *filter = "device/+/availability";
+    char log[EM_TEST_PATH_MAX], count[16];
+    struct rlimit rl;
+    em_test_broker_t *b;
+    sub_t *s;
+    pid_t pid;
+    (void)state;
+
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < AGENT_FDS(BIG_FLEET))
+        skip(); /* this machine's hard limit does not allow the fleet */
+    b = broker_new("plain", true);
+    s = sub_open(b, &filter, 1);
+    make_log_path(log, sizeof log, "big-fleet.log");
+    snprintf(count, sizeof count, "%d", BIG_FLEET);
+    {
+        const char *argv[] = {"prlimit",
+                              "--nofile=1024:",
+                              AGENT,
+                              "--url",
+                              em_test_broker_url(b),
+                              "--allow-plain",
+                              "--simulate",
+                              count,
+                              "--id-prefix",
+                              "big",
+                              "--interval",
+                              "3600",
+                              "--telemetry-interval",
+                              "0",
+                              "--log-level",
+                              "warn",
+                              NULL};
+        pid = spawn_agent(argv, log);
+    }
+    assert_int_equal(count_availability(s, "big", BIG_FLEET, "online", 60000), BIG_FLEET);
+    /* prlimit execs the agent: pid is the agent's. */
+    assert_true(highest_descriptor(pid) >= 1024);
+    assert_int_equal(agent_stop(pid), 0);
+    assert_int_equal(count_availability(s, "big", BIG_FLEET, "offline", WAIT_MS), BIG_FLEET);
+    sub_close(s);
+    broker_free(b);
+}
+
+static void test_fleet_beyond_descriptor_limit_is_refused(void **state)
+{
+    char log[EM_TEST_PATH_MAX];
+    pid_t pid;
+    (void)state;
+
+    make_log_path(log, sizeof log, "fd-limit.log");
+    {
+        /* 20 devices need more than 64 descriptors. */
+        const char *argv[] = {"prlimit",
+                              "--nofile=64:64",
+                              AGENT,
+                              "--url",
+                              em_test_broker_url(&fx.broker),
+                              "--allow-plain",
+                              "--simulate",
+                              "20",
+                              "--id-prefix",
+                              "nofd",
+                              NULL};
+        pid = spawn_agent(argv, log);
+    }
+    assert_int_equal(agent_wait(pid, WAIT_MS), 1);
+    assert_true(file_contains(log, "file descriptors"));
+}
+
+static void test_fleet_within_a_low_descriptor_limit_runs(void **state)
+{
+    char log[EM_TEST_PATH_MAX];
+    pid_t pid;
+    (void)state;
+
+    make_log_path(log, sizeof log, "fd-small.log");
+    {
+        /* 4 devices fit in 64 descriptors. */
+        const char *argv[] = {"prlimit",
+                              "--nofile=64:64",
+                              AGENT,
+                              "--url",
+                              em_test_broker_url(&fx.broker),
+                              "--allow-plain",
+                              "--simulate",
+                              "4",
+                              "--id-prefix",
+                              "fewfd",
+                              "--duration",
+                              "1",
+                              NULL};
+        pid = spawn_agent(argv, log);
+    }
+    assert_int_equal(agent_wait(pid, 30000), 0);
+}
+
+static void test_simulate_out_of_range_is_a_usage_error(void **state)
+{
+    const char *zero[] = {AGENT, "--url", "mqtt://127.0.0.1:1", "--simulate", "0", NULL};
+    const char *too_many[] = {AGENT, "--url", "mqtt://127.0.0.1:1", "--simulate", "10001", NULL};
+    (void)state;
+    assert_int_equal(em_test_run(zero), 2);
+    assert_int_equal(em_test_run(too_many), 2);
+}
+
 /* The transport reconnects after a broker restart, and the agent announces
  * itself again: a broker without persistence has forgotten the retained
  * "online", so seeing it again proves the re-announcement. */
@@ -1189,6 +1385,11 @@ int main(void)
         cmocka_unit_test_teardown(test_conflicting_options_are_usage_errors, test_teardown),
         cmocka_unit_test_teardown(test_plain_url_without_allow_plain_fails, test_teardown),
         cmocka_unit_test_teardown(test_help_documents_every_option, test_teardown),
+        cmocka_unit_test_teardown(test_fleet_past_descriptor_1024_comes_online_and_stops_cleanly,
+                                  test_teardown),
+        cmocka_unit_test_teardown(test_fleet_beyond_descriptor_limit_is_refused, test_teardown),
+        cmocka_unit_test_teardown(test_fleet_within_a_low_descriptor_limit_runs, test_teardown),
+        cmocka_unit_test_teardown(test_simulate_out_of_range_is_a_usage_error, test_teardown),
         cmocka_unit_test_teardown(test_agent_reannounces_after_broker_restart, test_teardown),
         cmocka_unit_test_teardown(test_agent_started_before_broker_connects_later, test_teardown),
         cmocka_unit_test_teardown(test_tls_devices_with_own_certificates_work, test_teardown),
