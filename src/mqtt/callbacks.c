@@ -8,6 +8,7 @@
  * and delivered, in order, by the next em_mqtt_loop (or by the network thread
  * when it starts).
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,7 +117,11 @@ void em__mqtt_on_message(struct mosquitto *mosq, void *ud, const struct mosquitt
         defer_push(m, d, tlen + 1 + len);
         return;
     }
+    /* libmosquitto goes on reading packets after this callback only while
+     * errno is not EAGAIN: keep the application from changing it. */
+    int saved = errno;
     m->cbs.on_message(m->cbs.userdata, msg->topic, payload, len, msg->qos, msg->retain);
+    errno = saved;
 }
 
 /* Delivers what was deferred, in order. Driver only, defer off. */

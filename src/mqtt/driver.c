@@ -18,6 +18,8 @@
  * IDLE when the client disconnects.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -275,9 +277,7 @@ static void connection_closed(em_mqtt_t *m, int rc, int saved_errno)
     atomic_store_explicit(&m->connected, false, memory_order_release);
     /* QoS 0 packets not yet written are gone with the connection (QoS 1/2
      * ones stay in libmosquitto and are sent again after reconnecting). */
-    pthread_mutex_lock(&m->pub_lock);
-    m->pending0 = 0;
-    pthread_mutex_unlock(&m->pub_lock);
+    em__mqtt_outbox_lost_qos0(m);
 
     pthread_mutex_lock(&m->lock);
     em__mqtt_state_t prev = m->state;
@@ -344,7 +344,6 @@ void em__mqtt_on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 {
     (void)mosq;
     (void)flags;
-    (void)props;
     em_mqtt_t *m = ud;
     int saved = errno;
     m->connack_rc = rc;
@@ -354,6 +353,7 @@ void em__mqtt_on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
         errno = saved;
         return;
     }
+    em__mqtt_outbox_limits(m, props);
     pthread_mutex_lock(&m->lock);
     m->state = EM__MQTT_CONNECTED;
     atomic_store_explicit(&m->negotiated, m->protocol, memory_order_release);
@@ -400,6 +400,7 @@ void em__mqtt_attempt_start(em_mqtt_t *m)
 {
     m->connack_rc = -1;
     m->aborted = false;
+    m->lowat_fd = -1; /* a new socket, perhaps with the old one's number */
     em__mqtt_tls_diag_reset(m);
     int protocol;
     pthread_mutex_lock(&m->lock);
@@ -451,6 +452,39 @@ void em__mqtt_wake_always(em_mqtt_t *m)
     }
 }
 
+/* Receive batching. While many QoS 1/2 publishes await their PUBACK (4
+ * bytes each, or more), waking the driver for every one of them costs a
+ * poll() and a context switch per message. SO_RCVLOWAT asks the kernel to
+ * report the socket readable only once a few are there: a quarter of those in
+ * flight, at most 16, so the window keeps flowing. Anything else that arrives
+ * (a message, a larger packet, the broker closing) passes the mark at once or
+ * wakes poll anyway, and a short timeout bounds the wait should the
+ * acknowledgements stall (a PINGRESP alone does not pass the mark). */
+#define BATCH_ACKS_MAX 16
+#define BATCH_WAIT_MS  5
+
+/* Sets the socket's low-water mark for the acknowledgements awaited; returns
+ * whether it is above one byte. m->lowat -1: the socket refused it. */
+static bool set_lowat(em_mqtt_t *m, int fd, bool connecting)
+{
+    if (fd == m->lowat_fd && m->lowat < 0)
+        return false;
+    unsigned acks = atomic_load_explicit(&m->inflight_count, memory_order_relaxed) / 4;
+    if (acks > BATCH_ACKS_MAX)
+        acks = BATCH_ACKS_MAX;
+    int lowat = !connecting && acks >= 2 ? (int)acks * 4 : 1;
+    if (fd != m->lowat_fd || lowat != m->lowat) {
+        m->lowat_fd = fd;
+        m->lowat = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) == 0 ? lowat : -1;
+    }
+    return m->lowat > 1;
+}
+
+static int set_cork(int fd, int on)
+{
+    return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
+}
+
 /* What mosquitto_loop does, with poll() instead of select(): libmosquitto's
  * select() refuses descriptors from FD_SETSIZE (1024) on, which a daemon with
  * many connections reaches. Other threads wake the driver through wake_fd
@@ -461,6 +495,9 @@ static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
     int fd = mosquitto_socket(m->mosq);
     if (fd < 0)
         return MOSQ_ERR_NO_CONN;
+    bool batching = set_lowat(m, fd, connecting);
+    if (batching && timeout_ms > BATCH_WAIT_MS)
+        timeout_ms = BATCH_WAIT_MS;
     atomic_store_explicit(&m->polling, true, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     bool want_write = mosquitto_want_write(m->mosq);
@@ -478,14 +515,37 @@ static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
     }
     int rc;
     /* During a TLS handshake, libmosquitto advances it from the read side
-     * (mosquitto_loop does the same when the socket turns writable). */
-    if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) || (connecting && (p[0].revents & POLLOUT))) {
+     * (mosquitto_loop does the same when the socket turns writable). Below
+     * the low-water mark the socket may hold packets poll did not report:
+     * they are read when poll gives up waiting. */
+    if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) || (connecting && (p[0].revents & POLLOUT)) ||
+        (batching && n == 0)) {
         rc = mosquitto_loop_read(m->mosq, 1);
         if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
             return rc;
+        /* A broker that coalesces its acknowledgements (Nagle's algorithm,
+         * mosquitto's default) holds the next ones until this side ACKs the
+         * last: with nothing to send back, the kernel would delay that ACK by
+         * up to 40 ms. While more acknowledgements are awaited, ACK at once. */
+        if (atomic_load_explicit(&m->inflight_count, memory_order_relaxed) > 0) {
+            int one = 1;
+            (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+        }
     }
+    /* The acknowledgements just read made room in the window (or the
+     * connection is back): hand queued publishes over, then write them all. */
+    em__mqtt_pump(m);
     if (mosquitto_want_write(m->mosq)) {
+        /* libmosquitto writes each packet with its own write(), and with
+         * TCP_NODELAY each would be a TCP segment of its own, carried
+         * through the stack and waking the broker one by one. When several
+         * publishes are ready, the socket is corked while they are written
+         * and uncorked at once: the same bytes leave now, in a few segments. */
+        bool corked = atomic_exchange_explicit(&m->handed, 0, memory_order_relaxed) >= 2 &&
+                      set_cork(fd, 1) == 0;
         rc = mosquitto_loop_write(m->mosq, 1);
+        if (corked && mosquitto_socket(m->mosq) == fd)
+            set_cork(fd, 0);
         if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
             return rc;
     }
@@ -576,6 +636,8 @@ void *em__mqtt_thread_main(void *arg)
 {
     em_mqtt_t *m = arg;
     tl_network_thread = true;
+    /* Named for top, perf and debuggers. */
+    pthread_setname_np(pthread_self(), "emiot-mqtt");
     em__mqtt_deliver_deferred(m);
     for (;;) {
         pthread_mutex_lock(&m->lock);

@@ -181,13 +181,10 @@ static em_err_t mosq_setup(em_mqtt_t *m, const em_mqtt_options_t *o, em_error_t 
     if (rc != MOSQ_ERR_SUCCESS)
         return mosq_setup_error(rc, "the protocol options", err);
     /* Outgoing QoS 1/2 in flight (an MQTT 5 broker may lower it in its
-     * CONNACK). libmosquitto 2.0 walks its whole in-flight list on every
-     * publish and every acknowledgement, so the window is what bounds that
-     * cost: on a local mosquitto, 10,000 QoS 1 publishes go out about twice as
-     * fast with 100-500 in flight as with 65535. */
-    rc = mosquitto_int_option(m->mosq, MOSQ_OPT_SEND_MAXIMUM,
-                              o->max_inflight == 0 ? EM_MQTT_INFLIGHT_DEFAULT
-                                                   : (int)o->max_inflight);
+     * CONNACK). libmosquitto 2.0 walks its whole list of messages on every
+     * publish and every acknowledgement, so it is never given more than the
+     * window (outbox.c). */
+    rc = mosquitto_int_option(m->mosq, MOSQ_OPT_SEND_MAXIMUM, (int)m->window);
     /* Incoming: let the broker send as many unacknowledged QoS 1/2 messages
      * as it likes (libmosquitto's default of 20 would throttle ingestion). */
     if (rc == MOSQ_ERR_SUCCESS)
@@ -275,6 +272,7 @@ em_mqtt_t *em_mqtt_new(const em_mqtt_options_t *opts, const em_mqtt_callbacks_t 
         return NULL;
     }
     m->wake_fd = -1;
+    m->lowat_fd = -1;
     if (make_client_id(opts, m->client_id, err) != EM_OK) {
         free(m);
         return NULL;
@@ -306,6 +304,12 @@ em_mqtt_t *em_mqtt_new(const em_mqtt_options_t *opts, const em_mqtt_callbacks_t 
         return NULL;
     }
     /* From here on em_mqtt_free undoes whatever was done. */
+    if (em__mqtt_outbox_init(m, opts->max_inflight == 0 ? EM_MQTT_INFLIGHT_DEFAULT
+                                                        : opts->max_inflight) != 0) {
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        em_mqtt_free(m);
+        return NULL;
+    }
     m->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (m->wake_fd < 0) {
         em_error_set(err, errno == ENOMEM ? EM_ERR_NOMEM : EM_ERR_INTERNAL, EM_SEV_HIGH, NULL,
@@ -360,6 +364,7 @@ void em_mqtt_free(em_mqtt_t *m)
     em__mqtt_subs_free(m);
     pthread_mutex_unlock(&m->lock);
     em__mqtt_deferred_free(m);
+    em__mqtt_outbox_free(m);
     if (m->wake_fd >= 0)
         close(m->wake_fd);
     pthread_cond_destroy(&m->pub_cond);

@@ -69,6 +69,24 @@ typedef struct em__mqtt_tls_diag {
 
 typedef struct em__mqtt_deferred em__mqtt_deferred_t;
 
+/* A QoS 1/2 publish waiting in the client for room in the window (outbox.c). */
+typedef struct em__mqtt_queued em__mqtt_queued_t;
+
+/* The ids of publishes handed to libmosquitto, oldest first: libmosquitto's
+ * message id and the one em_mqtt_publish returned. An acknowledged entry in
+ * the middle becomes a hole (mosq_mid 0, an id libmosquitto never uses). */
+typedef struct em__mqtt_idmap {
+    uint16_t mosq_mid;
+    uint16_t id;
+} em__mqtt_idmap_t;
+
+typedef struct em__mqtt_idring {
+    em__mqtt_idmap_t *v;
+    unsigned cap;  /* entries allocated */
+    unsigned head; /* oldest entry */
+    unsigned len;  /* entries from head, holes included */
+} em__mqtt_idring_t;
+
 struct em_mqtt {
     struct mosquitto *mosq;
     SSL_CTX *ssl_ctx; /* NULL for mqtt:// */
@@ -104,17 +122,31 @@ struct em_mqtt {
     em__mqtt_sub_t subs[EM_MQTT_SUBSCRIPTIONS_MAX];
     size_t nsubs;
 
+    /* The socket's SO_RCVLOWAT as last set (driver only; fd -1: not set). */
+    int lowat_fd;
+    int lowat;
+
     /* The current attempt, driver only. */
     int connack_rc; /* -1 until a CONNACK arrives */
     bool aborted;   /* the driver cut the attempt short (timeout) */
     em__mqtt_tls_diag_t tls;
 
-    /* Outstanding QoS 1/2 publishes, by message id. */
+    /* Publishes (outbox.c), all under pub_lock. */
     pthread_mutex_t pub_lock;
     pthread_cond_t pub_cond;
-    unsigned pending;  /* QoS 1/2, tracked by message id */
-    unsigned pending0; /* QoS 0 not yet written (libmosquitto drops them on a reconnect) */
-    uint64_t pending_bits[65536 / 64];
+    unsigned window;            /* QoS 1/2 publishes libmosquitto holds at most */
+    unsigned pending;           /* QoS 1/2 not acknowledged yet: in flight and queued */
+    unsigned pending0;          /* QoS 0 not yet written (libmosquitto drops them on a reconnect) */
+    uint16_t last_id;           /* the last id em_mqtt_publish returned */
+    em__mqtt_idring_t inflight; /* QoS 1/2 handed to libmosquitto (capacity: window) */
+    em__mqtt_idring_t unwritten0;  /* QoS 0 handed to libmosquitto, not written yet */
+    em__mqtt_queued_t *queue_head; /* QoS 1/2 waiting for room in the window */
+    em__mqtt_queued_t *queue_tail;
+    atomic_uint inflight_count; /* QoS 1/2 handed over, not acknowledged (read unlocked) */
+    atomic_uint handed;         /* publishes handed over since the driver last wrote */
+    /* What the broker's CONNACK allows (MQTT 5), checked before queueing. */
+    atomic_uint broker_max_packet; /* bytes, 0: no limit */
+    atomic_int broker_max_qos;
 
     /* Driver only: callbacks are queued instead of called (see em_mqtt_loop),
      * and failed attempts are not reported as events (the caller gets them). */
@@ -161,12 +193,34 @@ em_err_t em__mqtt_password_read(const em_mqtt_options_t *opts, char *buf, size_t
 /* Sends a SUBSCRIBE for every remembered filter. Driver only, lock held. */
 void em__mqtt_resubscribe(em_mqtt_t *m);
 
-/* libmosquitto's SUBACK and PUBACK callbacks. */
+/* libmosquitto's SUBACK callback. */
 void em__mqtt_on_subscribe(struct mosquitto *mosq, void *ud, int mid, int count,
                            const int *granted);
+void em__mqtt_subs_free(em_mqtt_t *m);
+
+/* outbox.c */
+
+/* Sets up the publish state for a window of `window` QoS 1/2 messages.
+ * Returns -1 when out of memory. */
+int em__mqtt_outbox_init(em_mqtt_t *m, unsigned window);
+
+/* Frees the queue and the id rings. */
+void em__mqtt_outbox_free(em_mqtt_t *m);
+
+/* Hands queued publishes to libmosquitto while the window has room and the
+ * connection is up. Returns how many. No lock held. */
+unsigned em__mqtt_pump(em_mqtt_t *m);
+
+/* The connection is gone: libmosquitto dropped the QoS 0 packets it had not
+ * written. No lock held. */
+void em__mqtt_outbox_lost_qos0(em_mqtt_t *m);
+
+/* Records what the broker's CONNACK allows (MQTT 5 properties). */
+void em__mqtt_outbox_limits(em_mqtt_t *m, const mosquitto_property *props);
+
+/* libmosquitto's PUBACK/PUBCOMP (and QoS 0 written) callback. */
 void em__mqtt_on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
                          const mosquitto_property *props);
-void em__mqtt_subs_free(em_mqtt_t *m);
 
 /* callbacks.c */
 

@@ -1,134 +1,15 @@
 /*
- * emiot - mqtt/pubsub.c: publishing and subscriptions.
+ * emiot - mqtt/pubsub.c: subscriptions (publishing is in outbox.c).
  *
- * em_mqtt_publish is on the hot path of a group fan-out (tens of thousands of
- * QoS 1 commands): it formats nothing unless it fails, takes one mutex, and
- * leaves the network to the driver (libmosquitto in threaded mode queues the
- * packet and wakes the driver's select).
- *
- * The mutex (pub_lock) is held across mosquitto_publish and in the PUBACK
- * callback, so the callback for a message id always comes after the publish
- * call that returned it: a caller may record the id after the call returns
- * and still find it when the acknowledgement arrives. It also lets
- * em_mqtt_disconnect wait for outstanding QoS 1/2 messages. libmosquitto holds
- * none of the locks a publisher waits for while it runs this callback, so the
- * two cannot deadlock.
+ * Every filter is remembered, so that the connect callback can subscribe
+ * again after each reconnection; while disconnected a subscription is only
+ * recorded.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "emiot/log.h"
 #include "mqtt/mqtt_internal.h"
-
-static em_err_t publish_error(int rc, em_error_t *err)
-{
-    switch (rc) {
-    case MOSQ_ERR_NO_CONN:
-        return em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
-                            "not connected to the broker");
-    case MOSQ_ERR_NOMEM:
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
-    case MOSQ_ERR_INVAL:
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "topic",
-                            "invalid topic (empty, wildcards, or too long)");
-    case MOSQ_ERR_MALFORMED_UTF8:
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "topic",
-                            "the topic is not valid UTF-8");
-    case MOSQ_ERR_PAYLOAD_SIZE:
-    case MOSQ_ERR_OVERSIZE_PACKET:
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "payload",
-                            "the message is larger than the broker accepts");
-    case MOSQ_ERR_QOS_NOT_SUPPORTED:
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "qos",
-                            "the broker does not support this QoS");
-    case MOSQ_ERR_RETAIN_NOT_SUPPORTED:
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "retain",
-                            "the broker does not support retained messages");
-    case MOSQ_ERR_PROTOCOL:
-        return em_error_set(err, EM_ERR_PROTOCOL, EM_SEV_HIGH, NULL, "MQTT protocol error");
-    default:
-        return em_error_set(err, EM_ERR_CONNECTION, EM_SEV_HIGH, NULL, "publish failed: %s",
-                            mosquitto_strerror(rc));
-    }
-}
-
-em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload, size_t len, int qos,
-                         bool retain, int *mid, em_error_t *err)
-{
-    if (m == NULL || topic == NULL || topic[0] == '\0')
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "topic",
-                            "a client and a topic are required");
-    if (qos < 0 || qos > 2)
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "qos",
-                            "qos must be 0, 1 or 2");
-    if (len > EM__MQTT_PAYLOAD_MAX || (len > 0 && payload == NULL))
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, "payload",
-                            "payload missing or larger than 268435455 bytes");
-    /* Refuse rather than queue while disconnected: the caller decides what
-     * an undelivered command means. */
-    if (!atomic_load_explicit(&m->connected, memory_order_acquire))
-        return em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
-                            "not connected to the broker");
-
-    int local_mid = 0;
-    pthread_mutex_lock(&m->pub_lock);
-    /* Bounded: message ids are 16 bits, and a queue that only grows means
-     * the broker cannot keep up. */
-    if ((qos > 0 ? m->pending : m->pending0) >= EM_MQTT_PENDING_MAX) {
-        pthread_mutex_unlock(&m->pub_lock);
-        return em_error_set(err, EM_ERR_LIMIT, EM_SEV_HIGH, NULL,
-                            "%d publishes already await the broker", EM_MQTT_PENDING_MAX);
-    }
-    int rc = mosquitto_publish(m->mosq, &local_mid, topic, (int)len, payload, qos, retain);
-    if (rc == MOSQ_ERR_SUCCESS && qos == 0) {
-        m->pending0++;
-    } else if (rc == MOSQ_ERR_SUCCESS && local_mid > 0 && local_mid < 65536) {
-        uint64_t bit = UINT64_C(1) << (local_mid % 64);
-        if ((m->pending_bits[local_mid / 64] & bit) == 0) {
-            m->pending_bits[local_mid / 64] |= bit;
-            m->pending++;
-        }
-    }
-    pthread_mutex_unlock(&m->pub_lock);
-    if (rc != MOSQ_ERR_SUCCESS)
-        return publish_error(rc, err);
-    em__mqtt_wake(m);
-    if (mid != NULL)
-        *mid = local_mid;
-    return EM_OK;
-}
-
-void em__mqtt_on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
-                         const mosquitto_property *props)
-{
-    (void)mosq;
-    (void)props;
-    em_mqtt_t *m = ud;
-    pthread_mutex_lock(&m->pub_lock);
-    if (mid > 0 && mid < 65536) {
-        uint64_t bit = UINT64_C(1) << (mid % 64);
-        if ((m->pending_bits[mid / 64] & bit) != 0) {
-            m->pending_bits[mid / 64] &= ~bit;
-            if (--m->pending == 0)
-                pthread_cond_broadcast(&m->pub_cond);
-        } else if (m->pending0 > 0) {
-            m->pending0--;
-        }
-    }
-    pthread_mutex_unlock(&m->pub_lock);
-    if (reason >= 0x80) {
-        /* MQTT 5: the broker acknowledged the message but did not accept it
-         * (not authorized, quota exceeded, ...). */
-        em_error_t e;
-        em_error_clear(&e);
-        em_error_set(
-            &e, reason == MQTT_RC_NOT_AUTHORIZED ? EM_ERR_PERMISSION_DENIED : EM_ERR_COMMAND_FAILED,
-            EM_SEV_HIGH, "topic", "the broker refused message %d: %s", mid,
-            mosquitto_reason_string(reason));
-        em__mqtt_emit(m, EM_MQTT_ERROR, &e);
-    }
-    em__mqtt_emit_published(m, mid);
-}
 
 /* Checks a subscription filter: 1..EM__MQTT_FILTER_MAX bytes of UTF-8 with
  * wildcards only where MQTT allows them. */
