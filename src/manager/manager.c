@@ -240,7 +240,8 @@ static void on_mqtt_event(void *ud, em_mqtt_event_t type, const em_error_t *err)
     em_manager_lock(mgr);
     switch (type) {
     case EM_MQTT_CONNECTED:
-        if (mgr->stats.reconnects > 0 || mgr->connected)
+        /* The first connection is logged by em_manager_connect. */
+        if (mgr->stats.reconnects > 0)
             em_log(EM_LOG_INFO, MODULE, NULL, "reconnected to the broker", NULL, 0);
         mgr->connected = true;
         ev.type = EM_EVENT_CONNECTED;
