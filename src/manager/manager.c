@@ -491,17 +491,25 @@ em_err_t em_manager_register_device(em_manager_t *mgr, const char *id, const cha
     return rc;
 }
 
-em_err_t em_manager_update_device(em_manager_t *mgr, const char *id, const char *name,
-                                  const em_device_type_t *type, const em_device_config_t *cfg,
-                                  em_error_t *err)
+/* After a successful change rc == EM_OK to device id, tells the callbacks.
+ * Returns rc. Lock held. */
+static em_err_t emit_updated(em_manager_t *mgr, const char *id, em_err_t rc)
 {
-    em_manager_lock(mgr);
-    em_err_t rc = em_registry_update(mgr->reg, id, name, type, cfg, em_now_ms(), err);
     if (rc == EM_OK) {
         em_device_t *dev = em_registry_get(mgr->reg, id);
         em_event_t ev = {.type = EM_EVENT_DEVICE_UPDATED, .device_id = dev->id, .device = dev};
         em__manager_emit(mgr, &ev);
     }
+    return rc;
+}
+
+em_err_t em_manager_update_device(em_manager_t *mgr, const char *id, const char *name,
+                                  const em_device_type_t *type, const em_device_config_t *cfg,
+                                  em_error_t *err)
+{
+    em_manager_lock(mgr);
+    em_err_t rc =
+        emit_updated(mgr, id, em_registry_update(mgr->reg, id, name, type, cfg, em_now_ms(), err));
     em_manager_unlock(mgr);
     return rc;
 }
@@ -593,12 +601,7 @@ em_err_t em_manager_add_to_group(em_manager_t *mgr, const char *id, const char *
                                  em_error_t *err)
 {
     em_manager_lock(mgr);
-    em_err_t rc = em_registry_group_add(mgr->reg, group, id, err);
-    if (rc == EM_OK) {
-        em_device_t *dev = em_registry_get(mgr->reg, id);
-        em_event_t ev = {.type = EM_EVENT_DEVICE_UPDATED, .device_id = dev->id, .device = dev};
-        em__manager_emit(mgr, &ev);
-    }
+    em_err_t rc = emit_updated(mgr, id, em_registry_group_add(mgr->reg, group, id, err));
     em_manager_unlock(mgr);
     return rc;
 }
@@ -607,12 +610,7 @@ em_err_t em_manager_remove_from_group(em_manager_t *mgr, const char *id, const c
                                       em_error_t *err)
 {
     em_manager_lock(mgr);
-    em_err_t rc = em_registry_group_remove_device(mgr->reg, group, id, err);
-    if (rc == EM_OK) {
-        em_device_t *dev = em_registry_get(mgr->reg, id);
-        em_event_t ev = {.type = EM_EVENT_DEVICE_UPDATED, .device_id = dev->id, .device = dev};
-        em__manager_emit(mgr, &ev);
-    }
+    em_err_t rc = emit_updated(mgr, id, em_registry_group_remove_device(mgr->reg, group, id, err));
     em_manager_unlock(mgr);
     return rc;
 }
