@@ -491,8 +491,8 @@ em_err_t em_manager_register_device(em_manager_t *mgr, const char *id, const cha
     return rc;
 }
 
-/* After a successful change rc == EM_OK to device id, tells the callbacks.
- * Returns rc. Lock held. */
+/* Tells the callbacks that device id changed, when rc (the result of the
+ * change) is EM_OK. Returns rc. Lock held. */
 static em_err_t emit_updated(em_manager_t *mgr, const char *id, em_err_t rc)
 {
     if (rc == EM_OK) {
