@@ -145,7 +145,8 @@ struct em_mqtt {
     atomic_uint inflight_count; /* QoS 1/2 handed over, not acknowledged (read unlocked) */
     atomic_uint handed;         /* publishes handed over since the driver last wrote */
     /* What the broker's CONNACK allows (MQTT 5), checked before queueing. */
-    atomic_uint broker_max_packet; /* bytes, 0: no limit */
+    atomic_uint broker_max_packet;  /* bytes, 0: no limit */
+    atomic_uint broker_receive_max; /* QoS 1/2 in flight it accepts, 0: no limit */
     atomic_int broker_max_qos;
 
     /* Driver only: callbacks are queued instead of called (see em_mqtt_loop),

@@ -115,6 +115,16 @@ static void ring_clear(em__mqtt_idring_t *r)
     r->len = 0;
 }
 
+/* Room for one more QoS 1/2 message in libmosquitto: fewer than the window,
+ * and fewer than the broker's Receive Maximum (MQTT 5 CONNACK; mosquitto's
+ * default is 20), beyond which libmosquitto would hold them itself and walk
+ * them on every acknowledgement. */
+static bool window_open(em_mqtt_t *m)
+{
+    unsigned max = atomic_load_explicit(&m->broker_receive_max, memory_order_relaxed);
+    return !ring_full(&m->inflight) && (max == 0 || m->inflight.len < max);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Set-up                                                                  */
 
@@ -128,6 +138,7 @@ int em__mqtt_outbox_init(em_mqtt_t *m, unsigned window)
     atomic_init(&m->inflight_count, 0);
     atomic_init(&m->handed, 0);
     atomic_init(&m->broker_max_packet, 0);
+    atomic_init(&m->broker_receive_max, 0);
     atomic_init(&m->broker_max_qos, 2);
     return 0;
 }
@@ -150,10 +161,13 @@ void em__mqtt_outbox_limits(em_mqtt_t *m, const mosquitto_property *props)
 {
     uint32_t max_packet = 0;
     uint8_t max_qos = 2;
+    uint16_t receive_max = 0;
     if (props != NULL) {
         mosquitto_property_read_int32(props, MQTT_PROP_MAXIMUM_PACKET_SIZE, &max_packet, false);
         mosquitto_property_read_byte(props, MQTT_PROP_MAXIMUM_QOS, &max_qos, false);
+        mosquitto_property_read_int16(props, MQTT_PROP_RECEIVE_MAXIMUM, &receive_max, false);
     }
+    atomic_store(&m->broker_receive_max, receive_max);
     atomic_store(&m->broker_max_packet, max_packet);
     atomic_store(&m->broker_max_qos, max_qos > 2 ? 2 : (int)max_qos);
 }
@@ -296,7 +310,7 @@ static void report_dropped(em_mqtt_t *m, uint16_t id, int rc)
 static unsigned pump_locked(em_mqtt_t *m, uint16_t *dropped_id, int *dropped_rc)
 {
     unsigned n = 0;
-    while (m->queue_head != NULL && !ring_full(&m->inflight) &&
+    while (m->queue_head != NULL && window_open(m) &&
            atomic_load_explicit(&m->connected, memory_order_acquire)) {
         em__mqtt_queued_t *q = m->queue_head;
         size_t tlen = strlen(q->topic);
@@ -364,7 +378,7 @@ em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload, s
     }
     uint16_t id = next_id(m);
     bool wake = false;
-    if (qos == 0 || (m->queue_head == NULL && !ring_full(&m->inflight))) {
+    if (qos == 0 || (m->queue_head == NULL && window_open(m))) {
         /* A packet is ready for the network. */
         rc = hand_over(m, id, topic, payload, (int)len, qos, retain);
         wake = rc == MOSQ_ERR_SUCCESS;
@@ -374,7 +388,7 @@ em_err_t em_mqtt_publish(em_mqtt_t *m, const char *topic, const void *payload, s
          * opened since the driver last pumped, it is about to pump (it has
          * not yet since reading the acknowledgement) or must be woken. */
         rc = enqueue(m, id, topic, tlen, payload, len, qos, retain);
-        wake = rc == MOSQ_ERR_SUCCESS && !ring_full(&m->inflight);
+        wake = rc == MOSQ_ERR_SUCCESS && window_open(m);
     }
     if (rc == MOSQ_ERR_SUCCESS && qos > 0)
         m->pending++;
@@ -403,17 +417,26 @@ void em__mqtt_on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
     /* QoS 0 packets are written, and reported, in the order they were handed
      * over: if this is one, it is the oldest. */
     bool qos0 = ring_head_is(&m->unwritten0, mid);
+    uint16_t dropped_id = 0;
+    int dropped_rc = MOSQ_ERR_SUCCESS;
     found = !qos0 && ring_take(&m->inflight, mid, &id);
     if (found) {
         atomic_fetch_sub_explicit(&m->inflight_count, 1, memory_order_relaxed);
         if (--m->pending == 0)
             pthread_cond_broadcast(&m->pub_cond);
+        /* Refill the window now rather than after the read: libmosquitto
+         * walks its list looking for a message to release right after this
+         * callback, a walk that stops at once when the window is full. */
+        if (m->queue_head != NULL)
+            pump_locked(m, &dropped_id, &dropped_rc);
     } else if (ring_take(&m->unwritten0, mid, &id)) {
         found = true;
         if (m->pending0 > 0)
             m->pending0--;
     }
     pthread_mutex_unlock(&m->pub_lock);
+    if (dropped_rc != MOSQ_ERR_SUCCESS)
+        report_dropped(m, dropped_id, dropped_rc);
     if (found && reason >= 0x80) {
         /* MQTT 5: the broker acknowledged the message but did not accept it
          * (not authorized, quota exceeded, ...). */

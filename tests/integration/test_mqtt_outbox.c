@@ -125,6 +125,7 @@ typedef struct fake {
     /* CONNACK properties: 0 leaves them out. */
     uint32_t max_packet;
     int max_qos; /* -1: left out */
+    uint16_t receive_max;
     /* Acknowledgements: allowed (how many more may be sent), or all. */
     bool ack_all;
     int ack_allowance;
@@ -196,6 +197,11 @@ static void send_connack(fake_t *f, int fd, int level)
             p[n++] = (unsigned char)(f->max_packet >> 16);
             p[n++] = (unsigned char)(f->max_packet >> 8);
             p[n++] = (unsigned char)f->max_packet;
+        }
+        if (f->receive_max > 0) {
+            p[n++] = 0x21;
+            p[n++] = (unsigned char)(f->receive_max >> 8);
+            p[n++] = (unsigned char)f->receive_max;
         }
         if (f->max_qos >= 0) {
             p[n++] = 0x24;
@@ -444,6 +450,25 @@ static void test_window_bounds_unacknowledged_publishes(void **state)
     fake_free(f);
 }
 
+static void test_broker_receive_maximum_bounds_the_window(void **state)
+{
+    (void)state;
+    fake_t *f = fake_new();
+    f->receive_max = 3;
+    fake_start(f);
+    char url[64];
+    em_mqtt_t *m = client_of(f, 8, url, sizeof(url));
+    assert_int_equal(publish_n(m, 1, 0, 20, NULL), 0);
+    assert_true(fake_wait_pubs(f, 3, WAIT_MS));
+    em_test_sleep_ms(300);
+    assert_int_equal(fake_npubs(f), 3);
+    fake_allow(f, 0, true);
+    assert_true(wait_rec(&R.npub, 20, WAIT_MS));
+    assert_int_equal(fake_npubs(f), 20);
+    em_mqtt_free(m);
+    fake_free(f);
+}
+
 static void test_queued_publishes_go_out_in_order(void **state)
 {
     (void)state;
@@ -631,6 +656,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_window_bounds_unacknowledged_publishes, test_setup),
+        cmocka_unit_test_setup(test_broker_receive_maximum_bounds_the_window, test_setup),
         cmocka_unit_test_setup(test_queued_publishes_go_out_in_order, test_setup),
         cmocka_unit_test_setup(test_each_id_is_acknowledged_exactly_once, test_setup),
         cmocka_unit_test_setup(test_qos0_is_reported_written_while_the_window_is_full, test_setup),
