@@ -215,15 +215,43 @@ static em_err_t publish_error(int rc, em_error_t *err)
     }
 }
 
+/* Levels a topic may have (libmosquitto's TOPIC_HIERARCHY_LIMIT). */
+#define TOPIC_LEVELS_MAX 200
+
+/* libmosquitto's topic checks (no wildcard, at most 200 levels, UTF-8
+ * without control characters). Printable ASCII, which every topic emiot
+ * builds is, passes both in one cheap loop; anything else is left to
+ * libmosquitto's own functions. */
+static int check_topic(const char *topic, size_t tlen)
+{
+    if (tlen > 65535)
+        return MOSQ_ERR_INVAL;
+    size_t i, slashes = 0;
+    for (i = 0; i < tlen; i++) {
+        unsigned char c = (unsigned char)topic[i];
+        if (c < 0x20 || c > 0x7e)
+            break;
+        if (c == '+' || c == '#')
+            return MOSQ_ERR_INVAL;
+        slashes += c == '/';
+    }
+    if (i == tlen)
+        return slashes > TOPIC_LEVELS_MAX ? MOSQ_ERR_INVAL : MOSQ_ERR_SUCCESS;
+    if (mosquitto_pub_topic_check2(topic, tlen) != MOSQ_ERR_SUCCESS)
+        return MOSQ_ERR_INVAL;
+    if (mosquitto_validate_utf8(topic, (int)tlen) != MOSQ_ERR_SUCCESS)
+        return MOSQ_ERR_MALFORMED_UTF8;
+    return MOSQ_ERR_SUCCESS;
+}
+
 /* What libmosquitto would refuse, checked before a message is queued (a
  * queued message can no longer fail in the caller's hands). Returns a
  * MOSQ_ERR_ code. */
 static int check_message(em_mqtt_t *m, const char *topic, size_t tlen, size_t len, int qos)
 {
-    if (tlen > 65535 || mosquitto_pub_topic_check2(topic, tlen) != MOSQ_ERR_SUCCESS)
-        return MOSQ_ERR_INVAL;
-    if (mosquitto_validate_utf8(topic, (int)tlen) != MOSQ_ERR_SUCCESS)
-        return MOSQ_ERR_MALFORMED_UTF8;
+    int rc = check_topic(topic, tlen);
+    if (rc != MOSQ_ERR_SUCCESS)
+        return rc;
     if (qos > atomic_load_explicit(&m->broker_max_qos, memory_order_relaxed))
         return MOSQ_ERR_QOS_NOT_SUPPORTED;
     /* The whole packet: fixed header, topic, message id, an empty property

@@ -629,6 +629,41 @@ static void test_qos_above_broker_maximum_refused_at_publish(void **state)
     fake_free(f);
 }
 
+static void test_topic_rules_are_libmosquittos(void **state)
+{
+    (void)state;
+    fake_t *f = fake_new();
+    f->ack_all = true;
+    fake_start(f);
+    char url[64];
+    em_mqtt_t *m = client_of(f, 4, url, sizeof(url));
+    em_error_t err;
+    /* Control characters, DEL, wildcards and bad UTF-8 are refused. */
+    const char *bad[] = {"t/\x01", "t/\x7f", "t/a+", "t/#", "t/\xc3"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(em_mqtt_publish(m, bad[i], "a", 1, 1, false, NULL, &err),
+                         EM_ERR_INVALID_ARGUMENT);
+    /* 200 separators pass, 201 do not. */
+    char deep[512];
+    size_t n = 0;
+    for (int i = 0; i < 200; i++) {
+        deep[n++] = 'a';
+        deep[n++] = '/';
+    }
+    deep[n] = '\0';
+    assert_int_equal(em_mqtt_publish(m, deep, "a", 1, 1, false, NULL, &err), EM_OK);
+    deep[n++] = '/';
+    deep[n] = '\0';
+    assert_int_equal(em_mqtt_publish(m, deep, "a", 1, 1, false, NULL, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    /* UTF-8 beyond ASCII is fine. */
+    assert_int_equal(em_mqtt_publish(m, "t/\xc3\xa9t\xc3\xa9", "a", 1, 1, false, NULL, &err),
+                     EM_OK);
+    assert_true(wait_rec(&R.npub, 2, WAIT_MS));
+    em_mqtt_free(m);
+    fake_free(f);
+}
+
 static void test_disconnect_waits_for_queued_publishes(void **state)
 {
     (void)state;
@@ -664,6 +699,7 @@ int main(void)
         cmocka_unit_test_setup(test_message_above_broker_maximum_packet_size_refused_at_publish,
                                test_setup),
         cmocka_unit_test_setup(test_qos_above_broker_maximum_refused_at_publish, test_setup),
+        cmocka_unit_test_setup(test_topic_rules_are_libmosquittos, test_setup),
         cmocka_unit_test_setup(test_disconnect_waits_for_queued_publishes, test_setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
