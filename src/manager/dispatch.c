@@ -11,7 +11,11 @@
 
 #include "emiot/clock.h"
 #include "emiot/log.h"
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include "manager/manager_internal.h"
+#include "model/command_internal.h"
 #include "registry/device_ext.h"
 
 #define MODULE "manager"
@@ -126,6 +130,11 @@ em_err_t em_manager_send_command(em_manager_t *mgr, const char *id, em_command_t
     return rc;
 }
 
+/* Request ids drawn at once for this many devices of a group: one call to
+ * the CSPRNG instead of one per device (each call costs more than the rest of
+ * preparing a command). */
+#define ID_POOL_DEVICES 16
+
 struct group_send {
     em_manager_t *mgr;
     em_command_t *cmd;
@@ -133,7 +142,22 @@ struct group_send {
     size_t skipped;
     em_err_t first_error;
     em_error_t *err;
+    unsigned char pool[ID_POOL_DEVICES * EM__REQUEST_ID_BYTES]; /* wiped after use */
+    size_t pool_left;                                           /* ids left in pool */
 };
+
+/* The next request id of a group send, from the pool. */
+static bool next_request_id(struct group_send *g, char *buf)
+{
+    if (g->pool_left == 0) {
+        if (RAND_bytes(g->pool, (int)sizeof(g->pool)) != 1)
+            return false;
+        g->pool_left = ID_POOL_DEVICES;
+    }
+    g->pool_left--;
+    em__request_id_format(g->pool + g->pool_left * EM__REQUEST_ID_BYTES, buf);
+    return true;
+}
 
 static int group_send_one(em_device_t *dev, void *ud)
 {
@@ -141,7 +165,7 @@ static int group_send_one(em_device_t *dev, void *ud)
     em_error_t local;
     /* Every device gets its own requestId, so that its answer can be matched
      * and a replay of one device's command is useless to another. */
-    if (em_request_id_new(g->cmd->request_id, sizeof(g->cmd->request_id)) != EM_OK) {
+    if (!next_request_id(g, g->cmd->request_id)) {
         g->first_error = em_error_set(g->err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL,
                                       "no randomness for request ids");
         return 1;
@@ -189,8 +213,10 @@ em_err_t em_manager_send_group_command(em_manager_t *mgr, const char *group, em_
         rc = em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
                           "not connected to the broker");
     } else {
-        struct group_send g = {mgr, &cmd, 0, 0, EM_OK, err};
+        struct group_send g = {.mgr = mgr, .cmd = &cmd, .first_error = EM_OK, .err = err};
         em_registry_group_foreach(mgr->reg, group, group_send_one, &g);
+        /* Do not leave unused CSPRNG output on the stack. */
+        OPENSSL_cleanse(g.pool, sizeof(g.pool));
         rc = g.first_error;
         if (sent != NULL)
             *sent = g.sent;

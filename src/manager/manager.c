@@ -111,10 +111,12 @@ em_manager_t *em_manager_new(const em_manager_options_t *opts, em_error_t *err)
         return NULL;
     }
     pthread_mutex_init(&mgr->checker_lock, NULL);
+    pthread_mutex_init(&mgr->flush_lock, NULL);
     pthread_condattr_t cattr;
     pthread_condattr_init(&cattr);
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
     pthread_cond_init(&mgr->checker_cond, &cattr);
+    pthread_cond_init(&mgr->flush_cond, &cattr);
     pthread_condattr_destroy(&cattr);
     return mgr;
 }
@@ -130,6 +132,8 @@ void em_manager_free(em_manager_t *mgr)
     em_registry_free(mgr->reg);
     pthread_cond_destroy(&mgr->checker_cond);
     pthread_mutex_destroy(&mgr->checker_lock);
+    pthread_cond_destroy(&mgr->flush_cond);
+    pthread_mutex_destroy(&mgr->flush_lock);
     pthread_mutex_destroy(&mgr->lock);
     free(mgr);
 }
@@ -271,6 +275,13 @@ static void on_mqtt_published(void *ud, int mid)
      * broker cannot acknowledge what was not sent: never go below zero. */
     long cur = atomic_load(&mgr->pending_acks);
     while (cur > 0 && !atomic_compare_exchange_weak(&mgr->pending_acks, &cur, cur - 1)) {
+    }
+    if (cur == 1) {
+        /* The last one: wake em_manager_flush. Taking the lock orders this
+         * after a waiter's check of the count, so the wake-up is not lost. */
+        pthread_mutex_lock(&mgr->flush_lock);
+        pthread_cond_broadcast(&mgr->flush_cond);
+        pthread_mutex_unlock(&mgr->flush_lock);
     }
 }
 
@@ -440,8 +451,12 @@ em_err_t em_manager_flush(em_manager_t *mgr, int timeout_ms, em_error_t *err)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
                             "cannot wait for acknowledgements inside an event callback");
     int64_t deadline = em_mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
-    /* While the connection is down, libmosquitto keeps unacknowledged QoS 1
-     * messages and sends them again after reconnecting: keep waiting. */
+    /* While the connection is down, unacknowledged QoS 1 messages are sent
+     * again after reconnecting: keep waiting until the deadline. The wait is
+     * cut into slices so that a disconnection is noticed. flush_lock is never
+     * held together with the manager's lock (the network thread takes it
+     * while the transport holds its own lock, which a sender takes under the
+     * manager's). */
     while (atomic_load(&mgr->pending_acks) > 0) {
         em_manager_lock(mgr);
         bool attached = mgr->mqtt != NULL;
@@ -449,12 +464,23 @@ em_err_t em_manager_flush(em_manager_t *mgr, int timeout_ms, em_error_t *err)
         if (!attached)
             return em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
                                 "not connected to the broker");
-        if (em_mono_ms() >= deadline)
+        int64_t left = deadline - em_mono_ms();
+        if (left <= 0)
             return em_error_set(err, EM_ERR_TIMEOUT, EM_SEV_MEDIUM, NULL,
                                 "%ld commands not acknowledged after %d ms",
                                 (long)atomic_load(&mgr->pending_acks), timeout_ms);
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        int64_t slice = left < 100 ? left : 100;
+        until.tv_nsec += (long)(slice * 1000000);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&mgr->flush_lock);
+        if (atomic_load(&mgr->pending_acks) > 0)
+            pthread_cond_timedwait(&mgr->flush_cond, &mgr->flush_lock, &until);
+        pthread_mutex_unlock(&mgr->flush_lock);
     }
     return EM_OK;
 }

@@ -43,6 +43,8 @@ struct em_manager {
     /* QoS 1 commands published and not yet acknowledged: updated by the
      * network thread without the lock, read by em_manager_flush. */
     atomic_long pending_acks;
+    pthread_mutex_t flush_lock; /* with flush_cond: signalled when pending_acks drops to 0 */
+    pthread_cond_t flush_cond;
 
     /* The offline checker thread. */
     pthread_t checker;

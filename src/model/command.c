@@ -12,6 +12,7 @@
 #include "emiot/clock.h"
 #include "emiot/device.h"
 #include "emiot/status.h"
+#include "model/command_internal.h"
 #include "model/fields.h"
 #include "model/json_util.h"
 
@@ -412,9 +413,19 @@ em_err_t em_command_decode(const char *json, size_t len, em_command_t *cmd, em_e
     return rc;
 }
 
-em_err_t em_request_id_new(char *buf, size_t size)
+void em__request_id_format(const unsigned char rnd[EM__REQUEST_ID_BYTES], char *buf)
 {
     static const char hex[] = "0123456789abcdef";
+    memcpy(buf, "req_", 4);
+    for (size_t i = 0; i < EM__REQUEST_ID_BYTES; i++) {
+        buf[4 + 2 * i] = hex[rnd[i] >> 4];
+        buf[4 + 2 * i + 1] = hex[rnd[i] & 15];
+    }
+    buf[EM_REQUEST_ID_LEN] = '\0';
+}
+
+em_err_t em_request_id_new(char *buf, size_t size)
+{
     if (buf == NULL)
         return EM_ERR_INVALID_ARGUMENT;
     if (size < EM_REQUEST_ID_LEN + 1) {
@@ -422,16 +433,11 @@ em_err_t em_request_id_new(char *buf, size_t size)
             buf[0] = '\0';
         return EM_ERR_BUFFER_TOO_SMALL;
     }
-    unsigned char rnd[16];
+    unsigned char rnd[EM__REQUEST_ID_BYTES];
     if (RAND_bytes(rnd, (int)sizeof(rnd)) != 1) {
         buf[0] = '\0';
         return EM_ERR_INTERNAL;
     }
-    memcpy(buf, "req_", 4);
-    for (size_t i = 0; i < sizeof(rnd); i++) {
-        buf[4 + 2 * i] = hex[rnd[i] >> 4];
-        buf[4 + 2 * i + 1] = hex[rnd[i] & 15];
-    }
-    buf[EM_REQUEST_ID_LEN] = '\0';
+    em__request_id_format(rnd, buf);
     return EM_OK;
 }
