@@ -350,15 +350,21 @@ static void test_command_reaches_the_device_and_its_answer_is_matched(void **sta
     assert_true(fx->seen.last_success);
 }
 
+/* 40 members: more than one batch of request ids drawn at once (16), so the
+ * test also guards against a batch handing out the same id twice. */
+#define GROUP_MEMBERS 40
+
 static void test_group_command_reaches_every_member_with_its_own_request_id(void **state)
 {
     struct fixture *fx = *state;
     em_error_t err;
-    const char *ids[] = {"s-001", "s-002", "s-003", "s-004"};
-    for (int i = 0; i < 4; i++)
-        assert_int_equal(em_manager_register_device(fx->mgr, ids[i], NULL, EM_DEVICE_SENSOR, NULL,
-                                                    "floor", NULL),
-                         EM_OK);
+    for (int i = 0; i < GROUP_MEMBERS; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "s-%03d", i);
+        assert_int_equal(
+            em_manager_register_device(fx->mgr, id, NULL, EM_DEVICE_SENSOR, NULL, "floor", NULL),
+            EM_OK);
+    }
     assert_int_equal(
         em_manager_register_device(fx->mgr, "other-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL),
         EM_OK);
@@ -368,19 +374,21 @@ static void test_group_command_reaches_every_member_with_its_own_request_id(void
     assert_int_equal(em_manager_send_group_command(fx->mgr, "floor", EM_CMD_SLEEP,
                                                    "{\"duration\":60}", &sent, &skipped, &err),
                      EM_OK);
-    assert_int_equal(sent, 4);
+    assert_int_equal(sent, GROUP_MEMBERS);
     assert_int_equal(skipped, 0);
     assert_int_equal(em_manager_flush(fx->mgr, 5000, &err), EM_OK);
-    assert_int_equal(em_test_wait_lines(fx->sub_file, 5, WAIT_MS), 0);
+    assert_int_equal(em_test_wait_lines(fx->sub_file, GROUP_MEMBERS + 1, WAIT_MS), 0);
     em_test_sleep_ms(300);
-    assert_int_equal(em_test_count_lines(fx->sub_file), 5); /* probe + 4: not other-1 */
-    char seen_ids[4][EM_REQUEST_ID_MAX + 1];
-    for (int i = 0; i < 4; i++) {
+    /* The probe, then one command per member, and none for other-1. */
+    assert_int_equal(em_test_count_lines(fx->sub_file), GROUP_MEMBERS + 1);
+    static char seen_ids[GROUP_MEMBERS][EM_REQUEST_ID_MAX + 1];
+    for (int i = 0; i < GROUP_MEMBERS; i++) {
         char line[1024];
         em_command_t cmd;
         assert_true(read_line(fx->sub_file, i + 1, line, sizeof(line)));
         assert_int_equal(em_command_decode(line, strlen(line), &cmd, &err), EM_OK);
         assert_int_equal(cmd.type, EM_CMD_SLEEP);
+        assert_int_equal(strlen(cmd.request_id), EM_REQUEST_ID_LEN);
         snprintf(seen_ids[i], sizeof(seen_ids[i]), "%s", cmd.request_id);
         for (int j = 0; j < i; j++)
             assert_string_not_equal(seen_ids[i], seen_ids[j]);
