@@ -14,25 +14,41 @@ cleanup() { stop_pid "$BROKER_PID"; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
-run() { "$@" | tee -a "$RESULTS.raw" | tee /dev/stderr | grep '^{"workload"' >>"$RESULTS" || true; }
+# Runs one benchmark: its output is shown and its JSON lines collected. A
+# benchmark that fails (lost messages, failed messages, no broker) makes the
+# whole run fail at the end, after the others have run.
+FAILED=()
+run() {
+  local name=$1 out="$WORK/out.txt" rc=0
+  shift
+  "$@" >"$out" || rc=$?
+  cat "$out" >&2
+  cat "$out" >>"$RESULTS.raw"
+  grep '^{"workload"' "$out" >>"$RESULTS" || true
+  [ "$rc" -eq 0 ] || FAILED+=("$name (exit $rc)")
+}
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB" >&2
 
 if want W1; then
-  run "$BUILD/bench/bench_w1_ingest" 1000000 10000
+  run W1 "$BUILD/bench/bench_w1_ingest" 1000000 10000
 fi
 if want W4; then
-  run "$BUILD/bench/bench_w4_memory" 100000
-  run "$BUILD/bench/bench_w4_memory" 1000000
+  run W4 "$BUILD/bench/bench_w4_memory" 100000
+  run W4 "$BUILD/bench/bench_w4_memory" 1000000
 fi
 if want W3; then
   # The figure is the best of 5 rounds (the machine may be shared); each round
   # also prints the CPU time per command of the manager, the subscriber and
   # the broker (EMIOT_BENCH_BROKER_PID).
   start_broker "$WORK/broker" plain
-  run env EMIOT_BENCH_BROKER_PID="$BROKER_PID" "$BUILD/bench/bench_w3_fanout" \
+  run W3 env EMIOT_BENCH_BROKER_PID="$BROKER_PID" "$BUILD/bench/bench_w3_fanout" \
     "mqtt://127.0.0.1:$BROKER_PORT" 10000 5
   stop_pid "$BROKER_PID"; BROKER_PID=""
 fi
 echo "figures: $RESULTS" >&2
 cat "$RESULTS"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "bench.sh: failed: ${FAILED[*]}" >&2
+  exit 1
+fi
