@@ -147,7 +147,9 @@ EM_EXPORT void em_manager_off(em_manager_t *mgr, em_event_fn fn, void *userdata)
 EM_EXPORT em_err_t em_manager_connect(em_manager_t *mgr, const em_mqtt_options_t *mqtt,
                                       int timeout_ms, em_error_t *err);
 
-/* Disconnects cleanly (pending QoS 1 publishes are flushed first). */
+/* Disconnects cleanly (pending QoS 1 publishes are flushed first) and stops
+ * the threads. Errors: EM_ERR_STATE when called from an event callback,
+ * EM_ERR_TIMEOUT when publishes stayed unacknowledged (it disconnects anyway). */
 EM_EXPORT em_err_t em_manager_disconnect(em_manager_t *mgr, em_error_t *err);
 
 EM_EXPORT bool em_manager_is_connected(const em_manager_t *mgr);
@@ -237,7 +239,8 @@ EM_EXPORT em_err_t em_manager_wake_group(em_manager_t *mgr, const char *group, e
 
 /*
  * Waits until every QoS 1 command published so far is acknowledged by the
- * broker, up to timeout_ms. Errors: EM_ERR_TIMEOUT, EM_ERR_NOT_CONNECTED.
+ * broker, up to timeout_ms. Errors: EM_ERR_TIMEOUT, EM_ERR_NOT_CONNECTED,
+ * EM_ERR_STATE (called from an event callback, where it would wait for itself).
  */
 EM_EXPORT em_err_t em_manager_flush(em_manager_t *mgr, int timeout_ms, em_error_t *err);
 
