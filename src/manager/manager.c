@@ -495,12 +495,19 @@ em_err_t em_manager_register_device(em_manager_t *mgr, const char *id, const cha
     em_device_t *dev = NULL;
     em_err_t rc = em_registry_add(mgr->reg, id, name, type, cfg, em_now_ms(), &dev, err);
     if (rc == EM_OK && group != NULL) {
-        if (!em_registry_group_exists(mgr->reg, group))
+        /* All or nothing: a failure leaves neither the device nor a group
+         * made for it. */
+        bool created = false;
+        if (!em_registry_group_exists(mgr->reg, group)) {
             rc = em_registry_group_create(mgr->reg, group, err);
+            created = rc == EM_OK;
+        }
         if (rc == EM_OK)
             rc = em_registry_group_add(mgr->reg, group, id, err);
         if (rc != EM_OK) {
             em_registry_remove(mgr->reg, id, NULL);
+            if (created)
+                em_registry_group_remove(mgr->reg, group, NULL);
             dev = NULL;
         }
     }
