@@ -11,7 +11,7 @@ PACKAGES=(
   libssl-dev openssl ca-certificates
   libmosquitto-dev mosquitto mosquitto-clients
   libcjson-dev libjsmn-dev libcmocka-dev
-  procps curl
+  procps curl jq
 )
 
 missing=()

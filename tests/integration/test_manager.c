@@ -394,6 +394,16 @@ static void test_group_command_reaches_every_member_with_its_own_request_id(void
             assert_string_not_equal(seen_ids[i], seen_ids[j]);
         em_command_cleanup(&cmd);
     }
+    /* A standard tool reads the same commands: jq checks every one after
+     * the probe line (exit status 0 only when each matches). */
+    char script[1024];
+    snprintf(script, sizeof(script),
+             "tail -n +2 '%s' | jq -e -s 'length == %d and all(.[]; .type == \"sleep\" and "
+             ".payload == {\"duration\": 60} and (.timestamp | type) == \"number\" and "
+             "(.requestId | test(\"^req_[0-9a-f]{32}$\")))' >/dev/null",
+             fx->sub_file, GROUP_MEMBERS);
+    const char *argv[] = {"sh", "-c", script, NULL};
+    assert_int_equal(em_test_run(argv), 0);
 }
 
 static void test_rate_limit_stops_the_eleventh_command_and_sends_nothing(void **state)
