@@ -35,11 +35,11 @@
 #define ALLOC_HOOK 1
 #endif
 
+#if ALLOC_HOOK
 static long fail_countdown = -1; /* -1: never fail */
 static long live;                /* allocations not yet freed */
 static long failures;            /* allocations refused so far */
 
-#if ALLOC_HOOK
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t n);
