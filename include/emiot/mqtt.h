@@ -63,7 +63,7 @@ typedef struct em_mqtt_options {
     int reconnect_max_s;          /* default 30 */
     int protocol;           /* 5 (default) or 4 (MQTT 3.1.1); 5 falls back to 4 when refused */
     bool allow_plain;       /* permit mqtt:// (loopback hosts only) */
-    bool clean_session;     /* em_mqtt_options_init sets it */
+    bool clean_session;     /* start without a stored session (em_mqtt_options_init: true) */
     const char *will_topic; /* optional last will */
     const char *will_payload;
     bool will_retain;
