@@ -77,8 +77,15 @@ static em_err_t publish_one(em_manager_t *mgr, em_device_t *dev, const em_comman
     if (rc != EM_OK) {
         if (qos > 0)
             atomic_fetch_sub(&mgr->pending_acks, 1);
+        /* The transport's message says why; the code says what it means
+         * for the caller: the command was not sent. */
+        if (rc != EM_ERR_NOT_CONNECTED) {
+            rc = EM_ERR_COMMAND_FAILED;
+            if (err != NULL)
+                err->code = rc;
+        }
         em_error_set_device(err, dev->id);
-        return rc == EM_ERR_NOT_CONNECTED ? rc : EM_ERR_COMMAND_FAILED;
+        return rc;
     }
     em__window_allow(win, now, (int64_t)mgr->opts.rate_limit_window_s * 1000, NULL);
     mgr->stats.commands_sent++;
@@ -88,6 +95,15 @@ static em_err_t publish_one(em_manager_t *mgr, em_device_t *dev, const em_comman
         em__manager_emit(mgr, &ev);
     }
     return EM_OK;
+}
+
+/* EM_OK when commands can be published now. Lock held. */
+static em_err_t check_connected(em_manager_t *mgr, em_error_t *err)
+{
+    if (mgr->mqtt != NULL && em_mqtt_is_connected(mgr->mqtt))
+        return EM_OK;
+    return em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
+                        "not connected to the broker");
 }
 
 static size_t payload_len(const char *payload)
@@ -111,9 +127,7 @@ em_err_t em_manager_send_command(em_manager_t *mgr, const char *id, em_command_t
     if (dev == NULL) {
         rc = em_error_set(err, EM_ERR_DEVICE_NOT_FOUND, EM_SEV_LOW, "id", "no device with this id");
         em_error_set_device(err, id);
-    } else if (mgr->mqtt == NULL || !em_mqtt_is_connected(mgr->mqtt)) {
-        rc = em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
-                          "not connected to the broker");
+    } else if ((rc = check_connected(mgr, err)) != EM_OK) {
         em_error_set_device(err, id);
     } else {
         rc = publish_one(mgr, dev, &cmd, err);
@@ -206,13 +220,12 @@ em_err_t em_manager_send_group_command(em_manager_t *mgr, const char *group, em_
         em_manager_unlock(mgr);
         return rc;
     }
-    if (group == NULL || !em_registry_group_exists(mgr->reg, group)) {
+    if (group == NULL || !em_registry_group_exists(mgr->reg, group))
         rc = em_error_set(err, EM_ERR_GROUP_NOT_FOUND, EM_SEV_LOW, "group",
                           "no group with this name");
-    } else if (mgr->mqtt == NULL || !em_mqtt_is_connected(mgr->mqtt)) {
-        rc = em_error_set(err, EM_ERR_NOT_CONNECTED, EM_SEV_MEDIUM, NULL,
-                          "not connected to the broker");
-    } else {
+    else
+        rc = check_connected(mgr, err);
+    if (rc == EM_OK) {
         struct group_send g = {.mgr = mgr, .cmd = &cmd, .first_error = EM_OK, .err = err};
         em_registry_group_foreach(mgr->reg, group, group_send_one, &g);
         /* Do not leave unused CSPRNG output on the stack. */

@@ -372,7 +372,10 @@ em_err_t em_manager_connect(em_manager_t *mgr, const em_mqtt_options_t *mqtt_opt
      * soon as the broker accepts the connection, and again after every
      * reconnection. */
     em_manager_lock(mgr);
-    em_err_t rc = subscribe_all(mgr, mqtt, err);
+    /* Checked again: another thread may have connected meanwhile. */
+    em_err_t rc = mgr->mqtt != NULL
+                      ? em_error_set(err, EM_ERR_STATE, EM_SEV_LOW, NULL, "already connected")
+                      : subscribe_all(mgr, mqtt, err);
     if (rc == EM_OK)
         mgr->mqtt = mqtt;
     em_manager_unlock(mgr);
