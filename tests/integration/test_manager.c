@@ -148,6 +148,14 @@ static void mqtt_opts(struct fixture *fx, em_mqtt_options_t *o)
     o->reconnect_max_s = 2;
 }
 
+/* Registers the actuator "plug-01", alone and in no group. */
+static void register_plug(struct fixture *fx)
+{
+    assert_int_equal(
+        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
+        EM_OK);
+}
+
 static void connect_manager(struct fixture *fx)
 {
     em_mqtt_options_t o;
@@ -287,9 +295,7 @@ static void test_status_over_tls_from_a_wire_format_device_is_applied(void **sta
 static void test_unregistered_and_malformed_messages_are_counted_not_applied(void **state)
 {
     struct fixture *fx = *state;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     connect_manager(fx);
     device_pub(fx, "device/stranger-9/status", STATUS_75, false);
     device_pub(fx, "device/plug-01/status", "{\"batteryLevel\":", false);
@@ -317,9 +323,7 @@ static void test_command_reaches_the_device_and_its_answer_is_matched(void **sta
 {
     struct fixture *fx = *state;
     em_error_t err;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     connect_manager(fx);
     device_sub(fx, "device/plug-01/command");
     char rid[EM_REQUEST_ID_MAX + 1];
@@ -410,9 +414,7 @@ static void test_rate_limit_stops_the_eleventh_command_and_sends_nothing(void **
 {
     struct fixture *fx = *state;
     em_error_t err;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     connect_manager(fx);
     device_sub(fx, "device/plug-01/command");
     for (int i = 0; i < 10; i++)
@@ -439,9 +441,7 @@ static void test_rate_limit_stops_the_eleventh_command_and_sends_nothing(void **
 static void test_broker_restart_reconnects_and_resubscribes(void **state)
 {
     struct fixture *fx = *state;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     connect_manager(fx);
     assert_true(wait_count(&fx->seen, EM_EVENT_CONNECTED, 1));
     device_pub(fx, "device/plug-01/status", "{\"batteryLevel\":10}", false);
@@ -487,9 +487,7 @@ static void test_wrong_ca_is_refused_without_fallback(void **state)
 static void test_mtls_manager_with_certificate_is_accepted(void **state)
 {
     struct fixture *fx = *state;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     connect_manager(fx);
     device_pub(fx, "device/plug-01/status", "{\"batteryLevel\":33}", false);
     assert_true(wait_count(&fx->seen, EM_EVENT_STATUS, 1));
@@ -511,9 +509,7 @@ static void test_mtls_manager_without_certificate_is_refused(void **state)
 static void test_retained_offline_availability_marks_the_device_offline(void **state)
 {
     struct fixture *fx = *state;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     device_pub(fx, "device/plug-01/availability", "offline", true);
     connect_manager(fx);
     assert_true(wait_count(&fx->seen, EM_EVENT_DEVICE_OFFLINE, 1));
@@ -526,9 +522,7 @@ static void test_prefix_change_while_connected_resubscribes(void **state)
 {
     struct fixture *fx = *state;
     em_error_t err;
-    assert_int_equal(
-        em_manager_register_device(fx->mgr, "plug-01", NULL, EM_DEVICE_ACTUATOR, NULL, NULL, NULL),
-        EM_OK);
+    register_plug(fx);
     connect_manager(fx);
     assert_int_equal(em_manager_set_topic_prefix(fx->mgr, "site-a/", &err), EM_OK);
     for (int i = 0; i < 50 && count(&fx->seen, EM_EVENT_STATUS) < 1; i++) {

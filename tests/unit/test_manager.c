@@ -58,6 +58,13 @@ static em_manager_t *new_manager(struct recorder *r)
     return mgr;
 }
 
+/* Registers a sensor with no name, configuration or group. */
+static void register_sensor(em_manager_t *mgr, const char *id)
+{
+    assert_int_equal(em_manager_register_device(mgr, id, NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL),
+                     EM_OK);
+}
+
 static em_err_t feed(em_manager_t *mgr, const char *topic, const char *payload)
 {
     return em_manager_handle_message(mgr, topic, payload, strlen(payload));
@@ -127,8 +134,7 @@ static void test_status_from_registered_device_is_applied(void **state)
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(feed(mgr, "device/dev-1/status", STATUS_OK), EM_OK);
     assert_int_equal(r.counts[EM_EVENT_STATUS], 1);
     assert_int_equal(r.last_battery, 75);
@@ -170,8 +176,7 @@ static void test_malformed_json_is_rejected_counted_and_reported(void **state)
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(feed(mgr, "device/dev-1/status", STATUS_OK), EM_OK);
     assert_int_equal(feed(mgr, "device/dev-1/status", "{\"batteryLevel\":"), EM_ERR_MESSAGE_FORMAT);
     assert_int_equal(r.counts[EM_EVENT_ERROR], 1);
@@ -194,8 +199,7 @@ static void test_out_of_range_and_wrong_types_are_rejected_with_field(void **sta
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(feed(mgr, "device/dev-1/status", "{\"batteryLevel\":101}"), EM_ERR_VALIDATION);
     assert_string_equal(r.last_field, "batteryLevel");
     assert_int_equal(feed(mgr, "device/dev-1/status", "{\"powerMode\":\"turbo\"}"),
@@ -233,8 +237,7 @@ static void test_command_topic_from_a_device_is_refused(void **state)
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(feed(mgr, "device/dev-1/command", "{\"type\":\"wake\"}"), EM_ERR_PROTOCOL);
     em_manager_free(mgr);
 }
@@ -244,9 +247,7 @@ static void test_telemetry_counter_reset_is_never_negative(void **state)
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "meter-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL),
-        EM_OK);
+    register_sensor(mgr, "meter-1");
     assert_int_equal(feed(mgr, "device/meter-1/telemetry",
                           "{\"timestamp\":\"2026-01-01T00:00:00Z\",\"energy_wh\":1000.0}"),
                      EM_OK);
@@ -269,9 +270,7 @@ static void test_telemetry_from_the_future_is_rejected(void **state)
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "meter-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL),
-        EM_OK);
+    register_sensor(mgr, "meter-1");
     assert_int_equal(feed(mgr, "device/meter-1/telemetry",
                           "{\"timestamp\":\"2999-01-01T00:00:00Z\",\"power_w\":1}"),
                      EM_ERR_VALIDATION);
@@ -284,8 +283,7 @@ static void test_availability_drives_online_and_offline_events(void **state)
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(feed(mgr, "device/dev-1/availability", "online"), EM_OK);
     assert_int_equal(r.counts[EM_EVENT_DEVICE_ONLINE], 1);
     assert_int_equal(feed(mgr, "device/dev-1/availability", "offline"), EM_OK);
@@ -301,10 +299,8 @@ static void test_silent_device_goes_offline_after_twice_the_interval(void **stat
     (void)state;
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-2", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
+    register_sensor(mgr, "dev-2");
     assert_int_equal(feed(mgr, "device/dev-1/status", STATUS_OK), EM_OK);
     int64_t now = em_now_ms();
     /* Default status interval 60 s: not yet at 119 s, offline at 121 s. */
@@ -369,8 +365,7 @@ static void test_changing_the_prefix_changes_what_is_accepted(void **state)
     struct recorder r;
     em_manager_t *mgr = new_manager(&r);
     em_error_t err;
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(em_manager_set_topic_prefix(mgr, "site-a/", &err), EM_OK);
     char buf[EM_TOPIC_PREFIX_MAX + 1];
     em_manager_topic_prefix(mgr, buf, sizeof(buf));
@@ -460,14 +455,12 @@ static void test_callbacks_filter_by_mask_and_can_be_removed(void **state)
                      EM_OK);
     assert_int_equal(em_manager_on(mgr, 0, count_calls, NULL), EM_ERR_INVALID_ARGUMENT);
     assert_int_equal(em_manager_on(mgr, EM_EVENT_MASK_ALL, NULL, NULL), EM_ERR_INVALID_ARGUMENT);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(g_off_calls, 0);
     assert_int_equal(em_manager_remove_device(mgr, "dev-1", NULL), EM_OK);
     assert_int_equal(g_off_calls, 1);
     em_manager_off(mgr, count_calls, NULL);
-    assert_int_equal(
-        em_manager_register_device(mgr, "dev-1", NULL, EM_DEVICE_SENSOR, NULL, NULL, NULL), EM_OK);
+    register_sensor(mgr, "dev-1");
     assert_int_equal(em_manager_remove_device(mgr, "dev-1", NULL), EM_OK);
     assert_int_equal(g_off_calls, 1);
     for (int i = 0; i < 16; i++)
