@@ -189,8 +189,9 @@ void em_manager_off(em_manager_t *mgr, em_event_fn fn, void *userdata)
 void em__manager_emit(em_manager_t *mgr, const em_event_t *ev)
 {
     unsigned bit = EM_EVENT_MASK(ev->type);
-    /* A callback may register or remove callbacks: iterate over a snapshot of
-     * the count and re-check the bound each time. */
+    /* A callback may register or remove callbacks: the bound is read again
+     * after every call, so the loop never runs past the table (a callback
+     * removed meanwhile may make the next one be skipped for this event). */
     for (size_t i = 0; i < mgr->ncbs; i++) {
         if ((mgr->cbs[i].mask & bit) == 0)
             continue;
