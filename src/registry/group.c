@@ -311,15 +311,28 @@ int em_registry_group_exists(const em_registry_t *reg, const char *name)
     return group_lookup(reg, name) != NULL;
 }
 
+/* Finds device id and group for a membership change; the device is looked up
+ * first, so an unknown group's error names the device. */
+static em_err_t device_and_group(em_registry_t *reg, const char *group, const char *id,
+                                 em_device_t **dev, struct em__group **g, em_error_t *err)
+{
+    *dev = em_registry_get(reg, id);
+    if (*dev == NULL)
+        return em__registry_not_found(err, id);
+    *g = group_lookup(reg, group);
+    if (*g == NULL)
+        return group_not_found(err, group, (*dev)->id);
+    return EM_OK;
+}
+
 em_err_t em_registry_group_add(em_registry_t *reg, const char *group, const char *id,
                                em_error_t *err)
 {
-    em_device_t *dev = em_registry_get(reg, id);
-    if (dev == NULL)
-        return em__registry_not_found(err, id);
-    struct em__group *g = group_lookup(reg, group);
-    if (g == NULL)
-        return group_not_found(err, group, dev->id);
+    em_device_t *dev;
+    struct em__group *g;
+    em_err_t rc = device_and_group(reg, group, id, &dev, &g, err);
+    if (rc != EM_OK)
+        return rc;
     if (membership_of(dev, g->id) >= 0)
         return EM_OK;
     if (dev->ngroups >= EM_DEVICE_GROUPS_MAX)
@@ -362,12 +375,11 @@ em_err_t em_registry_group_add(em_registry_t *reg, const char *group, const char
 em_err_t em_registry_group_remove_device(em_registry_t *reg, const char *group, const char *id,
                                          em_error_t *err)
 {
-    em_device_t *dev = em_registry_get(reg, id);
-    if (dev == NULL)
-        return em__registry_not_found(err, id);
-    struct em__group *g = group_lookup(reg, group);
-    if (g == NULL)
-        return group_not_found(err, group, dev->id);
+    em_device_t *dev;
+    struct em__group *g;
+    em_err_t rc = device_and_group(reg, group, id, &dev, &g, err);
+    if (rc != EM_OK)
+        return rc;
     int k = membership_of(dev, g->id);
     if (k < 0)
         return group_error(err,
