@@ -353,12 +353,9 @@ em_err_t em__request_id_read(const cJSON *obj, char *out, size_t size, em_error_
     return EM_OK;
 }
 
-/* The body of em_command_decode once root is parsed. */
+/* The body of em_command_decode once root is parsed (an object). */
 static em_err_t decode_tree(const cJSON *root, em_command_t *cmd, em_error_t *err)
 {
-    if (!cJSON_IsObject(root))
-        return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL,
-                            "a command must be a JSON object");
     const cJSON *type, *payload, *ts;
     em_err_t rc;
     if ((rc = unique_member(root, "type", &type, err)) != EM_OK ||
@@ -403,10 +400,12 @@ em_err_t em_command_decode(const char *json, size_t len, em_command_t *cmd, em_e
     if (cmd == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "cmd is NULL");
     memset(cmd, 0, sizeof(*cmd));
-    cJSON *root = em__json_parse(json, len, err);
-    if (root == NULL)
-        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
-    em_err_t rc = decode_tree(root, cmd, err);
+    cJSON *root;
+    em_err_t rc =
+        em__field_parse_object(json, len, NULL, "a command must be a JSON object", &root, err);
+    if (rc != EM_OK)
+        return rc;
+    rc = decode_tree(root, cmd, err);
     em__json_free(root);
     if (rc != EM_OK)
         memset(cmd, 0, sizeof(*cmd));

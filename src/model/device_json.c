@@ -8,6 +8,7 @@
 #include "emiot/clock.h"
 #include "emiot/device.h"
 #include "emiot/status.h"
+#include "model/fields.h"
 #include "model/json_util.h"
 
 /* The body of em__device_config_from_json; may leave out half filled. */
@@ -82,15 +83,11 @@ em_err_t em_device_config_decode(const char *json, size_t len, em_device_config_
     if (out == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "out is NULL");
     memset(out, 0, sizeof(*out));
-    cJSON *root = em__json_parse(json, len, err);
-    if (root == NULL)
-        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
-    em_err_t rc;
-    if (!cJSON_IsObject(root))
-        rc =
-            em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, "config", "must be a JSON object");
-    else
-        rc = em__device_config_from_json(root, false, out, err);
+    cJSON *root;
+    em_err_t rc = em__field_parse_object(json, len, "config", "must be a JSON object", &root, err);
+    if (rc != EM_OK)
+        return rc;
+    rc = em__device_config_from_json(root, false, out, err);
     em__json_free(root);
     return rc;
 }

@@ -44,17 +44,13 @@ em_err_t em_device_event_decode(const char *payload, size_t len, em_device_event
     if (out == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no output");
     memset(out, 0, sizeof(*out));
-    cJSON *root = em__json_parse(payload, len, err);
-    if (root == NULL)
-        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
+    cJSON *root;
+    em_err_t rc =
+        em__field_parse_object(payload, len, NULL, "event must be a JSON object", &root, err);
+    if (rc != EM_OK)
+        return rc;
 
-    em_err_t rc = EM_OK;
     bool have_type = false, have_details = false, have_ts = false;
-    if (!cJSON_IsObject(root)) {
-        rc = em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL,
-                          "event must be a JSON object");
-        goto done;
-    }
     for (const cJSON *v = root->child; v != NULL && rc == EM_OK; v = v->next) {
         const char *k = v->string;
         bool *seen;
@@ -82,7 +78,6 @@ em_err_t em_device_event_decode(const char *payload, size_t len, em_device_event
     }
     if (rc == EM_OK && !have_type)
         rc = em__field_invalid(err, "type", "is required");
-done:
     em__json_free(root);
     if (rc != EM_OK)
         em_device_event_cleanup(out);

@@ -1,5 +1,5 @@
 /*
- * emiot - fields.c: checks shared by the report decoders (see fields.h).
+ * emiot - fields.c: checks shared by the model decoders (see fields.h).
  */
 #include "model/fields.h"
 
@@ -7,6 +7,21 @@
 #include <string.h>
 
 #include "emiot/clock.h"
+
+em_err_t em__field_parse_object(const char *payload, size_t len, const char *field,
+                                const char *rule, cJSON **root, em_error_t *err)
+{
+    *root = NULL;
+    cJSON *r = em__json_parse(payload, len, err);
+    if (r == NULL)
+        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
+    if (!cJSON_IsObject(r)) {
+        em__json_free(r);
+        return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, field, "%s", rule);
+    }
+    *root = r;
+    return EM_OK;
+}
 
 bool em__field_int(const cJSON *v, int64_t lo, int64_t hi, int64_t *out)
 {

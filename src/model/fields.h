@@ -1,6 +1,6 @@
 /*
- * emiot - fields.h (internal): checks shared by the decoders of what devices
- * report (status, telemetry, events).
+ * emiot - fields.h (internal): checks shared by the model decoders (status,
+ * telemetry, events, responses, commands, device configurations).
  */
 #ifndef EM_MODEL_FIELDS_H
 #define EM_MODEL_FIELDS_H
@@ -10,6 +10,16 @@
 
 #include "core/json.h"
 #include "emiot/error.h"
+
+/*
+ * Parses payload (len bytes) with em__json_parse and requires a JSON object:
+ * the opening every decoder shares. EM_OK with the tree in *root (free it with
+ * em__json_free); otherwise *root is NULL and err is filled: em__json_parse's
+ * errors, or EM_ERR_MESSAGE_FORMAT (field, may be NULL, and rule) when the
+ * root is not an object.
+ */
+em_err_t em__field_parse_object(const char *payload, size_t len, const char *field,
+                                const char *rule, cJSON **root, em_error_t *err);
 
 /* True when v is a JSON number with an integral value in [lo, hi] (so 50 and
  * 50.0 pass, 50.5, booleans and strings do not); *out gets the value. lo and hi

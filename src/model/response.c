@@ -29,13 +29,10 @@ static em_err_t optional_member(const cJSON *obj, const char *key, const cJSON *
     return EM_OK;
 }
 
-/* The body of em_response_decode once root is parsed; on failure the caller
- * frees what out holds. */
+/* The body of em_response_decode once root is parsed (an object); on failure
+ * the caller frees what out holds. */
 static em_err_t decode_tree(const cJSON *root, em_response_t *out, em_error_t *err)
 {
-    if (!cJSON_IsObject(root))
-        return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL,
-                            "a response must be a JSON object");
     em_err_t rc = em__request_id_read(root, out->request_id, sizeof(out->request_id), err);
     if (rc != EM_OK)
         return rc;
@@ -91,10 +88,12 @@ em_err_t em_response_decode(const char *payload, size_t len, em_response_t *out,
     if (out == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "out is NULL");
     memset(out, 0, sizeof(*out));
-    cJSON *root = em__json_parse(payload, len, err);
-    if (root == NULL)
-        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
-    em_err_t rc = decode_tree(root, out, err);
+    cJSON *root;
+    em_err_t rc =
+        em__field_parse_object(payload, len, NULL, "a response must be a JSON object", &root, err);
+    if (rc != EM_OK)
+        return rc;
+    rc = decode_tree(root, out, err);
     em__json_free(root);
     if (rc != EM_OK)
         em_response_cleanup(out);

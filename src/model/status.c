@@ -195,14 +195,11 @@ static em_err_t decode_member(const cJSON *v, uint16_t bit, em_status_t *out, em
 em_err_t em__status_decode_tree(const char *payload, size_t len, em_status_t *out, em_error_t *err)
 {
     memset(out, 0, sizeof(*out));
-    cJSON *root = em__json_parse(payload, len, err);
-    if (root == NULL)
-        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
-    em_err_t rc = EM_OK;
-    if (!cJSON_IsObject(root)) {
-        rc = em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL, EM__STATUS_RULE_NOT_OBJECT);
-        goto done;
-    }
+    cJSON *root;
+    em_err_t rc =
+        em__field_parse_object(payload, len, NULL, EM__STATUS_RULE_NOT_OBJECT, &root, err);
+    if (rc != EM_OK)
+        return rc;
     for (const cJSON *v = root->child; v != NULL; v = v->next) {
         uint16_t bit = key_bit(v->string);
         if (bit == 0)

@@ -76,17 +76,13 @@ em_err_t em_telemetry_decode(const char *payload, size_t len, int64_t now_ms, in
     if (out == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no output");
     memset(out, 0, sizeof(*out));
-    cJSON *root = em__json_parse(payload, len, err);
-    if (root == NULL)
-        return err != NULL ? err->code : EM_ERR_MESSAGE_FORMAT;
+    cJSON *root;
+    em_err_t rc =
+        em__field_parse_object(payload, len, NULL, "telemetry must be a JSON object", &root, err);
+    if (rc != EM_OK)
+        return rc;
 
-    em_err_t rc = EM_OK;
     bool have_ts = false;
-    if (!cJSON_IsObject(root)) {
-        rc = em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_LOW, NULL,
-                          "telemetry must be a JSON object");
-        goto done;
-    }
     for (const cJSON *v = root->child; v != NULL && rc == EM_OK; v = v->next) {
         const char *k = v->string;
         if (strcmp(k, "timestamp") == 0) {
