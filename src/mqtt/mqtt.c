@@ -132,7 +132,7 @@ static em_err_t check_options(const em_mqtt_options_t *o, int *keepalive, int *r
                             "protocol must be 5 (MQTT 5) or 4 (MQTT 3.1.1)");
     if (o->max_inflight > 65535)
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "max_inflight",
-                            "max_inflight must be 0 (unlimited) to 65535");
+                            "max_inflight must be 0 (the default window) to 65535");
     if (!o->clean_session && o->client_id == NULL)
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "clean_session",
                             "a persistent session (clean_session false) needs a fixed client_id");
@@ -565,12 +565,14 @@ em_err_t em_mqtt_loop(em_mqtt_t *m, int timeout_ms, em_error_t *err)
     return EM_OK;
 }
 
-/* Waits (threaded) or drives (no thread) until pred holds or ms pass. */
+/* A socket is open, or being opened. Lock held. */
 static bool state_is_open(em_mqtt_t *m)
 {
     return m->state == EM__MQTT_CONNECTED || m->state == EM__MQTT_CONNECTING;
 }
 
+/* Waits (threaded) or drives (no thread) until the socket is closed or ms
+ * pass. */
 static void wait_closed(em_mqtt_t *m, bool threaded, int64_t ms)
 {
     int64_t deadline = em_mono_ms() + ms;
