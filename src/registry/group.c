@@ -311,27 +311,30 @@ int em_registry_group_exists(const em_registry_t *reg, const char *name)
     return group_lookup(reg, name) != NULL;
 }
 
-/* Finds device id and group for a membership change; the device is looked up
- * first, so an unknown group's error names the device. */
-static em_err_t device_and_group(em_registry_t *reg, const char *group, const char *id,
-                                 em_device_t **dev, struct em__group **g, em_error_t *err)
+/* Finds device id and group for a membership change: the group, or NULL with
+ * *rc and err filled. The device is looked up first, so an unknown group's
+ * error names the device. */
+static struct em__group *device_and_group(em_registry_t *reg, const char *group, const char *id,
+                                          em_device_t **dev, em_err_t *rc, em_error_t *err)
 {
     *dev = em_registry_get(reg, id);
-    if (*dev == NULL)
-        return em__registry_not_found(err, id);
-    *g = group_lookup(reg, group);
-    if (*g == NULL)
-        return group_not_found(err, group, (*dev)->id);
-    return EM_OK;
+    if (*dev == NULL) {
+        *rc = em__registry_not_found(err, id);
+        return NULL;
+    }
+    struct em__group *g = group_lookup(reg, group);
+    if (g == NULL)
+        *rc = group_not_found(err, group, (*dev)->id);
+    return g;
 }
 
 em_err_t em_registry_group_add(em_registry_t *reg, const char *group, const char *id,
                                em_error_t *err)
 {
     em_device_t *dev;
-    struct em__group *g;
-    em_err_t rc = device_and_group(reg, group, id, &dev, &g, err);
-    if (rc != EM_OK)
+    em_err_t rc = EM_OK;
+    struct em__group *g = device_and_group(reg, group, id, &dev, &rc, err);
+    if (g == NULL)
         return rc;
     if (membership_of(dev, g->id) >= 0)
         return EM_OK;
@@ -376,9 +379,9 @@ em_err_t em_registry_group_remove_device(em_registry_t *reg, const char *group, 
                                          em_error_t *err)
 {
     em_device_t *dev;
-    struct em__group *g;
-    em_err_t rc = device_and_group(reg, group, id, &dev, &g, err);
-    if (rc != EM_OK)
+    em_err_t rc = EM_OK;
+    struct em__group *g = device_and_group(reg, group, id, &dev, &rc, err);
+    if (g == NULL)
         return rc;
     int k = membership_of(dev, g->id);
     if (k < 0)
