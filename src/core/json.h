@@ -32,7 +32,8 @@ void em__json_init(void);
  * filled: EM_ERR_MESSAGE_FORMAT ("empty payload", "payload larger than N
  * bytes", "JSON nested deeper than N", "invalid UTF-8 at offset K",
  * "\u0000 in a JSON string at offset K", "invalid JSON at offset K"; bytes
- * after the value other than JSON whitespace are invalid), EM_ERR_NOMEM.
+ * after the value other than JSON whitespace are invalid). cJSON cannot tell a
+ * failed allocation from bad input, so one is reported as invalid JSON too.
  * The tree must be freed on the thread that parsed it, and no item detached
  * from it may outlive it.
  */
