@@ -209,39 +209,24 @@ size_t em_registry_group_count(const em_registry_t *reg)
     return reg == NULL ? 0 : reg->ngroups;
 }
 
-static em_err_t group_error(em_error_t *err, em_err_t rc, const char *device)
-{
-    return em__registry_err(err, rc, device);
-}
-
-static em_err_t group_out_of_memory(em_error_t *err, const char *device)
-{
-    return group_error(err, em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory"),
-                       device);
-}
-
 static em_err_t group_limit(em_error_t *err, const em_registry_t *reg)
 {
-    return group_error(err,
-                       em_error_set(err, EM_ERR_LIMIT, EM_SEV_MEDIUM, "group",
-                                    "the registry holds its maximum of %u groups", reg->groups_max),
-                       NULL);
+    return em__registry_err(err,
+                            em_error_set(err, EM_ERR_LIMIT, EM_SEV_MEDIUM, "group",
+                                         "the registry holds its maximum of %u groups",
+                                         reg->groups_max),
+                            NULL);
 }
 
 em_err_t em_registry_group_create(em_registry_t *reg, const char *name, em_error_t *err)
 {
-    if (reg == NULL)
-        return group_error(
-            err, em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no registry"), NULL);
-    if (name == NULL)
-        return group_error(
-            err, em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, "group", "is required"), NULL);
-    size_t len = strnlen(name, EM_GROUP_NAME_MAX + 1);
-    em_err_t rc = em_group_name_validate(name, len, err);
+    size_t len;
+    em_err_t rc = em__registry_check_key(reg, name, "group", EM_GROUP_NAME_MAX,
+                                         em_group_name_validate, &len, err);
     if (rc != EM_OK)
-        return group_error(err, rc, NULL);
+        return rc;
     if (group_find(reg, name, len) != NULL)
-        return group_error(
+        return em__registry_err(
             err,
             em_error_set(err, EM_ERR_EXISTS, EM_SEV_LOW, "group", "group %s already exists", name),
             NULL);
@@ -251,13 +236,13 @@ em_err_t em_registry_group_create(em_registry_t *reg, const char *name, em_error
     struct em__group *g = calloc(1, sizeof(*g));
     if (g == NULL || gindex_reserve(reg) != EM_OK) {
         free(g);
-        return group_out_of_memory(err, NULL);
+        return em__registry_out_of_memory(err, NULL);
     }
     uint32_t id;
     rc = id_reserve(reg, &id);
     if (rc != EM_OK) {
         free(g);
-        return rc == EM_ERR_LIMIT ? group_limit(err, reg) : group_out_of_memory(err, NULL);
+        return rc == EM_ERR_LIMIT ? group_limit(err, reg) : em__registry_out_of_memory(err, NULL);
     }
     memcpy(g->name, name, len);
     g->name[len] = '\0';
@@ -279,7 +264,7 @@ static em_err_t group_not_found(em_error_t *err, const char *name, const char *d
         rc = em_error_set(err, EM_ERR_GROUP_NOT_FOUND, EM_SEV_LOW, "group", "no group %s", name);
     else /* not echoed: an invalid name may hold anything */
         rc = em_error_set(err, EM_ERR_GROUP_NOT_FOUND, EM_SEV_LOW, "group", "no such group");
-    return group_error(err, rc, device);
+    return em__registry_err(err, rc, device);
 }
 
 static void group_destroy(em_registry_t *reg, struct em__group *g)
@@ -339,23 +324,23 @@ em_err_t em_registry_group_add(em_registry_t *reg, const char *group, const char
     if (membership_of(dev, g->id) >= 0)
         return EM_OK;
     if (dev->ngroups >= EM_DEVICE_GROUPS_MAX)
-        return group_error(err,
-                           em_error_set(err, EM_ERR_LIMIT, EM_SEV_LOW, "group",
-                                        "a device may belong to at most %d groups",
-                                        EM_DEVICE_GROUPS_MAX),
-                           dev->id);
+        return em__registry_err(err,
+                                em_error_set(err, EM_ERR_LIMIT, EM_SEV_LOW, "group",
+                                             "a device may belong to at most %d groups",
+                                             EM_DEVICE_GROUPS_MAX),
+                                dev->id);
 
     /* Both arrays are grown before either is changed, so a failure leaves
      * the membership as it was (an array may just be larger than needed). */
     if (g->count == g->cap) {
         uint32_t cap = g->cap == 0 ? MEMBERS_MIN_CAP : g->cap * 2;
         if (cap <= g->cap) /* beyond 2^32 members, which max_devices rules out */
-            return group_error(
+            return em__registry_err(
                 err, em_error_set(err, EM_ERR_LIMIT, EM_SEV_MEDIUM, "group", "group is full"),
                 dev->id);
         em_device_t **m = realloc(g->members, (size_t)cap * sizeof(em_device_t *));
         if (m == NULL)
-            return group_out_of_memory(err, dev->id);
+            return em__registry_out_of_memory(err, dev->id);
         g->members = m;
         g->cap = cap;
     }
@@ -364,7 +349,7 @@ em_err_t em_registry_group_add(em_registry_t *reg, const char *group, const char
         size_t ncap = dcap == 0 ? 1 : dcap * 2;
         struct em__device_group *dg = realloc(dev->groups, ncap * sizeof(*dg));
         if (dg == NULL)
-            return group_out_of_memory(err, dev->id);
+            return em__registry_out_of_memory(err, dev->id);
         dev->groups = dg;
     }
 
@@ -385,10 +370,10 @@ em_err_t em_registry_group_remove_device(em_registry_t *reg, const char *group, 
         return rc;
     int k = membership_of(dev, g->id);
     if (k < 0)
-        return group_error(err,
-                           em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, "group",
-                                        "device %s is not in group %s", dev->id, g->name),
-                           dev->id);
+        return em__registry_err(err,
+                                em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, "group",
+                                             "device %s is not in group %s", dev->id, g->name),
+                                dev->id);
     uint32_t pos = dev->groups[k].pos;
     membership_drop(dev, k);
     members_remove_at(g, pos);
@@ -445,7 +430,7 @@ em_err_t em_registry_group_stats(const em_registry_t *reg, const char *name, em_
     if (g == NULL)
         return group_not_found(err, name, NULL);
     if (out == NULL)
-        return group_error(
+        return em__registry_err(
             err, em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no output"), NULL);
 
     memset(out, 0, sizeof(*out));

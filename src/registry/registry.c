@@ -310,10 +310,27 @@ em_err_t em__registry_err(em_error_t *err, em_err_t rc, const char *id)
     return rc;
 }
 
-static em_err_t out_of_memory(em_error_t *err, const char *id)
+em_err_t em__registry_out_of_memory(em_error_t *err, const char *id)
 {
     return em__registry_err(
         err, em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory"), id);
+}
+
+em_err_t em__registry_check_key(const em_registry_t *reg, const char *key, const char *field,
+                                size_t max,
+                                em_err_t (*validate)(const char *s, size_t len, em_error_t *err),
+                                size_t *len, em_error_t *err)
+{
+    *len = 0;
+    if (reg == NULL)
+        return em__registry_err(
+            err, em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no registry"), NULL);
+    if (key == NULL)
+        return em__registry_err(
+            err, em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, field, "is required"), NULL);
+    *len = strnlen(key, max + 1);
+    em_err_t rc = validate(key, *len, err);
+    return rc == EM_OK ? EM_OK : em__registry_err(err, rc, NULL);
 }
 
 em_err_t em_registry_add(em_registry_t *reg, const char *id, const char *name,
@@ -322,16 +339,11 @@ em_err_t em_registry_add(em_registry_t *reg, const char *id, const char *name,
 {
     if (out != NULL)
         *out = NULL;
-    if (reg == NULL)
-        return em__registry_err(
-            err, em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_LOW, NULL, "no registry"), NULL);
-    if (id == NULL)
-        return em__registry_err(
-            err, em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, "id", "is required"), NULL);
-    size_t id_len = strnlen(id, EM_DEVICE_ID_MAX + 1);
-    em_err_t rc = em_device_id_validate(id, id_len, err);
+    size_t id_len;
+    em_err_t rc = em__registry_check_key(reg, id, "id", EM_DEVICE_ID_MAX, em_device_id_validate,
+                                         &id_len, err);
     if (rc != EM_OK)
-        return em__registry_err(err, rc, NULL);
+        return rc;
 
     size_t name_len = id_len;
     if (name != NULL && name[0] != '\0')
@@ -359,12 +371,12 @@ em_err_t em_registry_add(em_registry_t *reg, const char *id, const char *name,
     if (reg->count + 1 > reg->cap / 4 * 3) {
         size_t cap = cap_for(reg->count + 1);
         if (cap == 0 || index_resize(reg, cap) != EM_OK)
-            return out_of_memory(err, id);
+            return em__registry_out_of_memory(err, id);
     }
 
     em_device_t *dev = calloc(1, sizeof(*dev));
     if (dev == NULL)
-        return out_of_memory(err, id);
+        return em__registry_out_of_memory(err, id);
     memcpy(dev->id, id, id_len);
     dev->id[id_len] = '\0';
     dev->id_len = (uint8_t)id_len;
@@ -376,7 +388,7 @@ em_err_t em_registry_add(em_registry_t *reg, const char *id, const char *name,
     dev->updated_at_ms = now_ms;
     if (set_name(dev, name, name_len) != EM_OK) {
         free(dev);
-        return out_of_memory(err, id);
+        return em__registry_out_of_memory(err, id);
     }
     index_put(reg->slots, reg->cap, dev);
     reg->count++;
@@ -429,7 +441,7 @@ em_err_t em_registry_update(em_registry_t *reg, const char *id, const char *name
     if (rc != EM_OK)
         return em__registry_err(err, rc, dev->id);
     if (name != NULL && set_name(dev, name, name_len) != EM_OK)
-        return out_of_memory(err, dev->id);
+        return em__registry_out_of_memory(err, dev->id);
 
     if (type != NULL)
         dev->type = (uint8_t)*type;

@@ -64,6 +64,19 @@ uint32_t em__registry_hash(const em_registry_t *reg, const char *s, size_t len);
  * never a stale one. */
 em_err_t em__registry_err(em_error_t *err, em_err_t rc, const char *id);
 
+/* Fills err for EM_ERR_NOMEM, naming device id as em__registry_err does, and
+ * returns it. */
+em_err_t em__registry_out_of_memory(em_error_t *err, const char *id);
+
+/* The checks every adding call opens with: reg is given
+ * (EM_ERR_INVALID_ARGUMENT), key is given (EM_ERR_VALIDATION on field) and
+ * passes validate, which reads no more than max + 1 of its bytes. *len
+ * receives key's length. On failure err names no device. */
+em_err_t em__registry_check_key(const em_registry_t *reg, const char *key, const char *field,
+                                size_t max,
+                                em_err_t (*validate)(const char *s, size_t len, em_error_t *err),
+                                size_t *len, em_error_t *err);
+
 /* Fills err for EM_ERR_DEVICE_NOT_FOUND and returns it. */
 em_err_t em__registry_not_found(em_error_t *err, const char *id);
 
