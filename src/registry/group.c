@@ -49,10 +49,8 @@ static struct em__group *group_lookup(const em_registry_t *reg, const char *name
     return group_find(reg, name, strnlen(name, EM_GROUP_NAME_MAX + 1));
 }
 
-static void gindex_put(const em_registry_t *reg, uint32_t *index, uint32_t cap,
-                       const struct em__group *g)
+static void gindex_put(uint32_t *index, uint32_t cap, const struct em__group *g)
 {
-    (void)reg;
     uint32_t mask = cap - 1;
     uint32_t i = g->hash & mask;
     while (index[i] != 0)
@@ -73,7 +71,7 @@ static em_err_t gindex_reserve(em_registry_t *reg)
         return EM_ERR_NOMEM;
     for (uint32_t i = 0; i < reg->gindex_cap; i++)
         if (reg->gindex[i] != 0)
-            gindex_put(reg, index, cap, reg->groups[reg->gindex[i] - 1]);
+            gindex_put(index, cap, reg->groups[reg->gindex[i] - 1]);
     free(reg->gindex);
     reg->gindex = index;
     reg->gindex_cap = cap;
@@ -251,7 +249,7 @@ em_err_t em_registry_group_create(em_registry_t *reg, const char *name, em_error
     g->id = id;
     reg->groups[id] = g;
     reg->ngroups++;
-    gindex_put(reg, reg->gindex, reg->gindex_cap, g);
+    gindex_put(reg->gindex, reg->gindex_cap, g);
     return EM_OK;
 }
 
