@@ -98,8 +98,8 @@ void agent_model_factory_reset(agent_model_t *m, int64_t now_ms);
 int agent_version_compare(const char *a, const char *b, bool *comparable);
 
 /* Writes the version with its last numeric component incremented ("1.2.3" ->
- * "1.2.4"); "1.0.0" when v is not dotted digits. Returns false when out is too
- * small. */
+ * "1.2.4"); when v is not dotted digits, v with ".1" appended ("1.2.3-beta" ->
+ * "1.2.3-beta.1"). Returns false when out is too small. */
 bool agent_version_bump(const char *v, char *out, size_t size);
 
 /* ---- device.c --------------------------------------------------------- */
