@@ -376,8 +376,8 @@ void em__mqtt_on_disconnect(struct mosquitto *mosq, void *ud, int rc,
     (void)rc;
     (void)props;
     em_mqtt_t *m = ud;
-    /* Publishers see it at once; the driver does the rest when
-     * mosquitto_loop returns. */
+    /* Publishers see it at once; the driver does the rest (connection_closed)
+     * once libmosquitto has closed the socket. */
     atomic_store_explicit(&m->connected, false, memory_order_release);
 }
 
