@@ -32,10 +32,11 @@
 
 struct em__mqtt_queued {
     em__mqtt_queued_t *next;
+    int len; /* payload bytes */
     uint16_t id;
+    uint16_t tlen; /* topic bytes (check_topic: at most 65535) */
     uint8_t qos;
     bool retain;
-    int len;      /* payload bytes */
     char topic[]; /* NUL-terminated, then the payload */
 };
 
@@ -303,6 +304,7 @@ static int enqueue(em_mqtt_t *m, uint16_t id, const char *topic, size_t tlen, co
         return MOSQ_ERR_NOMEM;
     q->next = NULL;
     q->id = id;
+    q->tlen = (uint16_t)tlen;
     q->qos = (uint8_t)qos;
     q->retain = retain;
     q->len = (int)len;
@@ -341,8 +343,7 @@ static unsigned pump_locked(em_mqtt_t *m, uint16_t *dropped_id, int *dropped_rc)
     while (m->queue_head != NULL && window_open(m) &&
            atomic_load_explicit(&m->connected, memory_order_acquire)) {
         em__mqtt_queued_t *q = m->queue_head;
-        size_t tlen = strlen(q->topic);
-        int rc = hand_over(m, q->id, q->topic, q->topic + tlen + 1, q->len, q->qos, q->retain);
+        int rc = hand_over(m, q->id, q->topic, q->topic + q->tlen + 1, q->len, q->qos, q->retain);
         if (rc == MOSQ_ERR_NOMEM)
             break; /* try again on the next round of the driver */
         m->queue_head = q->next;
