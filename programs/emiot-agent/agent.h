@@ -90,7 +90,12 @@ void agent_model_sample(agent_model_t *m, int64_t now_ms);
 /* Fills t from the model (timestamp wall_ms). */
 void agent_model_telemetry(const agent_model_t *m, int64_t wall_ms, em_telemetry_t *t);
 
-/* Simulated factory reset: configuration defaults, awake, energy counter 0. */
+/* Simulated reboot at now_ms: awake (sleep is a run-time state), uptime from
+ * now. */
+void agent_model_reboot(agent_model_t *m, int64_t now_ms);
+
+/* Simulated factory reset: configuration defaults, energy counter 0, then a
+ * reboot. */
 void agent_model_factory_reset(agent_model_t *m, int64_t now_ms);
 
 /* Compares dotted numeric versions ("1.2.10" > "1.2.9"). Returns <0, 0, >0, or

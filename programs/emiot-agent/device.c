@@ -112,6 +112,15 @@ static bool seen_check_add(agent_device_t *d, const char *id)
     return false;
 }
 
+/* Next status and telemetry one period from now, at the current intervals.
+ * Caller holds the lock. */
+static void schedule_reports(agent_device_t *d, int64_t now)
+{
+    d->next_status_ms = now + (int64_t)d->status_interval_s * 1000;
+    d->next_telemetry_ms =
+        d->telemetry_interval_s ? now + (int64_t)d->telemetry_interval_s * 1000 : 0;
+}
+
 /* ---- payloads --------------------------------------------------------- */
 
 /* Builds the status JSON; caller holds the lock. Returns its length, 0 if it
@@ -383,10 +392,7 @@ static bool execute(agent_device_t *d, const em_command_t *cmd, int64_t now, cha
         *follow = FOLLOW_STATUS;
         break;
     case EM_CMD_RESTART:
-        /* Sleep is a run-time state: a device boots awake. */
-        m->sleeping = false;
-        m->sleep_until_ms = 0;
-        m->boot_ms = now;
+        agent_model_reboot(m, now);
         snprintf(msg, size, "restarting");
         *follow = FOLLOW_RESTART;
         break;
@@ -422,9 +428,7 @@ static bool execute(agent_device_t *d, const em_command_t *cmd, int64_t now, cha
         }
         snprintf(msg, size, "firmware updated from %s to %s, restarting", m->firmware, next);
         snprintf(m->firmware, sizeof m->firmware, "%s", next);
-        m->sleeping = false;
-        m->sleep_until_ms = 0;
-        m->boot_ms = now;
+        agent_model_reboot(m, now);
         *follow = FOLLOW_RESTART;
         break;
     }
@@ -461,9 +465,7 @@ static bool execute(agent_device_t *d, const em_command_t *cmd, int64_t now, cha
         agent_model_factory_reset(m, now);
         d->status_interval_s = d->cfg->status_interval_s;
         d->telemetry_interval_s = d->cfg->telemetry_interval_s;
-        d->next_status_ms = now + (int64_t)d->status_interval_s * 1000;
-        d->next_telemetry_ms =
-            d->telemetry_interval_s ? now + (int64_t)d->telemetry_interval_s * 1000 : 0;
+        schedule_reports(d, now);
         snprintf(msg, size, "factory reset done, restarting");
         *follow = FOLLOW_RESTART;
         break;
@@ -751,9 +753,7 @@ em_err_t agent_device_start(agent_device_t *d, int timeout_ms, bool *connected, 
     now = em_mono_ms();
     pthread_mutex_lock(&d->lock);
     d->need_announce = *connected; /* otherwise the CONNECTED event sets it */
-    d->next_status_ms = now + (int64_t)d->status_interval_s * 1000;
-    d->next_telemetry_ms =
-        d->telemetry_interval_s ? now + (int64_t)d->telemetry_interval_s * 1000 : 0;
+    schedule_reports(d, now);
     pthread_mutex_unlock(&d->lock);
     return EM_OK;
 }

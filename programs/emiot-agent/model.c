@@ -240,18 +240,23 @@ void agent_model_telemetry(const agent_model_t *m, int64_t wall_ms, em_telemetry
     t->battery = (uint8_t)clampd(floor(m->battery), 0.0, 100.0);
 }
 
+void agent_model_reboot(agent_model_t *m, int64_t now_ms)
+{
+    m->sleeping = false;
+    m->sleep_until_ms = 0;
+    m->boot_ms = now_ms;
+}
+
 void agent_model_factory_reset(agent_model_t *m, int64_t now_ms)
 {
     /* Configuration back to defaults and the meter zeroed; the battery and the
      * installed firmware are hardware facts a reset does not change. */
     agent_model_advance(m, now_ms);
     m->energy_wh = 0.0;
-    m->sleeping = false;
-    m->sleep_until_ms = 0;
     m->sleep_threshold = AGENT_SLEEP_THRESHOLD_DEFAULT;
     m->security_level = AGENT_SECURITY_LEVEL_DEFAULT;
     m->auto_wake = true;
-    m->boot_ms = now_ms;
+    agent_model_reboot(m, now_ms);
 }
 
 /* Splits "1.2.3" into at most 8 numbers of at most 9 digits each. */
