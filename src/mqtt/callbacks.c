@@ -138,12 +138,14 @@ void em__mqtt_deliver_deferred(em_mqtt_t *m)
             if (m->cbs.on_event != NULL)
                 m->cbs.on_event(m->cbs.userdata, d->ev, d->has_err ? &d->err : NULL);
             break;
-        case DEFERRED_MESSAGE:
-            m->deferred_bytes -= strlen(d->topic) + 1 + d->len;
+        case DEFERRED_MESSAGE: {
+            size_t tlen = strlen(d->topic);
+            m->deferred_bytes -= tlen + 1 + d->len;
             if (m->cbs.on_message != NULL)
-                m->cbs.on_message(m->cbs.userdata, d->topic, d->data + strlen(d->topic) + 1, d->len,
-                                  d->qos, d->retain);
+                m->cbs.on_message(m->cbs.userdata, d->topic, d->data + tlen + 1, d->len, d->qos,
+                                  d->retain);
             break;
+        }
         case DEFERRED_PUBLISHED:
             if (m->cbs.on_published != NULL)
                 m->cbs.on_published(m->cbs.userdata, d->mid);
