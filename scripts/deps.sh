@@ -12,6 +12,8 @@ PACKAGES=(
   libmosquitto-dev mosquitto mosquitto-clients
   libcjson-dev libjsmn-dev libcmocka-dev
   procps curl jq
+  libevent-dev libsqlite3-dev sqlite3 libpq-dev postgresql libjwt-dev
+  libcurl4-openssl-dev wrk python3 python3-jwt python3-cryptography
 )
 
 missing=()
