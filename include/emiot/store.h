@@ -272,6 +272,11 @@ EM_EXPORT em_err_t em_store_command_insert(em_store_t *st, const em_store_comman
 EM_EXPORT em_err_t em_store_command_set_state(em_store_t *st, const char *request_id,
                                               em_command_state_t state, int64_t now_ms,
                                               em_error_t *err);
+/* As em_store_command_set_state, queued (for the network thread, which must
+ * not wait for the database): the writer applies it in order with the rest. */
+EM_EXPORT em_err_t em_store_enqueue_command_state(em_store_t *st, const char *request_id,
+                                                  em_command_state_t state, int64_t now_ms,
+                                                  em_error_t *err);
 /* Queues a device's answer: the command becomes succeeded or failed with the
  * message. An answer to an unknown request id is ignored by the writer and
  * counted in em_store_stats().orphan_responses. */

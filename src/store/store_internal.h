@@ -37,7 +37,8 @@ typedef enum em__rec_kind {
     EM__REC_TELEMETRY = 1,
     EM__REC_RESPONSE = 2,
     EM__REC_EVENT = 3,
-    EM__REC_KEY_USED = 4
+    EM__REC_KEY_USED = 4,
+    EM__REC_COMMAND_STATE = 5
 } em__rec_kind_t;
 
 /*
@@ -58,6 +59,10 @@ typedef struct em__store_rec {
             bool reset;
         } tel;
         em_response_t resp;
+        struct {
+            char request_id[EM_REQUEST_ID_MAX + 1];
+            em_command_state_t state;
+        } cmd; /* COMMAND_STATE (time_ms is "now") */
         struct {
             em_store_event_t ev; /* ev.details_json points into the record's heap copy */
             char *details;
@@ -108,7 +113,8 @@ typedef struct em__store_backend {
     /* Writes a batch in ONE transaction: status (latest upsert + history row),
      * telemetry (sample row + rollup increments from em__store_rollups),
      * responses (command -> succeeded/failed unless already final; unknown
-     * request ids counted in *orphans), events, key last-used times. Records
+     * request ids counted in *orphans), command states (forward only, as
+     * command_set_state; unknown ids ignored), events, key last-used times. Records
      * for devices that no longer exist are skipped (not an error). On failure
      * nothing of the batch is committed. */
     em_err_t (*write_batch)(em__store_conn_t *c, const em__store_rec_t *recs, size_t n,
