@@ -67,12 +67,13 @@ typedef enum em_event_type {
     EM_EVENT_COMMAND_SENT = 8,
     EM_EVENT_COMMAND_RESPONSE = 9, /* a device answered a command */
     EM_EVENT_TELEMETRY = 10,
-    EM_EVENT_DEVICE_EVENT = 11, /* a device reported an event (tamper, ...) */
-    EM_EVENT_ERROR = 12,        /* a rejected message, a connection error, ... */
-    EM_EVENT_DEVICE_ONLINE = 13 /* availability "online" */
+    EM_EVENT_DEVICE_EVENT = 11,  /* a device reported an event (tamper, ...) */
+    EM_EVENT_ERROR = 12,         /* a rejected message, a connection error, ... */
+    EM_EVENT_DEVICE_ONLINE = 13, /* availability "online" */
+    EM_EVENT_COMMAND_ACKED = 14  /* the broker acknowledged a QoS 1 command */
 } em_event_type_t;
 
-#define EM_EVENT_TYPE_COUNT 14
+#define EM_EVENT_TYPE_COUNT 15
 #define EM_EVENT_MASK(t)    (1u << (t))
 #define EM_EVENT_MASK_ALL   ((1u << EM_EVENT_TYPE_COUNT) - 1u)
 
@@ -81,7 +82,9 @@ typedef enum em_event_type {
  * Which fields are set depends on type:
  *   STATUS: device, status;  TELEMETRY: device, telemetry, energy_delta_wh,
  *   counter_reset;  DEVICE_*: device (REMOVED: device_id only);
- *   COMMAND_SENT: device_id, command;  COMMAND_RESPONSE: device, response;
+ *   COMMAND_SENT: device_id, command;  COMMAND_ACKED: device_id, command (type
+ *   and request_id only; the device may have been removed since);
+ *   COMMAND_RESPONSE: device, response;
  *   DEVICE_EVENT: device, device_event;  ERROR, DISCONNECTED: error.
  */
 typedef struct em_event {
@@ -216,6 +219,17 @@ EM_EXPORT em_err_t em_manager_group_stats(em_manager_t *mgr, const char *group,
 EM_EXPORT em_err_t em_manager_send_command(em_manager_t *mgr, const char *id,
                                            em_command_type_t type, const char *payload,
                                            char *request_id, em_error_t *err);
+
+/*
+ * As em_manager_send_command, with the caller's request id instead of a new
+ * one: request_id is 1-EM_REQUEST_ID_MAX of [A-Za-z0-9_-] (em_request_id_new
+ * makes good ones). For callers that record a command before sending it.
+ * Errors: those of em_manager_send_command; EM_ERR_VALIDATION (field
+ * "requestId") for a malformed id.
+ */
+EM_EXPORT em_err_t em_manager_send_command_as(em_manager_t *mgr, const char *id,
+                                              em_command_type_t type, const char *payload,
+                                              const char *request_id, em_error_t *err);
 
 /*
  * Sends a command to every device of a group. The payload is validated once

@@ -73,7 +73,11 @@ static em_err_t publish_one(em_manager_t *mgr, em_device_t *dev, const em_comman
      * acknowledge before em_mqtt_publish returns. */
     if (qos > 0)
         atomic_fetch_add(&mgr->pending_acks, 1);
-    rc = em_mqtt_publish(mgr->mqtt, topic, body, body_len, qos, false, NULL, err);
+    /* The acknowledgement cannot be reported before the lock, held here, is
+     * released: recording the id after the publish is in time. */
+    int mid = 0;
+    bool track = qos > 0 && atomic_load_explicit(&mgr->track_acks, memory_order_relaxed);
+    rc = em_mqtt_publish(mgr->mqtt, topic, body, body_len, qos, false, track ? &mid : NULL, err);
     if (rc != EM_OK) {
         if (qos > 0)
             atomic_fetch_sub(&mgr->pending_acks, 1);
@@ -87,6 +91,8 @@ static em_err_t publish_one(em_manager_t *mgr, em_device_t *dev, const em_comman
         em_error_set_device(err, dev->id);
         return rc;
     }
+    if (track && mid > 0 && mid <= UINT16_MAX)
+        (void)em__acks_put(&mgr->acks, (uint16_t)mid, cmd, dev->id);
     em__window_allow(win, now, (int64_t)mgr->opts.rate_limit_window_s * 1000, NULL);
     mgr->stats.commands_sent++;
     if (mgr->ncbs > 0) {
@@ -111,11 +117,18 @@ static size_t payload_len(const char *payload)
     return payload == NULL ? 0 : strlen(payload);
 }
 
-em_err_t em_manager_send_command(em_manager_t *mgr, const char *id, em_command_type_t type,
-                                 const char *payload, char *request_id, em_error_t *err)
+/* Sends one command; its request id is preset (when not NULL) or new, and
+ * copied to request_id (when not NULL). */
+static em_err_t send_one(em_manager_t *mgr, const char *id, em_command_type_t type,
+                         const char *payload, const char *preset, char *request_id, em_error_t *err)
 {
     em_command_t cmd;
     em_err_t rc = em_command_init(&cmd, type, payload, payload_len(payload), err);
+    if (rc == EM_OK && preset != NULL) {
+        size_t n = strnlen(preset, EM_REQUEST_ID_MAX + 1);
+        memcpy(cmd.request_id, preset, n);
+        cmd.request_id[n] = '\0';
+    }
     em_manager_lock(mgr);
     if (rc != EM_OK) {
         mgr->stats.commands_invalid++;
@@ -142,6 +155,34 @@ em_err_t em_manager_send_command(em_manager_t *mgr, const char *id, em_command_t
     em_manager_unlock(mgr);
     em_command_cleanup(&cmd);
     return rc;
+}
+
+em_err_t em_manager_send_command(em_manager_t *mgr, const char *id, em_command_type_t type,
+                                 const char *payload, char *request_id, em_error_t *err)
+{
+    return send_one(mgr, id, type, payload, NULL, request_id, err);
+}
+
+em_err_t em_manager_send_command_as(em_manager_t *mgr, const char *id, em_command_type_t type,
+                                    const char *payload, const char *request_id, em_error_t *err)
+{
+    size_t n = request_id == NULL ? 0 : strnlen(request_id, EM_REQUEST_ID_MAX + 1);
+    bool ok = n > 0 && n <= EM_REQUEST_ID_MAX;
+    for (size_t i = 0; ok && i < n; i++) {
+        char c = request_id[i];
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '_' || c == '-';
+    }
+    if (!ok) {
+        em_manager_lock(mgr);
+        mgr->stats.commands_invalid++;
+        em_manager_unlock(mgr);
+        em_error_set(err, EM_ERR_VALIDATION, EM_SEV_LOW, "requestId",
+                     "must be 1-%d characters of A-Z a-z 0-9 _ -", EM_REQUEST_ID_MAX);
+        em_error_set_device(err, id);
+        return EM_ERR_VALIDATION;
+    }
+    return send_one(mgr, id, type, payload, request_id, NULL, err);
 }
 
 /* Request ids drawn at once for this many devices of a group: one call to

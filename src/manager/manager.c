@@ -92,6 +92,7 @@ em_manager_t *em_manager_new(const em_manager_options_t *opts, em_error_t *err)
     memcpy(mgr->prefix, prefix, mgr->prefix_len + 1);
     mgr->opts.topic_prefix = NULL; /* the copy lives in mgr->prefix */
     atomic_init(&mgr->pending_acks, 0);
+    atomic_init(&mgr->track_acks, false);
 
     mgr->reg = em_registry_new(opts->capacity_hint, opts->max_devices);
     if (mgr->reg == NULL) {
@@ -130,6 +131,7 @@ void em_manager_free(em_manager_t *mgr)
     em_manager_disconnect(mgr, NULL);
     stop_checker(mgr);
     em_registry_free(mgr->reg);
+    em__acks_clear(&mgr->acks);
     pthread_cond_destroy(&mgr->checker_cond);
     pthread_mutex_destroy(&mgr->checker_lock);
     pthread_cond_destroy(&mgr->flush_cond);
@@ -168,6 +170,8 @@ em_err_t em_manager_on(em_manager_t *mgr, unsigned mask, em_event_fn fn, void *u
         mgr->cbs[mgr->ncbs].fn = fn;
         mgr->cbs[mgr->ncbs].userdata = userdata;
         mgr->ncbs++;
+        if ((mask & EM_EVENT_MASK(EM_EVENT_COMMAND_ACKED)) != 0)
+            atomic_store(&mgr->track_acks, true);
     }
     em_manager_unlock(mgr);
     return rc;
@@ -268,10 +272,27 @@ static void on_mqtt_event(void *ud, em_mqtt_event_t type, const em_error_t *err)
     em_manager_unlock(mgr);
 }
 
+/* Reports the broker's acknowledgement of a tracked command. */
+static void report_acked(em_manager_t *mgr, int mid)
+{
+    if (mid <= 0 || mid > UINT16_MAX)
+        return;
+    em_manager_lock(mgr);
+    struct em__ack a;
+    if (em__acks_take(&mgr->acks, (uint16_t)mid, &a)) {
+        em_command_t cmd = {.type = (em_command_type_t)a.type};
+        memcpy(cmd.request_id, a.request_id, sizeof(cmd.request_id));
+        em_event_t ev = {.type = EM_EVENT_COMMAND_ACKED, .device_id = a.device_id, .command = &cmd};
+        em__manager_emit(mgr, &ev);
+    }
+    em_manager_unlock(mgr);
+}
+
 static void on_mqtt_published(void *ud, int mid)
 {
-    (void)mid;
     em_manager_t *mgr = ud;
+    if (atomic_load_explicit(&mgr->track_acks, memory_order_relaxed))
+        report_acked(mgr, mid);
     /* Acknowledgements of QoS 0 publishes are never counted as pending, and a
      * broker cannot acknowledge what was not sent: never go below zero. */
     long cur = atomic_load(&mgr->pending_acks);
@@ -429,6 +450,8 @@ em_err_t em_manager_disconnect(em_manager_t *mgr, em_error_t *err)
     em_mqtt_free(mqtt);
     atomic_store(&mgr->pending_acks, 0);
     em_manager_lock(mgr);
+    /* What the broker did not acknowledge now never will be. */
+    em__acks_clear(&mgr->acks);
     bool was = mgr->connected;
     mgr->connected = false;
     if (was) {

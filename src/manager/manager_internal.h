@@ -20,6 +20,29 @@ struct em__callback {
     void *userdata;
 };
 
+/* A QoS 1 command waiting for the broker's acknowledgement (acks.c). */
+struct em__ack {
+    bool used;
+    uint8_t type; /* em_command_type_t */
+    uint16_t mid;
+    char request_id[EM_REQUEST_ID_MAX + 1];
+    char device_id[EM_DEVICE_ID_MAX + 1];
+};
+
+struct em__acks {
+    struct em__ack *v;
+    size_t cap; /* 0 or a power of two */
+    size_t len;
+};
+
+/* Remembers the command sent with mid (false when the table cannot grow: the
+ * acknowledgement will then not be reported). Lock held. */
+bool em__acks_put(struct em__acks *a, uint16_t mid, const em_command_t *cmd, const char *device_id);
+/* Takes the entry for mid into *out; false when there is none. Lock held. */
+bool em__acks_take(struct em__acks *a, uint16_t mid, struct em__ack *out);
+/* Forgets everything (after a disconnection), freeing the table. Lock held. */
+void em__acks_clear(struct em__acks *a);
+
 struct em_manager {
     /* One recursive lock around everything below except `pending_acks`, so
      * callbacks may call back into the manager. */
@@ -43,6 +66,10 @@ struct em_manager {
     /* QoS 1 commands published and not yet acknowledged: updated by the
      * network thread without the lock, read by em_manager_flush. */
     atomic_long pending_acks;
+    /* Set once a callback listens for EM_EVENT_COMMAND_ACKED: from then on
+     * publish_one records each QoS 1 command's message id in acks. */
+    atomic_bool track_acks;
+    struct em__acks acks;
     pthread_mutex_t flush_lock; /* with flush_cond: signalled when pending_acks drops to 0 */
     pthread_cond_t flush_cond;
 

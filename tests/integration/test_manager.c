@@ -35,6 +35,7 @@ struct seen {
     em_err_t last_error;
     char last_error_field[EM_ERROR_FIELD_MAX + 1];
     char last_device[EM_DEVICE_ID_MAX + 1];
+    char last_acked_id[EM_REQUEST_ID_MAX + 1];
 };
 
 struct fixture {
@@ -59,6 +60,8 @@ static void on_event(em_manager_t *mgr, const em_event_t *ev, void *ud)
         snprintf(s->last_request_id, sizeof(s->last_request_id), "%s", ev->response->request_id);
         s->last_success = ev->response->success;
     }
+    if (ev->type == EM_EVENT_COMMAND_ACKED)
+        snprintf(s->last_acked_id, sizeof(s->last_acked_id), "%s", ev->command->request_id);
     if (ev->type == EM_EVENT_ERROR && ev->error != NULL) {
         s->last_error = ev->error->code;
         snprintf(s->last_error_field, sizeof(s->last_error_field), "%s", ev->error->field);
@@ -354,6 +357,59 @@ static void test_command_reaches_the_device_and_its_answer_is_matched(void **sta
     assert_true(fx->seen.last_success);
 }
 
+static void test_command_with_the_callers_request_id_is_sent_and_its_ack_reported(void **state)
+{
+    struct fixture *fx = *state;
+    em_error_t err;
+    register_plug(fx);
+    connect_manager(fx);
+    device_sub(fx, "device/plug-01/command");
+    const char *rid = "req_0123456789abcdef0123456789abcdef";
+    assert_int_equal(em_manager_send_command_as(fx->mgr, "plug-01", EM_CMD_WAKE, NULL, rid, &err),
+                     EM_OK);
+    /* The broker's PUBACK is reported with the command it acknowledged. */
+    assert_true(wait_count(&fx->seen, EM_EVENT_COMMAND_ACKED, 1));
+    pthread_mutex_lock(&fx->seen.lock);
+    assert_string_equal(fx->seen.last_acked_id, rid);
+    assert_string_equal(fx->seen.last_device, "plug-01");
+    pthread_mutex_unlock(&fx->seen.lock);
+    assert_int_equal(em_test_wait_lines(fx->sub_file, 2, WAIT_MS), 0);
+    char line[1024];
+    assert_true(read_line(fx->sub_file, 1, line, sizeof(line)));
+    em_command_t cmd;
+    assert_int_equal(em_command_decode(line, strlen(line), &cmd, &err), EM_OK);
+    assert_string_equal(cmd.request_id, rid);
+    assert_int_equal(cmd.type, EM_CMD_WAKE);
+    em_command_cleanup(&cmd);
+}
+
+static void test_command_with_a_malformed_request_id_is_refused_and_not_sent(void **state)
+{
+    struct fixture *fx = *state;
+    em_error_t err;
+    register_plug(fx);
+    connect_manager(fx);
+    const char *bad[] = {"", "req with space", "req/slash", "req\"quote"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(
+            em_manager_send_command_as(fx->mgr, "plug-01", EM_CMD_WAKE, NULL, bad[i], &err),
+            EM_ERR_VALIDATION);
+        assert_string_equal(err.field, "requestId");
+    }
+    assert_int_equal(em_manager_send_command_as(fx->mgr, "plug-01", EM_CMD_WAKE, NULL, NULL, &err),
+                     EM_ERR_VALIDATION);
+    char longid[EM_REQUEST_ID_MAX + 2];
+    memset(longid, 'a', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    assert_int_equal(
+        em_manager_send_command_as(fx->mgr, "plug-01", EM_CMD_WAKE, NULL, longid, &err),
+        EM_ERR_VALIDATION);
+    em_manager_stats_t st;
+    em_manager_stats(fx->mgr, &st);
+    assert_int_equal(st.commands_sent, 0);
+    assert_int_equal(st.commands_invalid, 6);
+}
+
 /* 40 members: more than one batch of request ids drawn at once (16), so the
  * test also guards against a batch handing out the same id twice. */
 #define GROUP_MEMBERS 40
@@ -548,6 +604,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_unregistered_and_malformed_messages_are_counted_not_applied, setup_plain,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            test_command_with_the_callers_request_id_is_sent_and_its_ack_reported, setup_tls,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_command_with_a_malformed_request_id_is_refused_and_not_sent, setup_tls, teardown),
         cmocka_unit_test_setup_teardown(test_command_reaches_the_device_and_its_answer_is_matched,
                                         setup_tls, teardown),
         cmocka_unit_test_setup_teardown(
