@@ -1,0 +1,186 @@
+/*
+ * emiot - api_core.h: what the API server's own files share (server.c, tls.c,
+ * auth.c, bucket.c, respond.c, metrics.c, routes_access.c). Route handlers in
+ * other files use api_internal.h only.
+ *
+ * Everything here runs on the thread of the event loop the API was created on,
+ * so nothing is locked.
+ */
+#ifndef EMIOT_API_CORE_H
+#define EMIOT_API_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+#include "api/api_internal.h"
+
+struct event_base;
+struct evhttp;
+struct evhttp_bound_socket;
+struct evkeyvalq;
+
+/* ---- token buckets (bucket.c) ------------------------------------------ */
+
+/* One token bucket: capacity = rate per minute, continuous refill. */
+typedef struct em__bucket {
+    double tokens;
+    int64_t last_ms; /* monotonic time of the last refill */
+} em__bucket_t;
+
+/* Starts a bucket full. */
+void em__bucket_init(em__bucket_t *b, uint32_t per_min, int64_t now_ms);
+
+/*
+ * Takes one token at now_ms (monotonic) from a bucket of capacity per_min
+ * refilled at per_min per minute. Returns true when taken; otherwise false
+ * with *retry_after_s (when not NULL) the whole seconds, at least 1, until a
+ * token is there. per_min 0 refuses everything (retry after 60 s).
+ */
+bool em__bucket_take(em__bucket_t *b, uint32_t per_min, int64_t now_ms, uint32_t *retry_after_s);
+
+/* True when a token is there now (takes nothing). */
+bool em__bucket_peek(em__bucket_t *b, uint32_t per_min, int64_t now_ms, uint32_t *retry_after_s);
+
+/* A bounded table of buckets by key (an identity or a client address). */
+typedef struct em__buckets em__buckets_t;
+
+#define EM__BUCKET_KEY_MAX 72
+
+/* max_entries 16..1000000. NULL on allocation failure. */
+em__buckets_t *em__buckets_new(size_t max_entries);
+void em__buckets_free(em__buckets_t *t);
+
+/*
+ * em__bucket_take / em__bucket_peek on key's bucket (created full when
+ * missing; a key longer than EM__BUCKET_KEY_MAX is cut). When the table is
+ * full, idle buckets (full again) are dropped first, then the least recently
+ * used one: a bucket forgotten that way is full, which is what it would be
+ * after that long anyway, or the oldest active one.
+ */
+bool em__buckets_take(em__buckets_t *t, const char *key, uint32_t per_min, int64_t now_ms,
+                      uint32_t *retry_after_s);
+bool em__buckets_peek(em__buckets_t *t, const char *key, uint32_t per_min, int64_t now_ms,
+                      uint32_t *retry_after_s);
+size_t em__buckets_count(const em__buckets_t *t);
+
+/* ---- the server --------------------------------------------------------- */
+
+typedef struct em__api_listener {
+    em_api_t *api;
+    size_t idx;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    SSL_CTX *ctx; /* NULL: plain HTTP */
+    bool metrics_only;
+    em_client_auth_t client_auth;
+    uint16_t port;
+} em__api_listener_t;
+
+typedef struct em__auth_cache em__auth_cache_t;
+
+struct em_api {
+    struct event_base *base;
+    em_store_t *store;
+    em_manager_t *mgr;
+    em_api_options_t opts; /* strings point into strs */
+    char *strs[EM_API_LISTENERS_MAX * 4 + 4];
+    size_t nstrs;
+    em__api_listener_t listeners[EM_API_LISTENERS_MAX];
+    size_t nlisteners;
+    em_api_stats_t stats;
+    bool stopping;
+    size_t active;
+    int64_t started_mono_ms;
+    /* JWT signing key (auth.c) */
+    unsigned char *jwt_priv_pem;
+    int jwt_priv_len;
+    unsigned char *jwt_pub_pem;
+    int jwt_pub_len;
+    em__auth_cache_t *cache;
+    em__buckets_t *buckets;      /* per identity (actor) */
+    em__buckets_t *fail_buckets; /* failed authentications per client address */
+};
+
+/* What the server keeps per request beside what handlers see. */
+typedef struct em__api_call {
+    em__api_req_t r;
+    int status; /* 0 until answered */
+    int64_t start_mono_ms;
+    const char *method_name;
+    const char *path;        /* without the query string */
+    const char *retry_after; /* a Retry-After value to send, or NULL */
+    const char *allow;       /* an Allow value to send (405), or NULL */
+} em__api_call_t;
+
+/* Answers with body (len bytes) of content type ctype; adds the security
+ * headers and X-Request-Id, counts and logs the request. A second answer to
+ * the same request is ignored. */
+void em__api_send(em__api_req_t *r, int status, const char *ctype, const char *body, size_t len);
+
+/* Records a security event (queued) with the request's source and actor. */
+void em__api_security_event(em__api_req_t *r, const char *type, em_severity_t sev,
+                            const char *message);
+
+/* ---- TLS (tls.c) ------------------------------------------------------ */
+
+/* A server SSL_CTX for listener l: TLS 1.3 only, the three AEAD suites, client
+ * certificates as l asks. NULL with err filled (EM_ERR_TLS, EM_ERR_NOMEM). */
+SSL_CTX *em__api_tls_ctx(const em_api_listener_t *l, em_error_t *err);
+
+/* The verified client certificate's CN of the connection the request came on,
+ * into cn (at least EM_STORE_NAME_MAX + 1 bytes). false when none. */
+bool em__api_tls_peer_cn(struct evhttp_request *req, char *cn, size_t size);
+
+/* The SSL ex_data index that points an SSL at its listener (for counting). */
+int em__api_tls_ex_index(void);
+
+/* ---- authentication (auth.c) ------------------------------------------- */
+
+/* Loads or creates the JWT key of opts->jwt_key_file into api.
+ * EM_ERR_CONFIGURATION (permissions, not an ES256 key), EM_ERR_IO, EM_ERR_NOMEM. */
+em_err_t em__api_auth_init(em_api_t *api, em_error_t *err);
+void em__api_auth_cleanup(em_api_t *api);
+
+/*
+ * Authenticates the request into r->who. On failure it has answered (401, or
+ * 429 when the client address failed too often) and returns false.
+ */
+bool em__api_authenticate(em__api_req_t *r);
+
+/*
+ * Verifies a JWT (ES256 with the API's key, iss, aud, exp, nbf, iat, sub,
+ * role) at now_ms into who. Returns NULL when valid, else the reason (static
+ * text, for the log).
+ */
+const char *em__api_jwt_verify(em_api_t *api, const char *token, size_t len, int64_t now_ms,
+                               em__api_identity_t *who);
+
+/*
+ * Parses an Authorization header value: "Bearer " + a credential of 1..4096
+ * bytes of visible ASCII. Returns the credential and its length, or NULL.
+ */
+const char *em__api_bearer(const char *header, size_t *len);
+
+/* The per-minute rate of an identity (its key's own rate, else the role's). */
+uint32_t em__api_rate_for(const em_api_t *api, const em__api_identity_t *who, uint32_t key_rate);
+
+/* ---- routing (server.c) ----------------------------------------------- */
+
+/*
+ * Matches path (no query string) against pattern, percent-decoding each
+ * captured segment into caps (EM__API_CAPTURES_MAX of EM__API_CAPTURE_MAX + 1).
+ * Returns 1 on a match, 0 when it does not match, -1 when it matches but a
+ * capture is bad (bad escape, '/', control character, empty or too long).
+ */
+int em__api_path_match(const char *pattern, const char *path,
+                       char caps[EM__API_CAPTURES_MAX][EM__API_CAPTURE_MAX + 1], size_t *ncaps);
+
+/* ---- metrics (metrics.c) ---------------------------------------------- */
+
+/* Answers /metrics (Prometheus text format 0.0.4). */
+void em__api_metrics(em__api_req_t *r);
+
+#endif /* EMIOT_API_CORE_H */
