@@ -1,0 +1,366 @@
+/*
+ * emiot - encode.c: the API's JSON answers (see encode.h).
+ *
+ * Statuses and telemetry are written by the model's own encoders and read
+ * back with cJSON, so the API shows exactly what the protocol defines (the
+ * same keys, the same number formatting) instead of a second spelling of it.
+ * Everything else is built with cJSON directly. cJSON's allocation hooks give
+ * plain malloc memory outside em__json_parse (src/core/json.c), so these trees
+ * may outlive any request body parsed meanwhile.
+ */
+#include "api/encode.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_internal.h"
+#include "emiot/clock.h"
+#include "emiot/command.h"
+
+/* Adds item to obj under key; takes item over (also on failure). */
+static bool put(cJSON *obj, const char *key, cJSON *item)
+{
+    if (item == NULL)
+        return false;
+    if (!cJSON_AddItemToObject(obj, key, item)) {
+        cJSON_Delete(item);
+        return false;
+    }
+    return true;
+}
+
+/* cJSON numbers are doubles: JSON has no spelling for inf or NaN. */
+static cJSON *num(double v)
+{
+    return cJSON_CreateNumber(isfinite(v) ? v : 0.0);
+}
+
+/* Parses JSON text the library wrote (status, telemetry, stored payloads). */
+static cJSON *parse_text(const char *text, size_t len)
+{
+    if (text == NULL || len == 0)
+        return NULL;
+    return cJSON_ParseWithLength(text, len);
+}
+
+cJSON *em__enc_time(int64_t ms)
+{
+    if (ms == 0)
+        return cJSON_CreateNull();
+    char buf[EM_TIME_STR_MAX];
+    size_t n = em_time_format(ms, buf, sizeof(buf));
+    if (n == 0 || n >= sizeof(buf))
+        return cJSON_CreateNull();
+    return cJSON_CreateString(buf);
+}
+
+cJSON *em__enc_str_or_null(const char *s)
+{
+    if (s == NULL || s[0] == '\0')
+        return cJSON_CreateNull();
+    return cJSON_CreateString(s);
+}
+
+cJSON *em__enc_config(const em_device_config_t *cfg)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return NULL;
+    bool ok = true;
+    if (cfg->has & EM_CONFIG_HAS_REPORTING_INTERVAL)
+        ok = ok && put(o, "reportingInterval", num((double)cfg->reporting_interval));
+    if (cfg->has & EM_CONFIG_HAS_SLEEP_THRESHOLD)
+        ok = ok && put(o, "sleepThreshold", num((double)cfg->sleep_threshold));
+    if (cfg->has & EM_CONFIG_HAS_AUTO_WAKE)
+        ok = ok && put(o, "autoWake", cJSON_CreateBool(cfg->auto_wake));
+    if (cfg->has & EM_CONFIG_HAS_SECURITY_LEVEL)
+        ok = ok && put(o, "securityLevel", num((double)cfg->security_level));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The largest status em_status_encode can write: the fixed fields, the
+ * errors (16 entries of 256 bytes, each escaped at worst 6 bytes per byte)
+ * and additionalInfo (EM_STATUS_EXTRA_MAX). Rounded up generously. */
+#define STATUS_TEXT_MAX                                                                            \
+    (EM_STATUS_ERRORS_MAX * (EM_STATUS_ERROR_LEN_MAX * 6 + 4) + EM_STATUS_EXTRA_MAX + 1024)
+
+cJSON *em__enc_status(const em_status_t *st)
+{
+    char *buf = malloc(STATUS_TEXT_MAX);
+    if (buf == NULL)
+        return NULL;
+    size_t len = 0;
+    cJSON *o = NULL;
+    if (em_status_encode(st, buf, STATUS_TEXT_MAX, &len) == EM_OK)
+        o = parse_text(buf, len);
+    free(buf);
+    return o;
+}
+
+cJSON *em__enc_telemetry(const em_telemetry_t *t)
+{
+    char buf[1024]; /* eight numbers and a timestamp */
+    size_t len = 0;
+    em_err_t rc = em_telemetry_encode(t, buf, sizeof(buf), &len);
+    if (rc == EM_ERR_INVALID_ARGUMENT) {
+        /* A stored sample with a non-finite number cannot be written as
+         * JSON; the store never keeps one, but show the rest rather than
+         * nothing if it ever did. */
+        em_telemetry_t copy = *t;
+        if (!isfinite(copy.power_w))
+            copy.has &= (uint16_t)~EM_TELEMETRY_HAS_POWER;
+        if (!isfinite(copy.energy_wh))
+            copy.has &= (uint16_t)~EM_TELEMETRY_HAS_ENERGY;
+        if (!isfinite(copy.voltage_v))
+            copy.has &= (uint16_t)~EM_TELEMETRY_HAS_VOLTAGE;
+        if (!isfinite(copy.current_a))
+            copy.has &= (uint16_t)~EM_TELEMETRY_HAS_CURRENT;
+        if (!isfinite(copy.temperature))
+            copy.has &= (uint16_t)~EM_TELEMETRY_HAS_TEMPERATURE;
+        if (!isfinite(copy.humidity))
+            copy.has &= (uint16_t)~EM_TELEMETRY_HAS_HUMIDITY;
+        rc = em_telemetry_encode(&copy, buf, sizeof(buf), &len);
+    }
+    if (rc != EM_OK)
+        return NULL;
+    return parse_text(buf, len);
+}
+
+cJSON *em__enc_rollup(const em_store_rollup_t *r, bool group)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return NULL;
+    bool ok = put(o, "bucket", em__enc_time(r->bucket_ms)) &&
+              put(o, "samples", num((double)r->samples)) && put(o, "energyWh", num(r->energy_wh)) &&
+              put(o, "powerAvgW", num(r->power_avg_w)) &&
+              put(o, "powerMaxW", num(r->power_max_w)) && put(o, "resets", num((double)r->resets));
+    if (ok && group)
+        ok = put(o, "devices", num((double)r->devices));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *em__enc_device(const em_store_device_t *dev, cJSON *groups, cJSON *status)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL) {
+        cJSON_Delete(groups);
+        cJSON_Delete(status);
+        return NULL;
+    }
+    const char *type = em_device_type_name(dev->type);
+    bool ok = put(o, "id", cJSON_CreateString(dev->id)) &&
+              put(o, "name", cJSON_CreateString(dev->name)) &&
+              put(o, "type", type != NULL ? cJSON_CreateString(type) : cJSON_CreateNull());
+    if (ok)
+        ok = put(o, "groups", groups != NULL ? groups : cJSON_CreateArray());
+    else
+        cJSON_Delete(groups);
+    groups = NULL;
+    ok = ok && put(o, "config", em__enc_config(&dev->config)) &&
+         put(o, "enabled", cJSON_CreateBool(dev->enabled));
+    if (ok)
+        ok = put(o, "status", status != NULL ? status : cJSON_CreateNull());
+    else
+        cJSON_Delete(status);
+    ok = ok && put(o, "createdAt", em__enc_time(dev->created_at_ms)) &&
+         put(o, "updatedAt", em__enc_time(dev->updated_at_ms));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *em__enc_command(const em_store_command_t *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return NULL;
+    const char *type = em_command_type_name(c->type);
+    const char *state = em_command_state_name(c->state);
+    cJSON *payload = NULL;
+    if (c->payload_json != NULL)
+        payload = parse_text(c->payload_json, strlen(c->payload_json));
+    bool ok = put(o, "requestId", cJSON_CreateString(c->request_id)) &&
+              put(o, "deviceId", cJSON_CreateString(c->device_id)) &&
+              put(o, "group", em__enc_str_or_null(c->group)) &&
+              put(o, "type", type != NULL ? cJSON_CreateString(type) : cJSON_CreateNull());
+    if (ok)
+        ok = put(o, "payload", payload != NULL ? payload : cJSON_CreateNull());
+    else
+        cJSON_Delete(payload);
+    ok = ok && put(o, "state", state != NULL ? cJSON_CreateString(state) : cJSON_CreateNull()) &&
+         put(o, "actor", em__enc_str_or_null(c->actor)) &&
+         put(o, "createdAt", em__enc_time(c->created_at_ms)) &&
+         put(o, "updatedAt", em__enc_time(c->updated_at_ms)) &&
+         put(o, "expiresAt", em__enc_time(c->expires_at_ms));
+    if (ok) {
+        if (c->has_response) {
+            cJSON *resp = cJSON_CreateObject();
+            ok = put(o, "response", resp) &&
+                 put(resp, "success", cJSON_CreateBool(c->response_success)) &&
+                 put(resp, "message", cJSON_CreateString(c->response_message));
+        } else {
+            ok = put(o, "response", cJSON_CreateNull());
+        }
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *em__enc_event(const em_store_event_t *ev)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return NULL;
+    const char *kind = em_event_kind_name(ev->kind);
+    cJSON *details = NULL;
+    if (ev->details_json != NULL)
+        details = parse_text(ev->details_json, strlen(ev->details_json));
+    bool ok = put(o, "id", num((double)ev->id)) && put(o, "time", em__enc_time(ev->time_ms)) &&
+              put(o, "kind", kind != NULL ? cJSON_CreateString(kind) : cJSON_CreateNull()) &&
+              put(o, "type", cJSON_CreateString(ev->type)) &&
+              put(o, "severity", cJSON_CreateString(em_severity_name(ev->severity))) &&
+              put(o, "deviceId", em__enc_str_or_null(ev->device_id)) &&
+              put(o, "actor", em__enc_str_or_null(ev->actor)) &&
+              put(o, "source", em__enc_str_or_null(ev->source)) &&
+              put(o, "message", cJSON_CreateString(ev->message));
+    if (ok)
+        ok = put(o, "details", details != NULL ? details : cJSON_CreateNull());
+    else
+        cJSON_Delete(details);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *em__enc_group_stats(const em_group_stats_t *s)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return NULL;
+    cJSON *modes = NULL;
+    bool ok = put(o, "total", num((double)s->total)) && put(o, "online", num((double)s->online)) &&
+              put(o, "offline", num((double)s->offline)) &&
+              put(o, "averageBattery", num(s->average_battery)) &&
+              put(o, "powerModes", modes = cJSON_CreateObject()) &&
+              put(modes, "normal", num((double)s->power_modes[EM_POWER_NORMAL])) &&
+              put(modes, "low_power", num((double)s->power_modes[EM_POWER_LOW_POWER])) &&
+              put(modes, "sleep", num((double)s->power_modes[EM_POWER_SLEEP])) &&
+              put(modes, "critical", num((double)s->power_modes[EM_POWER_CRITICAL])) &&
+              put(modes, "unknown", num((double)s->power_modes[EM_POWER_UNKNOWN]));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- shared by the routes_*.c files ------------------------------------- */
+
+void em__routes_oom(em__api_req_t *r)
+{
+    em__api_error(r, 500, "internal", "internal error", "out of memory");
+}
+
+bool em__routes_range(em__api_req_t *r, bool with_order, bool desc_default, em_store_range_t *out)
+{
+    int64_t from = 0, to = 0, limit = 0;
+    if (!em__api_query_time(r, "from", 0, &from) || !em__api_query_time(r, "to", 0, &to) ||
+        !em__api_query_int(r, "limit", EM_STORE_PAGE_DEFAULT, 1, EM_STORE_PAGE_MAX, &limit))
+        return false;
+    if (from != 0 && to != 0 && from >= to) {
+        em__api_error(r, 400, "validation", "from: must be before to", NULL);
+        return false;
+    }
+    bool desc = desc_default;
+    if (with_order) {
+        const char *order = NULL;
+        if (!em__api_query_str(r, "order", 4, &order))
+            return false;
+        if (order != NULL) {
+            if (strcmp(order, "asc") == 0) {
+                desc = false;
+            } else if (strcmp(order, "desc") == 0) {
+                desc = true;
+            } else {
+                em__api_error(r, 400, "validation", "order: must be asc or desc", NULL);
+                return false;
+            }
+        }
+    }
+    memset(out, 0, sizeof(*out));
+    out->from_ms = from;
+    out->to_ms = to;
+    out->limit = (unsigned)limit;
+    out->descending = desc;
+    return true;
+}
+
+bool em__routes_device_get(em__api_req_t *r, const char *id, em_store_device_t *out)
+{
+    em_store_device_t tmp;
+    em_error_t e;
+    em_error_clear(&e);
+    /* A string that cannot be a device id names no device: 404, and the
+     * store never sees it. */
+    if (em_device_id_validate(id, strlen(id), NULL) != EM_OK) {
+        em__api_error(r, 404, "device_not_found", "no such device", NULL);
+        return false;
+    }
+    em_err_t rc = em_store_device_get(r->store, id, out != NULL ? out : &tmp, &e);
+    if (rc == EM_ERR_DEVICE_NOT_FOUND || rc == EM_ERR_NOT_FOUND) {
+        em__api_error(r, 404, "device_not_found", "no such device", NULL);
+        return false;
+    }
+    if (rc != EM_OK) {
+        em__api_error_from(r, rc, &e);
+        return false;
+    }
+    return true;
+}
+
+static int stop_at_first(const em_store_device_t *dev, void *userdata)
+{
+    (void)dev;
+    (void)userdata;
+    return 1;
+}
+
+bool em__routes_group_exists(em__api_req_t *r, const char *name)
+{
+    if (em_group_name_validate(name, strlen(name), NULL) != EM_OK) {
+        em__api_error(r, 404, "group_not_found", "no such group", NULL);
+        return false;
+    }
+    /* The store has no "get group": a one-row member listing answers
+     * GROUP_NOT_FOUND for a group it does not know. */
+    em_store_device_filter_t f = {.group = name, .type = -1, .after = NULL, .limit = 1};
+    em_error_t e;
+    em_error_clear(&e);
+    em_err_t rc = em_store_device_list(r->store, &f, stop_at_first, NULL, NULL, &e);
+    if (rc == EM_ERR_GROUP_NOT_FOUND) {
+        em__api_error(r, 404, "group_not_found", "no such group", NULL);
+        return false;
+    }
+    if (rc != EM_OK) {
+        em__api_error_from(r, rc, &e);
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,88 @@
+/*
+ * emiot - encode.h (internal): the API's JSON answers for devices, statuses,
+ * telemetry, rollups, commands, events and group statistics, as docs/API.md
+ * shows them.
+ *
+ * Every function returns a new cJSON tree the caller owns (cJSON_Delete), or
+ * NULL when memory ran out (nothing to free then). Times are RFC 3339 UTC
+ * strings with milliseconds; a time of 0 ("never", "none") is null.
+ */
+#ifndef EM_API_ENCODE_H
+#define EM_API_ENCODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "emiot/registry.h"
+#include "emiot/status.h"
+#include "emiot/store.h"
+
+/* A time as an RFC 3339 string, or null for 0. */
+cJSON *em__enc_time(int64_t ms);
+
+/* A string, or null for NULL or "". */
+cJSON *em__enc_str_or_null(const char *s);
+
+/* {"reportingInterval","sleepThreshold","autoWake","securityLevel"}: the
+ * fields set in cfg->has. */
+cJSON *em__enc_config(const em_device_config_t *cfg);
+
+/* A status as devices send it, plus "lastSeen" when known. */
+cJSON *em__enc_status(const em_status_t *st);
+
+/* A telemetry sample as the device sent it ("timestamp" as RFC 3339). */
+cJSON *em__enc_telemetry(const em_telemetry_t *t);
+
+/* {"bucket","samples","energyWh","powerAvgW","powerMaxW","resets"} and, when
+ * group is true, "devices". */
+cJSON *em__enc_rollup(const em_store_rollup_t *r, bool group);
+
+/*
+ * A device: {"id","name","type","groups","config","enabled","status",
+ * "createdAt","updatedAt"}. groups (an array) and status (an object, or NULL
+ * for null) are taken over by the result, also when it fails; groups NULL
+ * means [].
+ */
+cJSON *em__enc_device(const em_store_device_t *dev, cJSON *groups, cJSON *status);
+
+/* A command: {"requestId","deviceId","group","type","payload","state",
+ * "actor","createdAt","updatedAt","expiresAt","response"}. A stored payload
+ * that does not parse (it always should) is shown as null. */
+cJSON *em__enc_command(const em_store_command_t *c);
+
+/* An event: {"id","time","kind","type","severity","deviceId","actor",
+ * "source","message","details"}. */
+cJSON *em__enc_event(const em_store_event_t *ev);
+
+/* {"total","online","offline","averageBattery","powerModes":{"normal",
+ * "low_power","sleep","critical","unknown"}}. */
+cJSON *em__enc_group_stats(const em_group_stats_t *s);
+
+/* ---- shared by the routes_*.c files ------------------------------------- */
+
+struct em__api_req;
+
+/* Answers 500 "internal" for a failed allocation. */
+void em__routes_oom(struct em__api_req *r);
+
+/*
+ * Reads the query parameters from, to (RFC 3339 or epoch ms; from < to when
+ * both are given), limit (1-EM_STORE_PAGE_MAX, default EM_STORE_PAGE_DEFAULT)
+ * and, when with_order, order ("asc" or "desc"; default: desc_default) into
+ * out. Answers 400 and returns false on a bad value.
+ */
+bool em__routes_range(struct em__api_req *r, bool with_order, bool desc_default,
+                      em_store_range_t *out);
+
+/* Fills *out with the stored device id, or answers 404 device_not_found (or
+ * the store's error) and returns false. out may be NULL. */
+bool em__routes_device_get(struct em__api_req *r, const char *id, em_store_device_t *out);
+
+/* True when the store knows group; else answers 404 group_not_found (or the
+ * store's error) and returns false. */
+bool em__routes_group_exists(struct em__api_req *r, const char *name);
+
+#endif /* EM_API_ENCODE_H */
