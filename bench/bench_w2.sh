@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# emiot bench - bench_w2.sh BUILD [messages] [rounds]: W2, ingest through the
+# broker into emiotd with SQLite persistence on (docs/PERFORMANCE.md).
+#
+# Starts a plain loopback mosquitto with the generated no-loss configuration
+# (scripts/broker-conf.sh) and emiotd (SQLite in its data directory, default
+# synchronous = FULL), registers 1,000 devices through the API, then runs
+# bench/bench_w2_ingest at QoS 0 and at QoS 1: each round publishes the
+# messages once to a subscriber that does nothing and once to emiotd, and
+# waits until emiotd's store has committed them all. Afterwards emiotd is
+# stopped and the status history rows in its SQLite file are counted: every
+# published message must be there. Exits non-zero when a message was lost at
+# QoS 1 or the history misses rows.
+set -euo pipefail
+BUILD=$(cd "${1:?usage: bench_w2.sh BUILD [messages] [rounds]}" && pwd)
+MESSAGES=${2:-200000}
+ROUNDS=${3:-3}
+DEVICES=1000
+. "$(dirname "$0")/../scripts/lib.sh"
+. "$EMIOT_ROOT/bench/emiotd-lib.sh"
+
+WORK=$(mktemp -d /tmp/emiot-w2-XXXXXX)
+BROKER_PID=""
+cleanup() {
+  stop_pid "$EMIOTD_PID"
+  stop_pid "$BROKER_PID"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+echo "W2: load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores, shared by" \
+  "broker, publisher and emiotd)" >&2
+start_broker "$WORK/broker" plain
+emiotd_start "$WORK/emiotd" "$BUILD" "mqtt://127.0.0.1:$BROKER_PORT"
+
+# 1,000 devices through the API, in one curl process (one kept-alive
+# connection); the key stays in a file, off the command line.
+REQS="$WORK/register.curl"
+{
+  printf 'cacert = "%s"\n' "$EMIOTD_CA"
+  for i in $(seq 0 $((DEVICES - 1))); do
+    id=$(printf 'w2-%05d' "$i")
+    printf 'url = "%s/api/v1/devices"\nrequest = "POST"\nheader = "@%s"\n' "$EMIOTD_URL" "$EMIOTD_AUTH"
+    printf 'header = "Content-Type: application/json"\n'
+    printf 'data = "{\\"id\\":\\"%s\\",\\"name\\":\\"%s\\",\\"type\\":\\"sensor\\"}"\n' "$id" "$id"
+    printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
+    [ "$i" -lt $((DEVICES - 1)) ] && printf 'next\n'
+  done
+} >"$REQS"
+T0=$(date +%s.%N)
+CODES=$(curl -sS -K "$REQS" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+echo "W2: registered $DEVICES devices in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $T0}") s (HTTP status:" \
+  "count: $CODES)" >&2
+if [ "$CODES" != " $DEVICES 201;" ]; then
+  echo "W2: registering the devices failed" >&2
+  tail -c 2000 "$WORK/emiotd/emiotd.out" >&2
+  exit 1
+fi
+
+RC=0
+for qos in 0 1; do
+  EMIOT_BENCH_BROKER_PID=$BROKER_PID EMIOT_BENCH_DAEMON_PID=$EMIOTD_PID \
+    "$BUILD/bench/bench_w2_ingest" "mqtt://127.0.0.1:$BROKER_PORT" "$EMIOTD_METRICS" \
+    "$MESSAGES" "$DEVICES" "$qos" "$ROUNDS" || RC=1
+done
+
+# What is on disk: stop emiotd (it drains), then count the history rows.
+emiotd_stop
+DB=$(find "$WORK/emiotd/data" -maxdepth 1 -name '*.db' | head -n1)
+if [ -n "$DB" ] && command -v sqlite3 >/dev/null; then
+  WANT=$((2 * ROUNDS * MESSAGES))
+  ROWS=$(sqlite3 "$DB" 'SELECT count(*) FROM status_history' 2>/dev/null || echo "?")
+  echo "W2: status history rows in $(basename "$DB"): $ROWS (published to emiotd: $WANT)" >&2
+  if [ "$ROWS" != "?" ]; then
+    echo "{\"workload\":\"W2\",\"figure\":\"history_rows_missing\",\"value\":$((WANT - ROWS)),\"unit\":\"msg\"}"
+    [ "$ROWS" -ge "$WANT" ] || RC=1
+  fi
+fi
+grep -q '"level":"error"' "$WORK/emiotd/emiotd.out" &&
+  { echo "W2: emiotd logged errors:" >&2; grep '"level":"error"' "$WORK/emiotd/emiotd.out" | head -5 >&2; }
+exit $RC
