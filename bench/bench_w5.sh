@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# emiot bench - bench_w5.sh BUILD [rounds] [seconds]: W5, emiotd's HTTPS API
+# (docs/PERFORMANCE.md).
+#
+# Starts a plain loopback mosquitto and emiotd with two TLS 1.3 listeners: the
+# API (client certificates optional) and "mtls" (client_auth = required).
+# Through the API it registers one device and creates a viewer API key with a
+# rate limit high enough for the run (ratePerMinute). Then, with emiotd pinned
+# to core 0 (every thread, taskset) and the clients on core 1:
+#   - `wrk -t1 -c32 -dSECONDS --latency` GET /api/v1/devices/w5-dev-0001 with
+#     the key (keep-alive), ROUNDS times: requests/s, best and mean, and the
+#     latency percentiles; any answer other than 200 makes the run fail;
+#   - `openssl s_time -new` against the mTLS listener for SECONDS: full
+#     handshakes with a client certificate, no resumption; handshakes/s over
+#     the wall-clock time, checked against the server's own count of TLS
+#     handshakes and failures (/metrics).
+# Before measuring it checks with openssl s_client that the API negotiates
+# TLS 1.3 and refuses TLS 1.2, and that the mTLS listener refuses a client
+# without a certificate. With W5_PERF=1 one more wrk round runs under
+# `perf record -g` on emiotd and the top of the profile is printed.
+set -euo pipefail
+BUILD=$(cd "${1:?usage: bench_w5.sh BUILD [rounds] [seconds]}" && pwd)
+ROUNDS=${2:-3}
+SECS=${3:-10}
+DEVICE=w5-dev-0001
+RATE_PER_MIN=${W5_RATE_PER_MIN:-10000000}
+. "$(dirname "$0")/../scripts/lib.sh"
+. "$EMIOT_ROOT/bench/emiotd-lib.sh"
+
+json() { printf '{"workload":"W5","figure":"%s","value":%s,"unit":"%s"}\n' "$1" "$2" "$3"; }
+fail() { echo "W5: $*" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/emiot-w5-XXXXXX)
+BROKER_PID=""
+cleanup() {
+  stop_pid "$EMIOTD_PID"
+  stop_pid "$BROKER_PID"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+[ "$(nproc)" -ge 2 ] || fail "needs 2 cores (emiotd on one, the client on the other)"
+echo "W5: load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)" >&2
+start_broker "$WORK/broker" plain
+MTLS_PORT=$(free_port)
+D="$WORK/emiotd"
+emiotd_start "$D" "$BUILD" "mqtt://127.0.0.1:$BROKER_PORT" "[listener mtls]
+address = 127.0.0.1
+port = $MTLS_PORT
+cert_file = $D/tls/server.crt
+key_file = $D/tls/server.key
+client_ca_file = $D/tls/ca.crt
+client_auth = required"
+
+# The device and the key.
+OUT=$(emiotd_api POST /api/v1/devices "{\"id\":\"$DEVICE\",\"name\":\"W5 device\",\"type\":\"sensor\"}")
+[ "$(tail -n1 <<<"$OUT")" = 201 ] || fail "creating the device: $OUT"
+OUT=$(emiotd_api POST /api/v1/keys "{\"name\":\"w5-bench\",\"role\":\"viewer\",\"ratePerMinute\":$RATE_PER_MIN}")
+[ "$(tail -n1 <<<"$OUT")" = 201 ] || fail "creating the key (ratePerMinute $RATE_PER_MIN): $OUT"
+KEY=$(head -n -1 <<<"$OUT" | jq -r '.data.key')
+[[ $KEY =~ ^iot_[0-9a-f]{48}$ ]] || fail "no key in the answer"
+# wrk takes the header from a script, so that the key stays off the command line.
+LUA="$WORK/auth.lua"
+printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$KEY" >"$LUA"
+chmod 600 "$LUA"
+printf 'Authorization: Bearer %s\n' "$KEY" >"$WORK/key.hdr"
+chmod 600 "$WORK/key.hdr"
+URL="https://127.0.0.1:$EMIOTD_PORT/api/v1/devices/$DEVICE"
+CODE=$(curl -sS -o "$WORK/get.json" -w '%{http_code}' --cacert "$EMIOTD_CA" \
+  --resolve "localhost:$EMIOTD_PORT:127.0.0.1" -H "@$WORK/key.hdr" \
+  "https://localhost:$EMIOTD_PORT/api/v1/devices/$DEVICE")
+[ "$CODE" = 200 ] || fail "GET $DEVICE with the key: $CODE $(cat "$WORK/get.json")"
+echo "W5: GET /api/v1/devices/$DEVICE answers $(wc -c <"$WORK/get.json") bytes: $(cat "$WORK/get.json")" >&2
+
+# TLS 1.3 and nothing else; the mTLS listener wants a certificate.
+PROTO=$(openssl s_client -connect "127.0.0.1:$EMIOTD_PORT" -servername localhost \
+  -CAfile "$EMIOTD_CA" </dev/null 2>/dev/null | sed -n 's/^ *Protocol *: *//p' | head -n1)
+CIPHER=$(openssl s_client -connect "127.0.0.1:$EMIOTD_PORT" -servername localhost \
+  -CAfile "$EMIOTD_CA" </dev/null 2>/dev/null | sed -n 's/^ *Cipher *: *//p' | head -n1)
+echo "W5: the API listener negotiated $PROTO, $CIPHER" >&2
+[ "$PROTO" = TLSv1.3 ] || fail "the API did not negotiate TLS 1.3 ($PROTO)"
+if openssl s_client -connect "127.0.0.1:$EMIOTD_PORT" -tls1_2 </dev/null >/dev/null 2>&1; then
+  fail "the API accepted a TLS 1.2 handshake"
+fi
+echo "W5: a TLS 1.2 client is refused" >&2
+C="$D/tls/devices/w5-user"
+MTLS_OK=$(echo | openssl s_client -connect "127.0.0.1:$MTLS_PORT" -CAfile "$EMIOTD_CA" \
+  -cert "$C.crt" -key "$C.key" -ign_eof 2>&1 </dev/null | grep -c 'Protocol *: *TLSv1.3' || true)
+[ "$MTLS_OK" -ge 1 ] || fail "the mTLS listener refused our client certificate"
+NOCERT=$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$EMIOTD_CA" \
+  --resolve "localhost:$MTLS_PORT:127.0.0.1" "https://localhost:$MTLS_PORT/healthz" 2>/dev/null || true)
+[ "$NOCERT" != 200 ] || fail "the mTLS listener answered a client without a certificate"
+echo "W5: the mTLS listener refuses a client without a certificate (curl: '$NOCERT')" >&2
+
+# emiotd on core 0, every thread; clients on core 1.
+taskset -a -p -c 0 "$EMIOTD_PID" >/dev/null
+metric() { curl -s "$EMIOTD_METRICS/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%d", s}'; }
+# lat_us P: wrk's P% latency (from --latency, on stdin) in microseconds.
+lat_us() {
+  awk -v p="$1%" '/Latency Distribution/ {f = 1; next}
+    f && $1 == p {v = $2; u = v; sub(/^[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+      m = u == "us" ? 1 : u == "ms" ? 1000 : u == "s" ? 1000000 : 60000000; printf "%.0f", v * m; exit}'
+}
+cpu_us() { awk '{s += $1} END {printf "%d", s / 1000}' /proc/"$EMIOTD_PID"/task/*/schedstat; }
+
+RC=0
+BEST=0
+SUM=0
+for r in $(seq 1 "$ROUNDS"); do
+  C0=$(cpu_us)
+  taskset -c 1 wrk -t1 -c32 -d"${SECS}s" --latency -s "$LUA" "$URL" >"$WORK/wrk.txt" 2>&1 || true
+  C1=$(cpu_us)
+  RPS=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$WORK/wrk.txt")
+  TOTAL=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+  NON2XX=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$WORK/wrk.txt")
+  ERRS=$(sed -n 's/^ *Socket errors: *//p' "$WORK/wrk.txt")
+  LAT=$(awk '/Latency Distribution/ {f = 1; next} f && /%/ {printf "%s %s  ", $1, $2} /requests in/ {f = 0}' "$WORK/wrk.txt")
+  CPU=$(awk -v a="$C0" -v b="$C1" -v n="${TOTAL:-0}" 'BEGIN {if (n > 0) printf "%.1f", (b - a) / n; else print "?"}')
+  echo "W5 round $r: ${RPS:-0} requests/s ($TOTAL in ${SECS} s), non-2xx ${NON2XX:-0}${ERRS:+, socket errors: $ERRS}; latency $LAT; emiotd ${CPU} us CPU/request" >&2
+  if [ -z "$RPS" ] || [ -n "$NON2XX" ]; then
+    cat "$WORK/wrk.txt" >&2
+    RC=1
+  fi
+  RPS=${RPS:-0}
+  SUM=$((SUM + RPS))
+  [ "$RPS" -le "$BEST" ] || { BEST=$RPS; BEST_TXT=$(cat "$WORK/wrk.txt"); }
+done
+echo "W5 best round (wrk output):" >&2
+echo "${BEST_TXT:-}" >&2
+json get_requests_per_s "$BEST" "req/s"
+json get_requests_per_s_mean $((SUM / ROUNDS)) "req/s"
+for p in 50 99; do
+  v=$(lat_us "$p" <<<"${BEST_TXT:-}")
+  [ -z "$v" ] || json "get_latency_p${p}_best_round" "$v" "us"
+done
+
+# Full mTLS handshakes: a new session every time (-new), TLS 1.3.
+H0=$(metric emiot_api_tls_handshakes_total)
+F0=$(metric emiot_api_tls_failures_total)
+C0=$(cpu_us)
+T0=$(date +%s.%N)
+taskset -c 1 openssl s_time -connect "127.0.0.1:$MTLS_PORT" -new -cert "$C.crt" -key "$C.key" \
+  -CAfile "$EMIOTD_CA" -time "$SECS" >"$WORK/stime.txt" 2>&1 || true
+T1=$(date +%s.%N)
+C1=$(cpu_us)
+H1=$(metric emiot_api_tls_handshakes_total)
+F1=$(metric emiot_api_tls_failures_total)
+N=$(awk '/connections in .*real seconds/ {print $1}' "$WORK/stime.txt")
+[ -n "$N" ] || { cat "$WORK/stime.txt" >&2; fail "openssl s_time made no connection"; }
+HPS=$(awk -v n="$N" -v a="$T0" -v b="$T1" 'BEGIN {printf "%d", n / (b - a)}')
+CPU=$(awk -v a="$C0" -v b="$C1" -v n="$N" 'BEGIN {printf "%.0f", (b - a) / n}')
+echo "W5: $N full mTLS handshakes in $(awk -v a="$T0" -v b="$T1" 'BEGIN {printf "%.2f", b - a}') s:" \
+  "$HPS handshakes/s; emiotd counted $((H1 - H0)) handshakes, $((F1 - F0)) failures;" \
+  "emiotd $CPU us CPU/handshake; s_time: $(grep 'connections/user sec' "$WORK/stime.txt")" >&2
+json mtls_handshakes_per_s "$HPS" "handshakes/s"
+json mtls_handshake_failures $((F1 - F0)) "handshakes"
+[ $((F1 - F0)) -eq 0 ] || RC=1
+
+if [ "${W5_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
+  perf record -g -o "$WORK/perf.data" -p "$EMIOTD_PID" -- sleep "$SECS" >/dev/null 2>&1 &
+  PERF=$!
+  taskset -c 1 wrk -t1 -c32 -d"${SECS}s" -s "$LUA" "$URL" >/dev/null 2>&1 || true
+  wait "$PERF" || true
+  perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+    grep -v '^#' | grep '%' | head -40 >&2
+fi
+exit $RC
