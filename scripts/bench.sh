@@ -46,6 +46,18 @@ if want W3; then
     "mqtt://127.0.0.1:$BROKER_PORT" 10000 5
   stop_pid "$BROKER_PID"; BROKER_PID=""
 fi
+if want W2; then
+  # End to end through emiotd (SQLite on, synchronous = FULL): bench_w2.sh
+  # starts its own broker and emiotd, registers 1,000 devices through the
+  # API, and runs 3 rounds of 200,000 messages at QoS 0 and at QoS 1, each
+  # beside the same broker's rate to a subscriber that does nothing.
+  run W2 bash "$EMIOT_ROOT/bench/bench_w2.sh" "$BUILD" 200000 3
+fi
+if want W5; then
+  # The HTTPS API with emiotd pinned to one core: wrk (3 rounds of 10 s) and
+  # full mTLS handshakes (openssl s_time, 10 s).
+  run W5 bash "$EMIOT_ROOT/bench/bench_w5.sh" "$BUILD" 3 10
+fi
 echo "figures: $RESULTS" >&2
 cat "$RESULTS"
 if [ ${#FAILED[@]} -gt 0 ]; then
