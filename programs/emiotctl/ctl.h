@@ -1,0 +1,256 @@
+/*
+ * emiotctl - ctl.h: what the parts of the CLI share.
+ *
+ * main.c parses the global options and finds the command; conf.c resolves the
+ * connection settings (flags, then environment, then a config file) and reads
+ * the API key; http.c sends requests with libcurl and turns every failure
+ * into a message and an exit code; output.c prints tables or JSON; cmd_*.c
+ * hold the commands, one area per file.
+ */
+#ifndef EMIOTCTL_CTL_H
+#define EMIOTCTL_CTL_H
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define PROGRAM "emiotctl"
+
+/* Exit codes scripts can rely on (docs/EMIOTCTL.md). */
+enum {
+    CTL_OK = 0,
+    CTL_ERROR = 1,     /* anything else */
+    CTL_USAGE = 2,     /* bad command line */
+    CTL_CONNECT = 3,   /* connection or TLS failure */
+    CTL_AUTH = 4,      /* 401 */
+    CTL_PERM = 5,      /* 403 */
+    CTL_NOTFOUND = 6,  /* 404 */
+    CTL_INVALID = 7,   /* 400, 409, 413, or refused before sending */
+    CTL_RATE = 8,      /* 429 */
+    CTL_SERVER = 9,    /* 5xx */
+    CTL_HELP_DONE = -1 /* internal: --help printed, exit 0 */
+};
+
+/* Limits: everything read from outside has a maximum. */
+#define CTL_RESPONSE_MAX    (16u * 1024 * 1024) /* bytes of one answer */
+#define CTL_SECRET_MAX      8192                /* an API key or a JWT */
+#define CTL_CONF_MAX        65536               /* bytes of the config file */
+#define CTL_PATH_MAX        4096
+#define CTL_URL_MAX         2048
+#define CTL_POS_MAX         4      /* positional arguments of one command */
+#define CTL_PAGES_MAX       100000 /* pages fetched by --all */
+#define CTL_ITEMS_MAX       1000000
+#define CTL_TIMEOUT_DEFAULT 30 /* seconds for one request */
+#define CTL_TIMEOUT_MAX     3600
+#define CTL_CONNECT_TIMEOUT 10
+
+typedef enum { CTL_OUT_TABLE, CTL_OUT_JSON } ctl_format_t;
+
+typedef struct ctl {
+    /* Settings given as flags (pointers into argv). */
+    const char *flag_url, *flag_ca, *flag_key_file, *flag_cert, *flag_key, *flag_config;
+    ctl_format_t format;
+    bool quiet;
+    long timeout_s;
+    /* Resolved settings (owned), filled by ctl_resolve. */
+    bool resolved;
+    char *url; /* base URL without a trailing slash */
+    char *ca;
+    char *cert;
+    char *tls_key;
+    char *secret; /* API key or JWT; wiped and freed by ctl_cleanup */
+    size_t secret_len;
+    void *curl; /* CURL *, reused between requests (keep-alive) */
+} ctl_t;
+
+/* One command: "devices list" and so on. */
+typedef struct ctl_cmd {
+    const char *area;
+    const char *action;
+    int (*run)(ctl_t *c, const struct ctl_cmd *cmd, int argc, char **argv);
+    int pos_min, pos_max;
+    const char *usage;   /* "devices list [--group G] ..." */
+    const char *summary; /* one line */
+    const char *help;    /* the options, one per line, or NULL */
+} ctl_cmd_t;
+
+/* The commands of each area (NULL-area terminated arrays). */
+extern const ctl_cmd_t ctl_devices_cmds[];
+extern const ctl_cmd_t ctl_groups_cmds[];
+extern const ctl_cmd_t ctl_commands_cmds[];
+extern const ctl_cmd_t ctl_admin_cmds[];
+
+/* ---- main.c: errors and argument parsing ---------------------------------- */
+
+/* Prints "emiotctl: <message>" and, when code is not NULL, " (<code>)", to
+ * stderr. Control characters in the message are replaced. */
+void ctl_err(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The arguments of a command once parsed. */
+typedef struct ctl_args {
+    int npos;
+    const char *pos[CTL_POS_MAX];
+} ctl_args_t;
+
+/* Called for each of a command's own options; returns 0 or an exit code. */
+typedef int (*ctl_opt_fn)(void *ud, int id, const char *arg);
+
+/*
+ * Parses argv (argv[0] is the action) with the command's own options (opts,
+ * may be NULL; ids >= 1000) plus the global ones, which may appear anywhere.
+ * Positional arguments go to a (between cmd->pos_min and cmd->pos_max).
+ * Returns 0, CTL_HELP_DONE after printing the command's help, or CTL_USAGE
+ * after printing what is wrong.
+ */
+int ctl_parse(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv, const struct option *opts,
+              ctl_opt_fn fn, void *ud, ctl_args_t *a);
+
+/* Number in [min, max] from a flag: CTL_USAGE when not a number, CTL_INVALID
+ * when out of range (a message is printed). */
+int ctl_parse_long(const char *flag, const char *arg, long min, long max, long *out);
+
+/* ---- conf.c: settings ------------------------------------------------------ */
+
+/* Resolves url, CA, client certificate and API key (flags, environment,
+ * config file). Returns 0 or an exit code after printing why. */
+int ctl_resolve(ctl_t *c);
+
+/* Frees what ctl_resolve and the requests left, wiping the secret. */
+void ctl_cleanup(ctl_t *c);
+
+/* Opens path for reading and refuses it when group or other may access it, or
+ * when it is not a regular file owned by the user (or root). Returns the fd,
+ * or -1 after printing why (what names the file's role: "API key file"). */
+int ctl_open_private(const char *path, const char *what);
+
+/* ---- http.c: requests ------------------------------------------------------ */
+
+typedef struct ctl_resp {
+    long status;
+    char *body; /* NUL-terminated */
+    size_t len;
+    cJSON *json;       /* the parsed answer (NULL when not JSON) */
+    const cJSON *data; /* json["data"], or json itself for answers without it */
+    bool secret;       /* wipe the body on cleanup */
+} ctl_resp_t;
+
+/*
+ * Sends method path (from the base URL; path already escaped, may carry a
+ * query string) with body (may be NULL). A 2xx answer returns 0 with r
+ * filled; anything else prints "emiotctl: <message> (<errorCode>)" and
+ * returns the exit code (r is cleaned up, safe to clean again). auth: send
+ * the credentials. secret: the answer holds a secret (wiped afterwards).
+ */
+int ctl_request(ctl_t *c, const char *method, const char *path, const cJSON *body, bool auth,
+                bool secret, ctl_resp_t *r);
+
+void ctl_resp_cleanup(ctl_resp_t *r);
+
+/* A growing string for paths and query strings (bounded by CTL_URL_MAX). */
+typedef struct ctl_buf {
+    char s[CTL_URL_MAX];
+    size_t len;
+    bool overflow;
+    bool has_query;
+} ctl_buf_t;
+
+void ctl_buf_init(ctl_buf_t *b, const char *prefix);
+void ctl_buf_add(ctl_buf_t *b, const char *s);
+/* Appends value percent-encoded (a path segment). */
+void ctl_buf_seg(ctl_buf_t *b, const char *value);
+/* Appends ?name=value or &name=value (value percent-encoded); NULL skips. */
+void ctl_buf_query(ctl_buf_t *b, const char *name, const char *value);
+void ctl_buf_query_long(ctl_buf_t *b, const char *name, long value);
+/* The string, or NULL (with a message) when it overflowed. */
+const char *ctl_buf_get(ctl_buf_t *b);
+
+/*
+ * GETs a list (path: b, without the cursor), following the `next` cursor as
+ * query parameter cursor_name when all is set (at most CTL_PAGES_MAX pages and
+ * CTL_ITEMS_MAX items). *items gets the rows (owned); *next (owned, may be
+ * NULL) the cursor of the following page when all is not set. Returns 0 or an
+ * exit code (after a message).
+ */
+int ctl_get_list(ctl_t *c, const ctl_buf_t *b, const char *cursor_name, const char *start, bool all,
+                 cJSON **items, char **next);
+
+/* ---- output.c: tables and JSON --------------------------------------------- */
+
+typedef enum {
+    COL_STR,  /* string or number, as is */
+    COL_TIME, /* RFC 3339 string or epoch ms -> local time */
+    COL_LIST, /* array of scalars, comma separated */
+    COL_JSON  /* any value, compact JSON */
+} ctl_col_kind_t;
+
+typedef struct ctl_col {
+    const char *header;
+    const char *path; /* "name" or "status.batteryLevel" */
+    ctl_col_kind_t kind;
+} ctl_col_t;
+
+typedef struct ctl_view {
+    const ctl_col_t *cols;
+    size_t ncols;
+} ctl_view_t;
+
+#define CTL_VIEW(cols)                                                                             \
+    {                                                                                              \
+        (cols), sizeof(cols) / sizeof((cols)[0])                                                   \
+    }
+
+/* Views shared between areas (cmd_devices.c). */
+extern const ctl_view_t ctl_device_view;    /* one device */
+extern const ctl_view_t ctl_telemetry_view; /* samples and rollups */
+
+/* Prints data: JSON (-o json), nothing (-q), or a table (array) / a list of
+ * fields (object) with the view's columns; columns absent from every row are
+ * left out, and a view that matches nothing prints every scalar field. */
+void ctl_print(const ctl_t *c, const cJSON *data, const ctl_view_t *view);
+
+/* One authenticated request whose answer is printed with view. Returns 0 or
+ * an exit code. */
+int ctl_call(ctl_t *c, const char *method, const char *path, const cJSON *body,
+             const ctl_view_t *view);
+
+/* The same for an action whose answer says only that it was done: a table
+ * prints done (a line of text), -o json the answer. */
+int ctl_call_done(ctl_t *c, const char *method, const char *path, const cJSON *body,
+                  const char *done);
+
+/* Prints a list's rows, and in a table a hint naming the next page's flag. */
+void ctl_print_list(const ctl_t *c, const cJSON *items, const ctl_view_t *view, const char *next,
+                    const char *next_flag);
+
+/* Prints v as indented JSON on stdout. */
+void ctl_print_json(const cJSON *v);
+
+/* Writes s to out with control characters replaced by '?' (answers come from
+ * the network and must not drive the terminal). */
+void ctl_put_safe(FILE *out, const char *s);
+
+/* Formats an RFC 3339 string or epoch-ms number as local "YYYY-MM-DD
+ * HH:MM:SS"; falls back to the raw text. */
+void ctl_format_time(const cJSON *v, char *buf, size_t size);
+
+/* ---- shared checks (main.c) ------------------------------------------------ */
+
+/* Each prints the rule and returns CTL_INVALID, or returns 0. */
+int ctl_check_device_id(const char *id);
+int ctl_check_group(const char *name);
+int ctl_check_name(const char *flag, const char *name);
+int ctl_check_token(const char *what, const char *s); /* [A-Za-z0-9_-], 1-64 */
+int ctl_check_one_of(const char *flag, const char *value, const char *const *allowed);
+int ctl_check_time(const char *flag, const char *value);
+/* Parses a JSON object given on the command line into *out (owned). */
+int ctl_parse_json_object(const char *flag, const char *text, cJSON **out);
+
+/* Writes secret and a newline to a new file (O_EXCL, 0600). fd from
+ * ctl_create_private. Returns 0 or CTL_ERROR. */
+int ctl_create_private(const char *path);
+int ctl_write_secret(int fd, const char *path, const char *secret);
+
+#endif /* EMIOTCTL_CTL_H */
