@@ -64,16 +64,45 @@ for qos in 0 1; do
     "$MESSAGES" "$DEVICES" "$qos" "$ROUNDS" || RC=1
 done
 
+# W2_PERF=1: one more QoS 1 round with emiotd under perf record -g; the top
+# of the profile goes to stderr (and the profile stays in W2_PERF_DATA, if set).
+STORED_RUNS=$((2 * ROUNDS))
+LAST_ROUND=$((ROUNDS - 1))
+if [ "${W2_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
+  PERF_DATA=${W2_PERF_DATA:-$WORK/perf.data}
+  perf record -g -o "$PERF_DATA" -p "$EMIOTD_PID" >/dev/null 2>&1 &
+  PERF=$!
+  sleep 1
+  EMIOT_BENCH_BROKER_PID=$BROKER_PID EMIOT_BENCH_DAEMON_PID=$EMIOTD_PID \
+    "$BUILD/bench/bench_w2_ingest" "mqtt://127.0.0.1:$BROKER_PORT" "$EMIOTD_METRICS" \
+    "$MESSAGES" "$DEVICES" 1 1 | grep -v '^{' >&2 || RC=1
+  kill -INT "$PERF" 2>/dev/null || true
+  wait "$PERF" || true
+  STORED_RUNS=$((STORED_RUNS + 1))
+  LAST_ROUND=0
+  perf report -i "$PERF_DATA" --no-children --sort comm,dso,symbol --stdio 2>/dev/null |
+    grep -v '^#' | grep '%' | head -60 >&2
+fi
+
 # What is on disk: stop emiotd (it drains), then count the history rows.
 emiotd_stop
 DB=$(find "$WORK/emiotd/data" -maxdepth 1 -name '*.db' | head -n1)
 if [ -n "$DB" ] && command -v sqlite3 >/dev/null; then
-  WANT=$((2 * ROUNDS * MESSAGES))
+  WANT=$((STORED_RUNS * MESSAGES))
   ROWS=$(sqlite3 "$DB" 'SELECT count(*) FROM status_history' 2>/dev/null || echo "?")
   echo "W2: status history rows in $(basename "$DB"): $ROWS (published to emiotd: $WANT)" >&2
   if [ "$ROWS" != "?" ]; then
     echo "{\"workload\":\"W2\",\"figure\":\"history_rows_missing\",\"value\":$((WANT - ROWS)),\"unit\":\"msg\"}"
     [ "$ROWS" -ge "$WANT" ] || RC=1
+  fi
+  # Every device's latest status is the last one it was sent (bench_w2_ingest:
+  # message i of round r goes to device i % DEVICES with batteryLevel
+  # (i / DEVICES + 37 r) % 101; QoS 1 keeps order on one connection).
+  if [ $((MESSAGES % DEVICES)) -eq 0 ]; then
+    LAST=$(((MESSAGES / DEVICES - 1 + 37 * LAST_ROUND) % 101))
+    GOOD=$(sqlite3 "$DB" "SELECT count(*) FROM status_latest WHERE battery = $LAST" 2>/dev/null || echo "?")
+    echo "W2: devices whose latest stored status is the last one sent (batteryLevel $LAST): $GOOD of $DEVICES" >&2
+    [ "$GOOD" = "$DEVICES" ] || RC=1
   fi
 fi
 grep -q '"level":"error"' "$WORK/emiotd/emiotd.out" &&
