@@ -60,10 +60,6 @@ struct em_store {
     uint64_t last_batch_us;
 };
 
-/* sqlite.c is being written: until it lands the reference is weak, so the
- * library links and refuses sqlite: URLs with EM_ERR_CONFIGURATION. */
-extern const em__store_backend_t em__store_sqlite __attribute__((weak));
-
 /* ---- name tables ------------------------------------------------------- */
 
 static const char *const command_state_names[] = {"queued",    "sent",   "acknowledged",
@@ -599,10 +595,6 @@ static em_err_t pick_backend(const char *url, const em__store_backend_t **be, em
         if (url[strlen("sqlite:")] == '\0') {
             return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_MEDIUM, "store",
                                 "the sqlite URL has no path");
-        }
-        if (&em__store_sqlite == NULL) {
-            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_MEDIUM, "store",
-                                "this build has no SQLite backend");
         }
         *be = &em__store_sqlite;
         return EM_OK;
