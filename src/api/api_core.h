@@ -113,6 +113,8 @@ typedef struct em__api_call {
     const char *path;        /* without the query string */
     const char *retry_after; /* a Retry-After value to send, or NULL */
     const char *allow;       /* an Allow value to send (405), or NULL */
+    uint32_t key_rate;       /* the authenticating API key's own rate (0: none) */
+    char retry_buf[16];      /* storage for retry_after */
 } em__api_call_t;
 
 /* Answers with body (len bytes) of content type ctype; adds the security
@@ -133,9 +135,6 @@ SSL_CTX *em__api_tls_ctx(const em_api_listener_t *l, em_error_t *err);
 /* The verified client certificate's CN of the connection the request came on,
  * into cn (at least EM_STORE_NAME_MAX + 1 bytes). false when none. */
 bool em__api_tls_peer_cn(struct evhttp_request *req, char *cn, size_t size);
-
-/* The SSL ex_data index that points an SSL at its listener (for counting). */
-int em__api_tls_ex_index(void);
 
 /* ---- authentication (auth.c) ------------------------------------------- */
 
@@ -163,6 +162,10 @@ const char *em__api_jwt_verify(em_api_t *api, const char *token, size_t len, int
  * bytes of visible ASCII. Returns the credential and its length, or NULL.
  */
 const char *em__api_bearer(const char *header, size_t *len);
+
+/* Forgets a cached user (created, deleted) so that the next certificate
+ * with that name is looked up again. */
+void em__api_auth_forget_user(em_api_t *api, const char *name);
 
 /* The per-minute rate of an identity (its key's own rate, else the role's). */
 uint32_t em__api_rate_for(const em_api_t *api, const em__api_identity_t *who, uint32_t key_rate);

@@ -1,0 +1,948 @@
+/*
+ * emiot - server.c: the API server. Listeners (evhttp on the caller's event
+ * base, TLS through bufferevent_openssl), the request pipeline (correlation
+ * id, authentication, rate limit, routing, role, handler), reload, draining,
+ * bootstrap.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/util.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "api/api_core.h"
+#include "emiot/clock.h"
+#include "emiot/log.h"
+
+#define HEADERS_MAX      16384 /* all request headers together */
+#define QUERY_MAX        4096
+#define QUERY_PARAMS_MAX 32
+#define PATH_MAX_LEN     2048
+#define BUCKETS_MAX      65536
+#define FAIL_BUCKETS_MAX 65536
+
+static const em__api_route_table_t *const route_tables[] = {
+    &em__api_routes_devices, &em__api_routes_groups, &em__api_routes_commands,
+    &em__api_routes_events,  &em__api_routes_access,
+};
+
+void em_api_options_init(em_api_options_t *opts)
+{
+    if (opts == NULL)
+        return;
+    memset(opts, 0, sizeof *opts);
+    opts->max_body = 65536;
+    opts->request_timeout_s = 30;
+    opts->jwt_issuer = "emiotd";
+    opts->jwt_audience = "emiot-api";
+    opts->jwt_ttl_s = 3600;
+    opts->auth_fail_per_min = 20;
+    opts->command_ttl_s = 300;
+}
+
+const em_api_options_t *em__api_options(const em_api_t *api)
+{
+    return &api->opts;
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+static bool is_loopback(const char *addr)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (addr == NULL)
+        return false;
+    if (inet_pton(AF_INET, addr, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, addr, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6);
+    return false;
+}
+
+/* Checks opts and fills defaults into out; the strings still point into the
+ * caller's memory (copied by own_strings). */
+static em_err_t check_options(const em_api_options_t *in, em_api_options_t *out, em_error_t *err)
+{
+    *out = *in;
+    if (in->nlisteners == 0 || in->nlisteners > EM_API_LISTENERS_MAX)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "listeners",
+                            "must be 1-%d listeners", EM_API_LISTENERS_MAX);
+    for (size_t i = 0; i < in->nlisteners; i++) {
+        const em_api_listener_t *l = &in->listeners[i];
+        if (l->address == NULL || l->address[0] == '\0' || strlen(l->address) > 255)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "address",
+                                "listener %zu needs an address", i);
+        if (l->cert_file == NULL) {
+            if (!l->metrics_only || !is_loopback(l->address))
+                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "cert_file",
+                                    "listener %zu: plain HTTP only on a loopback address and "
+                                    "only for metrics",
+                                    i);
+            if (l->client_auth != EM_CLIENT_AUTH_NONE)
+                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_auth",
+                                    "listener %zu: client certificates need TLS", i);
+        } else {
+            if (l->key_file == NULL)
+                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "key_file",
+                                    "listener %zu needs a key_file", i);
+            if (l->client_auth != EM_CLIENT_AUTH_NONE && l->client_ca_file == NULL)
+                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_ca_file",
+                                    "listener %zu asks for client certificates: it needs "
+                                    "client_ca_file",
+                                    i);
+        }
+        if ((unsigned)l->client_auth > EM_CLIENT_AUTH_REQUIRED)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_auth",
+                                "listener %zu: unknown client_auth", i);
+    }
+    if (out->max_body == 0)
+        out->max_body = 65536;
+    if (out->max_body > EM_API_BODY_MAX)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "max_body",
+                            "must be at most %d bytes", EM_API_BODY_MAX);
+    if (out->request_timeout_s == 0)
+        out->request_timeout_s = 30;
+    if (out->request_timeout_s < 1 || out->request_timeout_s > 3600)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "request_timeout_s",
+                            "must be 1-3600");
+    if (out->jwt_issuer == NULL)
+        out->jwt_issuer = "emiotd";
+    if (out->jwt_audience == NULL)
+        out->jwt_audience = "emiot-api";
+    if (out->jwt_issuer[0] == '\0' || strlen(out->jwt_issuer) > 255 ||
+        out->jwt_audience[0] == '\0' || strlen(out->jwt_audience) > 255)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "jwt_issuer",
+                            "issuer and audience must be 1-255 characters");
+    if (out->jwt_ttl_s == 0)
+        out->jwt_ttl_s = 3600;
+    if (out->jwt_ttl_s < 60 || out->jwt_ttl_s > 86400)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "jwt_ttl_s",
+                            "must be 60-86400");
+    if (out->auth_fail_per_min == 0)
+        out->auth_fail_per_min = 20;
+    if (out->command_ttl_s == 0)
+        out->command_ttl_s = 300;
+    if (out->command_ttl_s < 10 || out->command_ttl_s > 86400)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "command_ttl_s",
+                            "must be 10-86400");
+    for (int r = 0; r < 5; r++)
+        if (out->rate_per_min[r] == 0)
+            out->rate_per_min[r] = r == EM_ROLE_DEVICE ? 60 : 1200;
+    return EM_OK;
+}
+
+typedef struct strset {
+    char *s[EM_API_LISTENERS_MAX * 4 + 4];
+    size_t n;
+} strset_t;
+
+static void strset_free(strset_t *ss)
+{
+    for (size_t i = 0; i < ss->n; i++)
+        free(ss->s[i]);
+    ss->n = 0;
+}
+
+static bool dup_into(strset_t *ss, const char **p)
+{
+    if (*p == NULL)
+        return true;
+    char *c = strdup(*p);
+    if (c == NULL)
+        return false;
+    ss->s[ss->n++] = c;
+    *p = c;
+    return true;
+}
+
+/* Makes every string of o point at a copy owned by ss. */
+static bool own_strings(em_api_options_t *o, strset_t *ss)
+{
+    bool ok = dup_into(ss, &o->jwt_key_file) && dup_into(ss, &o->jwt_issuer) &&
+              dup_into(ss, &o->jwt_audience);
+    for (size_t i = 0; ok && i < o->nlisteners; i++) {
+        em_api_listener_t *l = &o->listeners[i];
+        ok = dup_into(ss, &l->address) && dup_into(ss, &l->cert_file) &&
+             dup_into(ss, &l->key_file) && dup_into(ss, &l->client_ca_file);
+    }
+    if (!ok)
+        strset_free(ss);
+    return ok;
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+/* Per TLS connection: which listener, and requests not yet fully answered.
+ * It lives in the SSL's ex_data and dies with the SSL (conn_free), which is
+ * how closed connections are counted. */
+typedef struct conn_state {
+    em__api_listener_t *l;
+    size_t in_flight;
+} conn_state_t;
+
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+static int ex_index = -1;
+
+static void conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    conn_state_t *cs = ptr;
+    if (cs == NULL)
+        return;
+    em_api_t *api = cs->l->api;
+    if (api->stats.connections_open > 0)
+        api->stats.connections_open--;
+    api->active = api->active >= cs->in_flight ? api->active - cs->in_flight : 0;
+    free(cs);
+}
+
+static void ex_init(void)
+{
+    ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, conn_free);
+}
+
+static struct bufferevent *bev_cb(struct event_base *base, void *arg)
+{
+    em__api_listener_t *l = arg;
+    SSL *ssl = SSL_new(l->ctx);
+    conn_state_t *cs = calloc(1, sizeof *cs);
+    if (ssl == NULL || cs == NULL || ex_index < 0) {
+        /* evhttp would fall back to a plain socket on NULL; the request
+         * callback refuses anything that arrives on one (see guard). */
+        SSL_free(ssl);
+        free(cs);
+        return NULL;
+    }
+    cs->l = l;
+    if (SSL_set_ex_data(ssl, ex_index, cs) != 1) {
+        SSL_free(ssl);
+        free(cs);
+        return NULL;
+    }
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl); /* frees cs through conn_free... */
+        return NULL;
+    }
+    l->api->stats.connections_open++; /* ...and only now does it count */
+    return bev;
+}
+
+static conn_state_t *conn_of(struct evhttp_request *req)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    struct bufferevent *bev = conn != NULL ? evhttp_connection_get_bufferevent(conn) : NULL;
+    SSL *ssl = bev != NULL ? bufferevent_openssl_get_ssl(bev) : NULL;
+    return ssl != NULL && ex_index >= 0 ? SSL_get_ex_data(ssl, ex_index) : NULL;
+}
+
+static void on_complete(struct evhttp_request *req, void *arg)
+{
+    (void)req;
+    conn_state_t *cs = arg;
+    if (cs->in_flight > 0) {
+        cs->in_flight--;
+        if (cs->l->api->active > 0)
+            cs->l->api->active--;
+    }
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes one path segment into out; false when it is not a valid
+ * capture. */
+static bool decode_capture(const char *s, size_t len, char *out)
+{
+    size_t n = 0;
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return false;
+            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return false;
+            c = (unsigned char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (c < 0x20 || c == 0x7F || c == '/')
+            return false;
+        if (n >= EM__API_CAPTURE_MAX)
+            return false;
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    return true;
+}
+
+int em__api_path_match(const char *pattern, const char *path,
+                       char caps[EM__API_CAPTURES_MAX][EM__API_CAPTURE_MAX + 1], size_t *ncaps)
+{
+    const char *p = pattern, *s = path;
+    size_t nc = 0;
+    bool bad = false;
+    *ncaps = 0;
+    if (*p != '/' || *s != '/')
+        return 0;
+    while (*p == '/' && *s == '/') {
+        p++;
+        s++;
+        const char *pe = strchr(p, '/');
+        const char *se = strchr(s, '/');
+        size_t plen = pe ? (size_t)(pe - p) : strlen(p);
+        size_t slen = se ? (size_t)(se - s) : strlen(s);
+        if (plen >= 2 && p[0] == '{' && p[plen - 1] == '}') {
+            if (slen == 0)
+                return 0;
+            if (nc >= EM__API_CAPTURES_MAX)
+                return 0;
+            if (!decode_capture(s, slen, caps[nc]))
+                bad = true;
+            nc++;
+        } else if (plen != slen || memcmp(p, s, plen) != 0) {
+            return 0;
+        }
+        p += plen;
+        s += slen;
+    }
+    if (*p != '\0' || *s != '\0')
+        return 0;
+    *ncaps = nc;
+    return bad ? -1 : 1;
+}
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    default:
+        return "OTHER";
+    }
+}
+
+/* Finds the route for method and path. Returns it, or NULL with *status 404,
+ * 405 (allow lists the methods) or 400 (a bad capture). */
+static const em__api_route_t *find_route(em__api_req_t *r, int method, const char *path,
+                                         int *status, char *allow, size_t allow_size)
+{
+    const em__api_route_t *found = NULL;
+    bool bad = false;
+    size_t alen = 0;
+    allow[0] = '\0';
+    *status = 404;
+    for (size_t t = 0; t < sizeof route_tables / sizeof route_tables[0]; t++) {
+        const em__api_route_table_t *tab = route_tables[t];
+        for (size_t i = 0; i < tab->count; i++) {
+            const em__api_route_t *rt = &tab->routes[i];
+            char caps[EM__API_CAPTURES_MAX][EM__API_CAPTURE_MAX + 1];
+            size_t nc = 0;
+            int m = em__api_path_match(rt->pattern, path, caps, &nc);
+            if (m == 0)
+                continue;
+            if (rt->method != method) {
+                const char *mn = method_name((enum evhttp_cmd_type)rt->method);
+                if (strstr(allow, mn) == NULL) {
+                    int w = snprintf(allow + alen, allow_size - alen, "%s%s", alen ? ", " : "", mn);
+                    if (w > 0 && (size_t)w < allow_size - alen)
+                        alen += (size_t)w;
+                }
+                if (*status == 404)
+                    *status = 405;
+                continue;
+            }
+            if (m < 0) {
+                bad = true;
+                continue;
+            }
+            if (found == NULL) {
+                found = rt;
+                memcpy(r->captures, caps, sizeof caps);
+                r->ncaptures = nc;
+            }
+        }
+    }
+    if (found == NULL && bad)
+        *status = 400;
+    return found;
+}
+
+/* ---- the request pipeline ------------------------------------------------ */
+
+static void make_cid(char *cid)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[EM__API_CID_LEN / 2];
+    if (RAND_bytes(b, sizeof b) != 1)
+        memset(b, 0, sizeof b);
+    for (size_t i = 0; i < sizeof b; i++) {
+        cid[2 * i] = hex[b[i] >> 4];
+        cid[2 * i + 1] = hex[b[i] & 15];
+    }
+    cid[EM__API_CID_LEN] = '\0';
+}
+
+static void set_source(struct evhttp_request *req, char *out, size_t size)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (conn != NULL)
+        evhttp_connection_get_peer(conn, &addr, &port);
+    if (addr == NULL) {
+        snprintf(out, size, "unknown");
+    } else if (strchr(addr, ':') != NULL) {
+        snprintf(out, size, "[%s]:%u", addr, (unsigned)port);
+    } else {
+        snprintf(out, size, "%s:%u", addr, (unsigned)port);
+    }
+}
+
+static void healthz(em__api_req_t *r)
+{
+    static const char ok[] = "{\"status\":\"ok\"}";
+    static const char stopping[] = "{\"status\":\"stopping\"}";
+    if (r->api->stopping)
+        em__api_send(r, 503, "application/json", stopping, sizeof stopping - 1);
+    else
+        em__api_send(r, 200, "application/json", ok, sizeof ok - 1);
+}
+
+static void serve(em__api_call_t *call, em__api_listener_t *l)
+{
+    em__api_req_t *r = &call->r;
+    em_api_t *api = l->api;
+    struct evhttp_request *req = r->req;
+    int method = (int)evhttp_request_get_command(req);
+
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+    const char *query = uri != NULL ? evhttp_uri_get_query(uri) : NULL;
+    call->path = path;
+    if (path == NULL || path[0] != '/' || strlen(path) > PATH_MAX_LEN) {
+        em__api_error(r, 400, "validation", "path: must be an absolute path", NULL);
+        return;
+    }
+
+    bool is_health = strcmp(path, "/healthz") == 0;
+    bool is_metrics = strcmp(path, "/metrics") == 0;
+    if (is_health || (is_metrics && l->metrics_only)) {
+        if (method != EVHTTP_REQ_GET) {
+            call->allow = "GET";
+            em__api_error(r, 405, "protocol", "method not allowed", NULL);
+        } else if (is_health) {
+            healthz(r);
+        } else {
+            em__api_metrics(r);
+        }
+        return;
+    }
+    if (l->metrics_only) {
+        em__api_error(r, 404, "not_found", "no such route", NULL);
+        return;
+    }
+
+    if (!em__api_authenticate(r))
+        return;
+
+    /* The caller's token bucket. */
+    uint32_t retry = 0;
+    uint32_t rate = em__api_rate_for(api, &r->who, call->key_rate);
+    if (!em__buckets_take(api->buckets, r->who.actor, rate, em_mono_ms(), &retry)) {
+        snprintf(call->retry_buf, sizeof call->retry_buf, "%u", retry);
+        call->retry_after = call->retry_buf;
+        em__api_error(r, 429, "rate_limit_exceeded", "rate limit exceeded", NULL);
+        return;
+    }
+
+    if (is_metrics) {
+        if (method != EVHTTP_REQ_GET) {
+            call->allow = "GET";
+            em__api_error(r, 405, "protocol", "method not allowed", NULL);
+        } else if (r->who.role == EM_ROLE_DEVICE) {
+            em__api_security_event(r, "forbidden", EM_SEV_MEDIUM, "device identity on /metrics");
+            em__api_error(r, 403, NULL, NULL, "device identity on /metrics");
+        } else {
+            em__api_metrics(r);
+        }
+        return;
+    }
+
+    int status = 404;
+    char allow[64];
+    const em__api_route_t *rt = find_route(r, method, path, &status, allow, sizeof allow);
+    if (rt == NULL) {
+        if (status == 405) {
+            call->allow = allow;
+            em__api_error(r, 405, "protocol", "method not allowed", NULL);
+        } else if (status == 400) {
+            em__api_error(r, 400, "validation",
+                          "path: a path segment is empty, too long or badly escaped", NULL);
+        } else {
+            em__api_error(r, 404, "not_found", "no such route", NULL);
+        }
+        return;
+    }
+
+    /* Authorisation: a device reaches only its own device's routes (and
+     * routes about itself with no capture, such as whoami). */
+    bool allowed;
+    if (r->who.role == EM_ROLE_DEVICE)
+        allowed = (rt->flags & EM__ROUTE_DEVICE_OK) &&
+                  (r->ncaptures == 0 || strcmp(r->captures[0], r->who.device_id) == 0);
+    else
+        allowed = r->who.role != EM_ROLE_NONE && r->who.role >= rt->min_role;
+    if (!allowed) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s %.100s needs %s", method_name((enum evhttp_cmd_type)method),
+                 rt->pattern, em_role_name(rt->min_role) ? em_role_name(rt->min_role) : "?");
+        em__api_security_event(r, "forbidden", EM_SEV_MEDIUM, msg);
+        em__api_error(r, 403, NULL, NULL, msg);
+        return;
+    }
+
+    /* Query string: bounded, parsed once for the handler. */
+    struct evkeyvalq q = {0};
+    q.tqh_first = NULL;
+    q.tqh_last = &q.tqh_first;
+    if (query != NULL) {
+        size_t n = 0;
+        if (strlen(query) > QUERY_MAX || evhttp_parse_query_str(query, &q) != 0) {
+            evhttp_clear_headers(&q);
+            em__api_error(r, 400, "validation", "query: malformed or too long", NULL);
+            return;
+        }
+        for (struct evkeyval *kv = q.tqh_first; kv != NULL; kv = kv->next.tqe_next)
+            n++;
+        if (n > QUERY_PARAMS_MAX) {
+            evhttp_clear_headers(&q);
+            em__api_error(r, 400, "validation", "query: too many parameters", NULL);
+            return;
+        }
+        r->query = &q;
+    }
+
+    /* The body, NUL-terminated in place (no copy). */
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t blen = in != NULL ? evbuffer_get_length(in) : 0;
+    if (blen > api->opts.max_body) {
+        evhttp_clear_headers(&q);
+        em__api_error(r, 413, "limit_reached", "body: too large", NULL);
+        return;
+    }
+    if (blen > 0) {
+        if (evbuffer_add(in, "", 1) != 0) {
+            evhttp_clear_headers(&q);
+            em__api_error(r, 500, NULL, NULL, "out of memory");
+            return;
+        }
+        r->body = (const char *)evbuffer_pullup(in, -1);
+        r->body_len = blen;
+        if (r->body == NULL) {
+            evhttp_clear_headers(&q);
+            em__api_error(r, 500, NULL, NULL, "out of memory");
+            return;
+        }
+    }
+
+    rt->fn(r);
+    if (!r->answered)
+        em__api_error(r, 500, NULL, NULL, "the handler did not answer");
+    r->query = NULL;
+    evhttp_clear_headers(&q);
+}
+
+static void gen_cb(struct evhttp_request *req, void *arg)
+{
+    em__api_listener_t *l = arg;
+    em_api_t *api = l->api;
+    em__api_call_t call;
+    memset(&call, 0, sizeof call);
+    call.r.req = req;
+    call.r.api = api;
+    call.r.store = api->store;
+    call.r.mgr = api->mgr;
+    call.r.now_ms = em_now_ms();
+    call.start_mono_ms = em_mono_ms();
+    call.method_name = method_name(evhttp_request_get_command(req));
+    make_cid(call.r.cid);
+    set_source(req, call.r.source, sizeof call.r.source);
+    api->stats.requests++;
+
+    if (l->ctx != NULL) {
+        conn_state_t *cs = conn_of(req);
+        if (cs == NULL) {
+            /* A TLS listener whose TLS set-up failed for this connection:
+             * answer nothing the client sent. */
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+            evhttp_send_reply(req, 400, "Bad Request", NULL);
+            return;
+        }
+        cs->in_flight++;
+        api->active++;
+        evhttp_request_set_on_complete_cb(req, on_complete, cs);
+    }
+    serve(&call, l);
+    if (!call.r.answered)
+        em__api_error(&call.r, 500, NULL, NULL, "no answer");
+    OPENSSL_cleanse(&call.r.who, sizeof call.r.who);
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+static em_err_t bind_listener(em_api_t *api, size_t i, em_error_t *err)
+{
+    em__api_listener_t *l = &api->listeners[i];
+    const em_api_listener_t *o = &api->opts.listeners[i];
+    l->api = api;
+    l->idx = i;
+    l->metrics_only = o->metrics_only;
+    l->client_auth = o->client_auth;
+    if (o->cert_file != NULL) {
+        l->ctx = em__api_tls_ctx(o, err);
+        if (l->ctx == NULL)
+            return err != NULL ? err->code : EM_ERR_TLS;
+        SSL_CTX_set_app_data(l->ctx, l);
+    }
+    l->http = evhttp_new(api->base);
+    if (l->http == NULL)
+        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+    evhttp_set_max_body_size(l->http, (ev_ssize_t)api->opts.max_body);
+    evhttp_set_max_headers_size(l->http, HEADERS_MAX);
+    evhttp_set_timeout(l->http, api->opts.request_timeout_s);
+    evhttp_set_allowed_methods(l->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
+    evhttp_set_gencb(l->http, gen_cb, l);
+    if (l->ctx != NULL)
+        evhttp_set_bevcb(l->http, bev_cb, l);
+    l->sock = evhttp_bind_socket_with_handle(l->http, o->address, o->port);
+    if (l->sock == NULL)
+        return em_error_set(err, EM_ERR_IO, EM_SEV_HIGH, "address", "cannot listen on %s port %u",
+                            o->address, (unsigned)o->port);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    evutil_socket_t fd = evhttp_bound_socket_get_fd(l->sock);
+    l->port = o->port;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            l->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else if (ss.ss_family == AF_INET6)
+            l->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    return EM_OK;
+}
+
+em_api_t *em_api_new(struct event_base *base, const em_api_options_t *opts, em_store_t *store,
+                     em_manager_t *mgr, em_error_t *err)
+{
+    if (base == NULL || opts == NULL || store == NULL || mgr == NULL) {
+        em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_HIGH, NULL,
+                     "base, options, store and manager are required");
+        return NULL;
+    }
+    pthread_once(&ex_once, ex_init);
+    em_api_t *api = calloc(1, sizeof *api);
+    if (api == NULL) {
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        return NULL;
+    }
+    api->base = base;
+    api->store = store;
+    api->mgr = mgr;
+    api->started_mono_ms = em_mono_ms();
+    if (check_options(opts, &api->opts, err) != EM_OK) {
+        free(api);
+        return NULL;
+    }
+    strset_t ss = {.n = 0};
+    if (!own_strings(&api->opts, &ss)) {
+        free(api);
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        return NULL;
+    }
+    memcpy(api->strs, ss.s, sizeof ss.s);
+    api->nstrs = ss.n;
+    api->buckets = em__buckets_new(BUCKETS_MAX);
+    api->fail_buckets = em__buckets_new(FAIL_BUCKETS_MAX);
+    if (api->buckets == NULL || api->fail_buckets == NULL) {
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        em_api_free(api);
+        return NULL;
+    }
+    if (em__api_auth_init(api, err) != EM_OK) {
+        em_api_free(api);
+        return NULL;
+    }
+    for (size_t i = 0; i < api->opts.nlisteners; i++) {
+        api->nlisteners = i + 1;
+        if (bind_listener(api, i, err) != EM_OK) {
+            em_api_free(api);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < api->nlisteners; i++) {
+        const em_api_listener_t *o = &api->opts.listeners[i];
+        em_log_field_t f[4] = {
+            EM_LOG_STR("address", o->address), EM_LOG_INT("port", api->listeners[i].port),
+            EM_LOG_BOOL("tls", o->cert_file != NULL), EM_LOG_BOOL("metrics_only", o->metrics_only)};
+        em_log(EM_LOG_INFO, "api", NULL, "listening", f, 4);
+    }
+    return api;
+}
+
+void em_api_free(em_api_t *api)
+{
+    if (api == NULL)
+        return;
+    /* Connections first: their SSLs report back into api while freed. */
+    for (size_t i = 0; i < api->nlisteners; i++) {
+        if (api->listeners[i].http != NULL)
+            evhttp_free(api->listeners[i].http);
+        api->listeners[i].http = NULL;
+    }
+    for (size_t i = 0; i < api->nlisteners; i++) {
+        SSL_CTX_free(api->listeners[i].ctx);
+        api->listeners[i].ctx = NULL;
+    }
+    em__api_auth_cleanup(api);
+    em__buckets_free(api->buckets);
+    em__buckets_free(api->fail_buckets);
+    for (size_t i = 0; i < api->nstrs; i++)
+        free(api->strs[i]);
+    free(api);
+}
+
+uint16_t em_api_port(const em_api_t *api, size_t idx)
+{
+    if (api == NULL || idx >= api->nlisteners)
+        return 0;
+    return api->listeners[idx].port;
+}
+
+em_err_t em_api_reload(em_api_t *api, const em_api_options_t *opts, em_error_t *err)
+{
+    if (api == NULL || opts == NULL)
+        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_HIGH, NULL,
+                            "api and options are required");
+    em_api_options_t o;
+    em_err_t rc = check_options(opts, &o, err);
+    if (rc != EM_OK)
+        return rc;
+    if (o.nlisteners != api->opts.nlisteners)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "listeners",
+                            "listeners cannot be added or removed by a reload");
+    for (size_t i = 0; i < o.nlisteners; i++) {
+        const em_api_listener_t *a = &o.listeners[i], *b = &api->opts.listeners[i];
+        if (strcmp(a->address, b->address) != 0 || a->port != b->port ||
+            (a->cert_file == NULL) != (b->cert_file == NULL) || a->metrics_only != b->metrics_only)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "listeners",
+                                "listener %zu: address, port, TLS and role cannot change by a "
+                                "reload",
+                                i);
+    }
+    /* The JWT key, issuer and audience stay as started: tokens in use stay valid. */
+    o.jwt_key_file = api->opts.jwt_key_file;
+    o.jwt_issuer = api->opts.jwt_issuer;
+    o.jwt_audience = api->opts.jwt_audience;
+
+    SSL_CTX *ctxs[EM_API_LISTENERS_MAX] = {0};
+    for (size_t i = 0; i < o.nlisteners; i++) {
+        if (o.listeners[i].cert_file == NULL)
+            continue;
+        ctxs[i] = em__api_tls_ctx(&o.listeners[i], err);
+        if (ctxs[i] == NULL) {
+            rc = err != NULL ? err->code : EM_ERR_TLS;
+            for (size_t k = 0; k < i; k++)
+                SSL_CTX_free(ctxs[k]);
+            return rc;
+        }
+    }
+    strset_t ss = {.n = 0};
+    o.jwt_key_file = NULL; /* kept from api->strs below */
+    o.jwt_issuer = NULL;
+    o.jwt_audience = NULL;
+    if (!own_strings(&o, &ss)) {
+        for (size_t i = 0; i < o.nlisteners; i++)
+            SSL_CTX_free(ctxs[i]);
+        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+    }
+    o.jwt_key_file = api->opts.jwt_key_file;
+    o.jwt_issuer = api->opts.jwt_issuer;
+    o.jwt_audience = api->opts.jwt_audience;
+
+    /* Commit: nothing below fails. Old contexts live on in their connections. */
+    for (size_t i = 0; i < o.nlisteners; i++) {
+        em__api_listener_t *l = &api->listeners[i];
+        if (ctxs[i] != NULL) {
+            SSL_CTX_set_app_data(ctxs[i], l);
+            SSL_CTX_free(l->ctx);
+            l->ctx = ctxs[i];
+        }
+        l->client_auth = o.listeners[i].client_auth;
+        evhttp_set_max_body_size(l->http, (ev_ssize_t)o.max_body);
+        evhttp_set_timeout(l->http, o.request_timeout_s);
+    }
+    /* Keep the three JWT strings (first in strs), replace the listeners'. */
+    size_t keep = 0;
+    char *kept[3];
+    for (size_t i = 0; i < api->nstrs; i++) {
+        char *s = api->strs[i];
+        if (s == api->opts.jwt_key_file || s == api->opts.jwt_issuer || s == api->opts.jwt_audience)
+            kept[keep++] = s;
+        else
+            free(s);
+    }
+    api->nstrs = 0;
+    for (size_t i = 0; i < keep; i++)
+        api->strs[api->nstrs++] = kept[i];
+    for (size_t i = 0; i < ss.n; i++)
+        api->strs[api->nstrs++] = ss.s[i];
+    api->opts = o;
+    em_logf(EM_LOG_INFO, "api", "reloaded: certificates, rate limits and max_body");
+    return EM_OK;
+}
+
+void em_api_stop_accepting(em_api_t *api)
+{
+    if (api == NULL || api->stopping)
+        return;
+    api->stopping = true;
+    for (size_t i = 0; i < api->nlisteners; i++) {
+        em__api_listener_t *l = &api->listeners[i];
+        if (l->http != NULL && l->sock != NULL)
+            evhttp_del_accept_socket(l->http, l->sock);
+        l->sock = NULL;
+    }
+}
+
+size_t em_api_active_requests(const em_api_t *api)
+{
+    return api != NULL ? api->active : 0;
+}
+
+void em_api_stats(const em_api_t *api, em_api_stats_t *out)
+{
+    if (out == NULL)
+        return;
+    if (api == NULL) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = api->stats;
+}
+
+/* ---- bootstrap ----------------------------------------------------------- */
+
+static int count_one_key(const em_store_api_key_t *k, void *ud)
+{
+    (void)k;
+    (*(size_t *)ud)++;
+    return 1;
+}
+
+static int count_one_user(const em_store_user_t *u, void *ud)
+{
+    (void)u;
+    (*(size_t *)ud)++;
+    return 1;
+}
+
+em_err_t em_api_bootstrap(em_store_t *store, char *key_out, size_t size, bool *created,
+                          em_error_t *err)
+{
+    if (created != NULL)
+        *created = false;
+    if (store == NULL || key_out == NULL || size < EM_API_KEY_LEN + 1)
+        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_HIGH, NULL,
+                            "store and a key buffer of %d bytes are required", EM_API_KEY_LEN + 1);
+    size_t keys = 0, users = 0;
+    em_err_t rc = em_store_api_key_list(store, count_one_key, &keys, err);
+    if (rc == EM_OK)
+        rc = em_store_user_list(store, count_one_user, &users, err);
+    if (rc != EM_OK || keys > 0 || users > 0)
+        return rc;
+
+    em_store_api_key_t rec;
+    memset(&rec, 0, sizeof rec);
+    rc = em__api_key_generate(key_out, size, &rec);
+    if (rc != EM_OK)
+        return em_error_set(err, rc, EM_SEV_HIGH, NULL, "cannot generate a key");
+    int64_t now = em_now_ms();
+    snprintf(rec.name, sizeof rec.name, "bootstrap");
+    snprintf(rec.owner, sizeof rec.owner, "user:admin");
+    rec.role = EM_ROLE_ADMIN;
+    rec.created_at_ms = now;
+    /* The key first: if the user then fails, the key still lets the admin in. */
+    rc = em_store_api_key_insert(store, &rec, err);
+    OPENSSL_cleanse(rec.hash, sizeof rec.hash);
+    if (rc != EM_OK) {
+        OPENSSL_cleanse(key_out, size);
+        return rc;
+    }
+    em_store_user_t u;
+    memset(&u, 0, sizeof u);
+    snprintf(u.name, sizeof u.name, "admin");
+    u.role = EM_ROLE_ADMIN;
+    u.created_at_ms = now;
+    rc = em_store_user_insert(store, &u, err);
+    if (rc != EM_OK && rc != EM_ERR_EXISTS) {
+        em_logf(EM_LOG_WARN, "api", "bootstrap: the admin user was not created");
+    }
+    em_store_event_t ev;
+    memset(&ev, 0, sizeof ev);
+    ev.time_ms = now;
+    ev.kind = EM_EVKIND_AUDIT;
+    ev.severity = EM_SEV_MEDIUM;
+    snprintf(ev.type, sizeof ev.type, "bootstrap");
+    snprintf(ev.actor, sizeof ev.actor, "system");
+    snprintf(ev.message, sizeof ev.message, "first start: user admin and admin key %s created",
+             rec.key_id);
+    em_store_event_insert(store, &ev, NULL);
+    em_logf(EM_LOG_INFO, "api", "bootstrap: user admin and admin key %s created", rec.key_id);
+    if (created != NULL)
+        *created = true;
+    return EM_OK;
+}
