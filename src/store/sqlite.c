@@ -4,8 +4,16 @@
  * One file in WAL mode, created 0600 (SQLite gives its -wal and -shm files
  * the database file's permissions). Devices have an integer surrogate key so
  * that the rows that pile up (status history, telemetry, rollups) are small;
- * those rows go when their device goes (ON DELETE CASCADE), while commands and
- * events name the device by its id and stay for audit.
+ * those rows go when their device goes, while commands and events name the
+ * device by its id and stay for audit.
+ *
+ * The write path is what W2 measures, so the per-device tables carry no
+ * foreign key (a check per row): the writer resolves each device inside its
+ * own transaction, which holds the write lock, so a row is only ever written
+ * for a device that exists, and device_delete removes the rows itself. The
+ * writer keeps an id -> key cache across batches; every device deletion bumps
+ * store_meta.device_generation in the same transaction, and the writer drops
+ * its cache when it sees the generation move (in this process or another).
  *
  * Every statement is prepared once per connection and reset after use; the
  * few list queries whose WHERE clause depends on which filters are set are
@@ -59,26 +67,26 @@ static const char schema_v1[] =
     " PRIMARY KEY(group_pk, device_pk)) WITHOUT ROWID;"
     "CREATE INDEX memberships_device ON memberships(device_pk);"
     "CREATE TABLE status_latest("
-    " device_pk INTEGER PRIMARY KEY REFERENCES devices(pk) ON DELETE CASCADE,"
+    " device_pk INTEGER PRIMARY KEY,"
     " time_ms INTEGER NOT NULL, has INTEGER NOT NULL, battery INTEGER, power_mode INTEGER,"
     " connection INTEGER, signal INTEGER, firmware TEXT, errors TEXT, extra TEXT);"
     "CREATE TABLE status_history("
-    " device_pk INTEGER NOT NULL REFERENCES devices(pk) ON DELETE CASCADE,"
+    " device_pk INTEGER NOT NULL,"
     " time_ms INTEGER NOT NULL, has INTEGER NOT NULL, battery INTEGER, power_mode INTEGER,"
     " connection INTEGER, signal INTEGER, firmware TEXT, errors TEXT, extra TEXT);"
     "CREATE INDEX status_history_device_time ON status_history(device_pk, time_ms);"
     "CREATE TABLE telemetry("
-    " device_pk INTEGER NOT NULL REFERENCES devices(pk) ON DELETE CASCADE,"
+    " device_pk INTEGER NOT NULL,"
     " ts_ms INTEGER NOT NULL, has INTEGER NOT NULL, power_w REAL, energy_wh REAL,"
     " voltage_v REAL, current_a REAL, temperature REAL, humidity REAL, battery INTEGER);"
     "CREATE INDEX telemetry_device_ts ON telemetry(device_pk, ts_ms);"
     "CREATE TABLE rollup_hour("
-    " device_pk INTEGER NOT NULL REFERENCES devices(pk) ON DELETE CASCADE,"
+    " device_pk INTEGER NOT NULL,"
     " bucket_ms INTEGER NOT NULL, samples INTEGER NOT NULL, energy_wh REAL NOT NULL,"
     " power_sum REAL NOT NULL, power_samples INTEGER NOT NULL, power_max REAL,"
     " resets INTEGER NOT NULL, PRIMARY KEY(device_pk, bucket_ms)) WITHOUT ROWID;"
     "CREATE TABLE rollup_day("
-    " device_pk INTEGER NOT NULL REFERENCES devices(pk) ON DELETE CASCADE,"
+    " device_pk INTEGER NOT NULL,"
     " bucket_ms INTEGER NOT NULL, samples INTEGER NOT NULL, energy_wh REAL NOT NULL,"
     " power_sum REAL NOT NULL, power_samples INTEGER NOT NULL, power_max REAL,"
     " resets INTEGER NOT NULL, PRIMARY KEY(device_pk, bucket_ms)) WITHOUT ROWID;"
@@ -119,7 +127,9 @@ static const char schema_v1[] =
     " device_id TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT '',"
     " hash BLOB NOT NULL, rate_per_min INTEGER NOT NULL, created_at_ms INTEGER NOT NULL,"
     " expires_at_ms INTEGER NOT NULL, last_used_ms INTEGER NOT NULL,"
-    " revoked_at_ms INTEGER NOT NULL);";
+    " revoked_at_ms INTEGER NOT NULL);"
+    "CREATE TABLE store_meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+    "INSERT INTO store_meta(key, value) VALUES('device_generation', 0);";
 
 /* migrations[i] takes the schema from version i to i + 1. */
 static const char *const migrations[] = {schema_v1};
@@ -226,6 +236,13 @@ enum stmt_id {
     S_PRUNE_COMMANDS,
     S_VERSION,
     S_VERSION_INSERT,
+    S_GENERATION,
+    S_GENERATION_BUMP,
+    S_DEL_HISTORY,
+    S_DEL_TELEMETRY,
+    S_DEL_LATEST,
+    S_DEL_HOUR,
+    S_DEL_DAY,
     S_COUNT
 };
 
@@ -326,6 +343,13 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_PRUNE_COMMANDS] = "DELETE FROM commands WHERE state >= 3 AND created_at_ms < ?1",
     [S_VERSION] = "SELECT coalesce(max(version), 0) FROM schema_migrations",
     [S_VERSION_INSERT] = "INSERT INTO schema_migrations(version, applied_at_ms) VALUES(?1, ?2)",
+    [S_GENERATION] = "SELECT value FROM store_meta WHERE key = 'device_generation'",
+    [S_GENERATION_BUMP] = "UPDATE store_meta SET value = value + 1 WHERE key = 'device_generation'",
+    [S_DEL_HISTORY] = "DELETE FROM status_history WHERE device_pk = ?1",
+    [S_DEL_TELEMETRY] = "DELETE FROM telemetry WHERE device_pk = ?1",
+    [S_DEL_LATEST] = "DELETE FROM status_latest WHERE device_pk = ?1",
+    [S_DEL_HOUR] = "DELETE FROM rollup_hour WHERE device_pk = ?1",
+    [S_DEL_DAY] = "DELETE FROM rollup_day WHERE device_pk = ?1",
 };
 
 /* Variants of the filtered lists (a bit per filter that is set). */
@@ -346,11 +370,32 @@ static const char *const stmt_sql[S_COUNT] = {
 #define EV_F_DESC    128u
 #define EV_VARIANTS  256u
 
+/* The writer's device cache: id -> surrogate key, open addressing. */
+#define PK_CACHE_MIN 1024u
+#define PK_CACHE_MAX (1u << 18) /* 16 MiB; past it the cache starts over */
+
+typedef struct pk_entry {
+    char id[EM_DEVICE_ID_MAX + 1]; /* "" when the slot is free */
+    sqlite3_int64 pk;
+} pk_entry_t;
+
+/* A status of the batch: the latest one per device is upserted once. */
+typedef struct latest_ref {
+    sqlite3_int64 pk;
+    size_t index;
+} latest_ref_t;
+
 struct em__store_conn {
     sqlite3 *db;
     sqlite3_stmt *st[S_COUNT];
     sqlite3_stmt *cmd_list[CMD_VARIANTS];
     sqlite3_stmt *ev_list[EV_VARIANTS];
+    pk_entry_t *cache;
+    size_t cache_cap; /* power of two, or 0 */
+    size_t cache_used;
+    sqlite3_int64 cache_gen;
+    latest_ref_t *latest;
+    size_t latest_cap;
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -583,6 +628,8 @@ static void conn_free(em__store_conn_t *c)
         sqlite3_finalize(c->ev_list[i]);
     }
     sqlite3_close_v2(c->db);
+    free(c->cache);
+    free(c->latest);
     free(c);
 }
 
@@ -735,53 +782,164 @@ static void bind_status(sqlite3_stmt *s, sqlite3_int64 pk, int64_t time_ms, cons
     bind_text(s, 10, st->extra_json);
 }
 
-/* The last device looked up in a batch: records of one device tend to come
- * together (a device's status and telemetry, a simulator's bursts). */
-typedef struct pk_memo {
-    char id[EM_DEVICE_ID_MAX + 1];
-    sqlite3_int64 pk;
-    bool found;
-    bool valid;
-} pk_memo_t;
-
-/* EM_OK with *found false when the device is gone (its records are skipped). */
-static em_err_t batch_device(em__store_conn_t *c, pk_memo_t *m, const char *id, bool *found,
-                             sqlite3_int64 *pk, em_error_t *err)
+static size_t pk_hash(const char *id)
 {
-    if (!m->valid || strcmp(m->id, id) != 0) {
-        sqlite3_int64 p = 0;
-        em_err_t rc = lookup_pk(c, S_DEV_PK, id, EM_OK, "device", &p, err);
-        if (rc != EM_OK && rc != EM_ERR_NOT_FOUND) {
-            return rc;
-        }
-        snprintf(m->id, sizeof(m->id), "%s", id);
-        m->pk = p;
-        m->found = rc == EM_OK;
-        m->valid = true;
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (const unsigned char *p = (const unsigned char *)id; *p != '\0'; p++) {
+        h = (h ^ *p) * UINT64_C(1099511628211);
     }
-    *found = m->found;
-    *pk = m->pk;
-    return EM_OK;
+    return (size_t)h;
 }
 
-static em_err_t write_status(em__store_conn_t *c, const em__store_rec_t *r, pk_memo_t *m,
+static void cache_clear(em__store_conn_t *c)
+{
+    if (c->cache != NULL) {
+        memset(c->cache, 0, c->cache_cap * sizeof(*c->cache));
+    }
+    c->cache_used = 0;
+}
+
+static pk_entry_t *cache_slot(pk_entry_t *tab, size_t cap, const char *id)
+{
+    size_t i = pk_hash(id) & (cap - 1);
+    while (tab[i].id[0] != '\0' && strcmp(tab[i].id, id) != 0) {
+        i = (i + 1) & (cap - 1);
+    }
+    return &tab[i];
+}
+
+/* Remembers id -> pk. Best effort: out of memory only means no caching. */
+static void cache_put(em__store_conn_t *c, const char *id, sqlite3_int64 pk)
+{
+    if ((c->cache_used + 1) * 2 > c->cache_cap) {
+        size_t ncap = c->cache_cap == 0 ? PK_CACHE_MIN : c->cache_cap * 2;
+        if (ncap > PK_CACHE_MAX) {
+            cache_clear(c);
+        } else {
+            pk_entry_t *n = calloc(ncap, sizeof(*n));
+            if (n == NULL) {
+                cache_clear(c);
+                if (c->cache == NULL) {
+                    return;
+                }
+            } else {
+                for (size_t i = 0; i < c->cache_cap; i++) {
+                    if (c->cache[i].id[0] != '\0') {
+                        *cache_slot(n, ncap, c->cache[i].id) = c->cache[i];
+                    }
+                }
+                free(c->cache);
+                c->cache = n;
+                c->cache_cap = ncap;
+            }
+        }
+    }
+    pk_entry_t *e = cache_slot(c->cache, c->cache_cap, id);
+    if (e->id[0] == '\0') {
+        snprintf(e->id, sizeof(e->id), "%s", id);
+        c->cache_used++;
+    }
+    e->pk = pk;
+}
+
+/* Called inside the batch's transaction: drops the cache when a device was
+ * deleted since it was filled. */
+static em_err_t cache_check_generation(em__store_conn_t *c, em_error_t *err)
+{
+    sqlite3_stmt *s = stmt(c, S_GENERATION, err);
+    if (s == NULL) {
+        return EM_ERR_IO;
+    }
+    int rc = sqlite3_step(s);
+    em_err_t e = EM_OK;
+    if (rc == SQLITE_ROW) {
+        sqlite3_int64 g = sqlite3_column_int64(s, 0);
+        if (g != c->cache_gen) {
+            cache_clear(c);
+            c->cache_gen = g;
+        }
+    } else {
+        e = db_error(c, rc, "device generation", err);
+    }
+    done(s);
+    return e;
+}
+
+/* EM_OK with *found false when the device is gone (its records are skipped). */
+static em_err_t batch_device(em__store_conn_t *c, const char *id, bool *found, sqlite3_int64 *pk,
                              em_error_t *err)
+{
+    if (c->cache != NULL) {
+        const pk_entry_t *e = cache_slot(c->cache, c->cache_cap, id);
+        if (e->id[0] != '\0') {
+            *found = true;
+            *pk = e->pk;
+            return EM_OK;
+        }
+    }
+    em_err_t rc = lookup_pk(c, S_DEV_PK, id, EM_OK, "device", pk, err);
+    if (rc == EM_ERR_NOT_FOUND) {
+        *found = false;
+        return EM_OK;
+    }
+    if (rc == EM_OK) {
+        *found = true;
+        cache_put(c, id, *pk);
+    }
+    return rc;
+}
+
+/* Writes the history row and notes the record for the latest-status pass. */
+static em_err_t write_status(em__store_conn_t *c, const em__store_rec_t *r, size_t index,
+                             size_t *nlatest, em_error_t *err)
 {
     bool found;
     sqlite3_int64 pk;
-    em_err_t rc = batch_device(c, m, r->device_id, &found, &pk, err);
+    em_err_t rc = batch_device(c, r->device_id, &found, &pk, err);
     if (rc != EM_OK || !found) {
         return rc;
     }
     sqlite3_stmt *h = stmt(c, S_STATUS_HIST_INSERT, err);
-    sqlite3_stmt *l = stmt(c, S_STATUS_LATEST_UPSERT, err);
-    if (h == NULL || l == NULL) {
+    if (h == NULL) {
         return EM_ERR_IO;
     }
     bind_status(h, pk, r->time_ms, &r->u.status);
     rc = exec_stmt(c, h, "status history", err);
     if (rc == EM_OK) {
-        bind_status(l, pk, r->time_ms, &r->u.status);
+        c->latest[(*nlatest)++] = (latest_ref_t){pk, index};
+    }
+    return rc;
+}
+
+static int latest_cmp(const void *a, const void *b)
+{
+    const latest_ref_t *x = a;
+    const latest_ref_t *y = b;
+    if (x->pk != y->pk) {
+        return x->pk < y->pk ? -1 : 1;
+    }
+    return x->index < y->index ? -1 : (x->index > y->index ? 1 : 0);
+}
+
+/* One upsert per device per batch: its last status in the batch. */
+static em_err_t write_latest(em__store_conn_t *c, const em__store_rec_t *recs, size_t nlatest,
+                             em_error_t *err)
+{
+    if (nlatest == 0) {
+        return EM_OK;
+    }
+    sqlite3_stmt *l = stmt(c, S_STATUS_LATEST_UPSERT, err);
+    if (l == NULL) {
+        return EM_ERR_IO;
+    }
+    qsort(c->latest, nlatest, sizeof(*c->latest), latest_cmp);
+    em_err_t rc = EM_OK;
+    for (size_t i = 0; i < nlatest && rc == EM_OK; i++) {
+        if (i + 1 < nlatest && c->latest[i + 1].pk == c->latest[i].pk) {
+            continue; /* a later status of the same device follows */
+        }
+        const em__store_rec_t *r = &recs[c->latest[i].index];
+        bind_status(l, c->latest[i].pk, r->time_ms, &r->u.status);
         rc = exec_stmt(c, l, "latest status", err);
     }
     return rc;
@@ -794,12 +952,11 @@ static void bind_opt_double(sqlite3_stmt *s, int i, bool has, double v)
     }
 }
 
-static em_err_t write_telemetry(em__store_conn_t *c, const em__store_rec_t *r, pk_memo_t *m,
-                                em_error_t *err)
+static em_err_t write_telemetry(em__store_conn_t *c, const em__store_rec_t *r, em_error_t *err)
 {
     bool found;
     sqlite3_int64 pk;
-    em_err_t rc = batch_device(c, m, r->device_id, &found, &pk, err);
+    em_err_t rc = batch_device(c, r->device_id, &found, &pk, err);
     if (rc != EM_OK || !found) {
         return rc;
     }
@@ -895,7 +1052,7 @@ static em_err_t write_key_used(em__store_conn_t *c, const em__store_rec_t *r, em
 }
 
 static em_err_t write_rollups(em__store_conn_t *c, const em__store_rec_t *recs, size_t n,
-                              pk_memo_t *m, em_error_t *err)
+                              em_error_t *err)
 {
     em__rollup_delta_t *d = NULL;
     size_t nd = 0;
@@ -906,7 +1063,7 @@ static em_err_t write_rollups(em__store_conn_t *c, const em__store_rec_t *recs, 
     for (size_t i = 0; i < nd && rc == EM_OK; i++) {
         bool found;
         sqlite3_int64 pk;
-        rc = batch_device(c, m, d[i].device_id, &found, &pk, err);
+        rc = batch_device(c, d[i].device_id, &found, &pk, err);
         if (rc != EM_OK || !found) {
             continue;
         }
@@ -936,22 +1093,34 @@ static em_err_t sq_write_batch(em__store_conn_t *c, const em__store_rec_t *recs,
                                uint64_t *orphans, em_error_t *err)
 {
     *orphans = 0;
+    if (n > c->latest_cap) {
+        latest_ref_t *l = realloc(c->latest, n * sizeof(*l));
+        if (l == NULL) {
+            return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        }
+        c->latest = l;
+        c->latest_cap = n;
+    }
     em_err_t rc = tx_begin(c, err);
+    if (rc == EM_OK) {
+        rc = cache_check_generation(c, err);
+    }
     if (rc != EM_OK) {
+        tx_rollback(c);
         return rc;
     }
-    pk_memo_t memo = {.valid = false};
+    size_t nlatest = 0;
     uint64_t orph = 0;
     bool has_telemetry = false;
     for (size_t i = 0; i < n && rc == EM_OK; i++) {
         const em__store_rec_t *r = &recs[i];
         switch (r->kind) {
         case EM__REC_STATUS:
-            rc = write_status(c, r, &memo, err);
+            rc = write_status(c, r, i, &nlatest, err);
             break;
         case EM__REC_TELEMETRY:
             has_telemetry = true;
-            rc = write_telemetry(c, r, &memo, err);
+            rc = write_telemetry(c, r, err);
             break;
         case EM__REC_RESPONSE:
             rc = write_response(c, r, &orph, err);
@@ -968,8 +1137,11 @@ static em_err_t sq_write_batch(em__store_conn_t *c, const em__store_rec_t *recs,
             break;
         }
     }
+    if (rc == EM_OK) {
+        rc = write_latest(c, recs, nlatest, err);
+    }
     if (rc == EM_OK && has_telemetry) {
-        rc = write_rollups(c, recs, n, &memo, err);
+        rc = write_rollups(c, recs, n, err);
     }
     rc = tx_end(c, rc, err);
     if (rc == EM_OK) {
@@ -1040,19 +1212,45 @@ static em_err_t sq_device_update(em__store_conn_t *c, const em_store_device_t *d
     return rc;
 }
 
-static em_err_t sq_device_delete(em__store_conn_t *c, const char *id, em_error_t *err)
+/* Runs a statement whose only parameter is a device key. */
+static em_err_t exec_pk(em__store_conn_t *c, enum stmt_id id, sqlite3_int64 pk, em_error_t *err)
 {
-    sqlite3_stmt *s = stmt(c, S_DEV_DELETE, err);
+    sqlite3_stmt *s = stmt(c, id, err);
     if (s == NULL) {
         return EM_ERR_IO;
     }
-    bind_text(s, 1, id);
-    em_err_t rc = exec_stmt(c, s, "device delete", err);
-    if (rc == EM_OK && sqlite3_changes(c->db) == 0) {
-        rc = em_error_set(err, EM_ERR_DEVICE_NOT_FOUND, EM_SEV_LOW, "id", "no such device");
-        em_error_set_device(err, id);
+    sqlite3_bind_int64(s, 1, pk);
+    return exec_stmt(c, s, "device delete", err);
+}
+
+static em_err_t sq_device_delete(em__store_conn_t *c, const char *id, em_error_t *err)
+{
+    static const enum stmt_id children[] = {S_DEL_HISTORY, S_DEL_TELEMETRY, S_DEL_LATEST,
+                                            S_DEL_HOUR, S_DEL_DAY};
+    em_err_t rc = tx_begin(c, err);
+    if (rc != EM_OK) {
+        return rc;
     }
-    return rc;
+    sqlite3_int64 pk = 0;
+    rc = device_pk(c, id, &pk, err);
+    for (size_t i = 0; i < sizeof(children) / sizeof(children[0]) && rc == EM_OK; i++) {
+        rc = exec_pk(c, children[i], pk, err);
+    }
+    if (rc == EM_OK) {
+        /* Memberships go by their foreign key. */
+        sqlite3_stmt *s = stmt(c, S_DEV_DELETE, err);
+        if (s == NULL) {
+            rc = EM_ERR_IO;
+        } else {
+            bind_text(s, 1, id);
+            rc = exec_stmt(c, s, "device delete", err);
+        }
+    }
+    if (rc == EM_OK) {
+        sqlite3_stmt *s = stmt(c, S_GENERATION_BUMP, err);
+        rc = s != NULL ? exec_stmt(c, s, "device generation", err) : EM_ERR_IO;
+    }
+    return tx_end(c, rc, err);
 }
 
 static em_err_t sq_device_get(em__store_conn_t *c, const char *id, em_store_device_t *out,
