@@ -357,24 +357,26 @@ static void publish(const char *topic, const char *payload)
     assert_int_equal(em_test_run(argv), 0);
 }
 
-/* Waits until the manager counted at least n of a statistic. */
-static void wait_stat(size_t offset, uint64_t n)
-{
-    for (int i = 0; i < 200; i++) {
-        em_manager_stats_t s;
-        em_manager_stats(fx_global->mgr, &s);
-        if (*(const uint64_t *)((const char *)&s + offset) >= n)
-            return;
-        em_test_sleep_ms(50);
-    }
-    fail_msg("the manager did not count %llu messages", (unsigned long long)n);
-}
-
+/* A counter of the manager's statistics, by its offset in
+ * em_manager_stats_t. */
 static uint64_t stat_now(size_t offset)
 {
     em_manager_stats_t s;
     em_manager_stats(fx_global->mgr, &s);
-    return *(const uint64_t *)((const char *)&s + offset);
+    uint64_t v;
+    memcpy(&v, (const char *)&s + offset, sizeof(v));
+    return v;
+}
+
+/* Waits until the manager counted at least n of a statistic. */
+static void wait_stat(size_t offset, uint64_t n)
+{
+    for (int i = 0; i < 200; i++) {
+        if (stat_now(offset) >= n)
+            return;
+        em_test_sleep_ms(50);
+    }
+    fail_msg("the manager did not count %llu messages", (unsigned long long)n);
 }
 
 static void flush_store(void)
