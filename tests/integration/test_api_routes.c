@@ -1152,6 +1152,24 @@ static void test_command_eleventh_in_a_minute_is_429_and_recorded_failed(void **
     assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/cmd-rate/commands?limit=100"), 200);
     assert_int_equal(array_size(data(a)), 11);
     cJSON_Delete(a);
+
+    /* In a group command the device over its limit is skipped, and its
+     * command recorded failed. */
+    create_group("rate-grp");
+    assert_int_equal(admin("PUT", NULL, NULL, "/api/v1/groups/rate-grp/members/cmd-rate"), 200);
+    assert_int_equal(admin("POST", "{\"type\":\"wake\"}", &a, "/api/v1/groups/rate-grp/commands"),
+                     202);
+    assert_int_equal((int)num_of(data(a), "sent"), 0);
+    assert_int_equal((int)num_of(data(a), "skipped"), 1);
+    cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(data(a), "commands"), 0);
+    assert_string_equal(str_of(c, "state"), "failed");
+    char rid[EM_REQUEST_ID_MAX + 1];
+    snprintf(rid, sizeof(rid), "%s", str_of(c, "requestId"));
+    cJSON_Delete(a);
+    a = command_get(rid);
+    assert_string_equal(str_of(data(a), "state"), "failed");
+    assert_string_equal(str_of(data(a), "group"), "rate-grp");
+    cJSON_Delete(a);
 }
 
 static void test_group_command_goes_to_each_enabled_member(void **state)
@@ -1261,6 +1279,41 @@ static void test_events_list_filters_and_pages_backwards(void **state)
 
 /* ---- roles -------------------------------------------------------------- */
 
+/* Runs last: it stops the broker. */
+static void test_command_without_broker_is_503_and_recorded_failed(void **state)
+{
+    (void)state;
+    create_device("cmd-off", "actuator", NULL);
+    create_group("off-grp");
+    assert_int_equal(admin("PUT", NULL, NULL, "/api/v1/groups/off-grp/members/cmd-off"), 200);
+    assert_int_equal(em_test_broker_stop(&fx_global->broker), 0);
+    for (int i = 0; i < 200 && em_manager_is_connected(fx_global->mgr); i++)
+        em_test_sleep_ms(50);
+    assert_false(em_manager_is_connected(fx_global->mgr));
+
+    cJSON *a = NULL;
+    assert_int_equal(admin("POST", "{\"type\":\"wake\"}", &a, "/api/v1/devices/cmd-off/commands"),
+                     503);
+    assert_error(a, "not_connected", NULL);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/cmd-off/commands"), 200);
+    assert_int_equal(array_size(data(a)), 1);
+    cJSON *c = cJSON_GetArrayItem(data(a), 0);
+    assert_string_equal(str_of(c, "state"), "failed");
+    assert_non_null(strstr(str_of(cJSON_GetObjectItemCaseSensitive(c, "response"), "message"),
+                           "not_connected"));
+    cJSON_Delete(a);
+
+    /* A group command is refused whole, and nothing is recorded. */
+    assert_int_equal(admin("POST", "{\"type\":\"wake\"}", &a, "/api/v1/groups/off-grp/commands"),
+                     503);
+    assert_error(a, "not_connected", NULL);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/commands?group=off-grp"), 200);
+    assert_int_equal(array_size(data(a)), 0);
+    cJSON_Delete(a);
+}
+
 static void test_device_key_reads_its_own_device_only(void **state)
 {
     (void)state;
@@ -1323,6 +1376,7 @@ int main(void)
         cmocka_unit_test(test_events_list_filters_and_pages_backwards),
         cmocka_unit_test(test_device_key_reads_its_own_device_only),
         cmocka_unit_test(test_viewer_reads_but_cannot_write),
+        cmocka_unit_test(test_command_without_broker_is_503_and_recorded_failed),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
