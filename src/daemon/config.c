@@ -21,6 +21,8 @@
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "daemon/daemon_internal.h"
@@ -228,7 +230,10 @@ static em_err_t fail_at(parser_t *p, unsigned line, const char *key, const char 
     vsnprintf(rule, sizeof(rule), fmt, ap);
     va_end(ap);
     char where[EM_DAEMON_NAME_MAX + 32] = "";
-    if (p->sec == SEC_LISTENER && p->lst != NULL)
+    /* The section only names where a key is; a line-level error stands alone. */
+    if (key == NULL)
+        where[0] = '\0';
+    else if (p->sec == SEC_LISTENER && p->lst != NULL)
         snprintf(where, sizeof(where), "[listener %s] ", p->lst->name);
     else if (p->sec != SEC_NONE)
         snprintf(where, sizeof(where), "[%s] ", k_section_names[p->sec]);
@@ -1175,6 +1180,16 @@ static em_err_t parent_exists(const char *what, const char *path, em_error_t *er
     return EM_OK;
 }
 
+/* A key file that asks for a passphrase is refused, not prompted for. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)u;
+    return -1;
+}
+
 /* The certificate chain and key load and match. */
 static em_err_t check_tls_pair(const char *what, const char *cert, const char *key, em_error_t *err)
 {
@@ -1189,12 +1204,23 @@ static em_err_t check_tls_pair(const char *what, const char *cert, const char *k
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
         rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
                           "%s: %s is not a PEM certificate chain", what, cert);
-    else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-        rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
-                          "%s: %s is not a PEM private key (or it is encrypted)", what, key);
-    else if (SSL_CTX_check_private_key(ctx) != 1)
-        rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
-                          "%s: the key %s does not match the certificate %s", what, key, cert);
+    EVP_PKEY *pkey = NULL;
+    if (rc == EM_OK) {
+        /* Read apart from the certificate, so that an unreadable key and a
+         * key of another certificate get their own messages. */
+        FILE *f = fopen(key, "re");
+        if (f != NULL) {
+            pkey = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+            fclose(f);
+        }
+        if (pkey == NULL)
+            rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
+                              "%s: %s is not a PEM private key (or it is encrypted)", what, key);
+        else if (SSL_CTX_use_PrivateKey(ctx, pkey) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+            rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
+                              "%s: the key %s does not match the certificate %s", what, key, cert);
+    }
+    EVP_PKEY_free(pkey);
     ERR_clear_error();
     SSL_CTX_free(ctx);
     return rc;
