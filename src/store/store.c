@@ -434,6 +434,32 @@ static em_err_t check_status(const em_status_t *s, em_error_t *err)
     return rc;
 }
 
+/* A NaN or infinity would poison the rollup sums for good. */
+static em_err_t check_telemetry_values(const em_telemetry_t *t, em_error_t *err)
+{
+    const struct {
+        unsigned bit;
+        double v;
+        const char *field;
+    } fields[] = {
+        {EM_TELEMETRY_HAS_POWER, t->power_w, "power_w"},
+        {EM_TELEMETRY_HAS_ENERGY, t->energy_wh, "energy_wh"},
+        {EM_TELEMETRY_HAS_VOLTAGE, t->voltage_v, "voltage_v"},
+        {EM_TELEMETRY_HAS_CURRENT, t->current_a, "current_a"},
+        {EM_TELEMETRY_HAS_TEMPERATURE, t->temperature, "temperature"},
+        {EM_TELEMETRY_HAS_HUMIDITY, t->humidity, "humidity"},
+    };
+    for (size_t i = 0; i < COUNT_OF(fields); i++) {
+        if ((t->has & fields[i].bit) && !isfinite(fields[i].v)) {
+            return bad_value(err, fields[i].field, "must be a finite number");
+        }
+    }
+    if ((t->has & EM_TELEMETRY_HAS_BATTERY) && t->battery > 100) {
+        return bad_value(err, "battery", "must be 0-100");
+    }
+    return EM_OK;
+}
+
 static em_err_t check_event(const em_store_event_t *ev, em_error_t *err)
 {
     if (ev == NULL) {
@@ -709,15 +735,18 @@ em_err_t em_store_open(const char *url, const em_store_options_t *opts, em_store
         free(st);
         return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "mutex init failed");
     }
-    if (init_cond_monotonic(&st->q_work) != 0 || init_cond_monotonic(&st->q_room) != 0 ||
-        init_cond_monotonic(&st->q_done) != 0) {
-        /* pthread_cond_destroy on a never-initialised condvar is harmless in
-         * glibc only by accident; initialisation of these does not fail in
-         * practice, so the failure path just leaks nothing but the attrs. */
-        pthread_mutex_destroy(&st->qlock);
-        pthread_mutex_destroy(&st->sync_lock);
-        free(st);
-        return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "condvar init failed");
+    /* Each condvar is destroyed only if it was initialised. */
+    pthread_cond_t *conds[] = {&st->q_work, &st->q_room, &st->q_done};
+    for (size_t i = 0; i < COUNT_OF(conds); i++) {
+        if (init_cond_monotonic(conds[i]) != 0) {
+            while (i-- > 0) {
+                pthread_cond_destroy(conds[i]);
+            }
+            pthread_mutex_destroy(&st->qlock);
+            pthread_mutex_destroy(&st->sync_lock);
+            free(st);
+            return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "condvar init failed");
+        }
     }
     st->opts = o;
     st->cap = o.queue_max;
@@ -1005,6 +1034,10 @@ em_err_t em_store_enqueue_telemetry(em_store_t *st, const char *id, const em_tel
     }
     if (t->timestamp_ms < 0) {
         return bad_value(err, "timestamp", "must not be negative");
+    }
+    rc = check_telemetry_values(t, err);
+    if (rc != EM_OK) {
+        return rc;
     }
     em__store_rec_t *slot;
     rc = queue_reserve(st, &slot, err);

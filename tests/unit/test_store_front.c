@@ -477,6 +477,11 @@ static void test_enqueue_refuses_bad_records_and_queues_nothing(void **state)
                      EM_ERR_VALIDATION);
     assert_int_equal(em_store_enqueue_telemetry(f->st, "dev-1", &t, NAN, false, &err),
                      EM_ERR_VALIDATION);
+    t.has = EM_TELEMETRY_HAS_POWER;
+    t.power_w = INFINITY;
+    assert_int_equal(em_store_enqueue_telemetry(f->st, "dev-1", &t, 0.0, false, &err),
+                     EM_ERR_VALIDATION);
+    assert_string_equal(err.field, "power_w");
     em_store_event_t ev;
     memset(&ev, 0, sizeof(ev));
     ev.kind = (em_event_kind_t)9;
