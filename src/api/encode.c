@@ -165,7 +165,6 @@ cJSON *em__enc_device(const em_store_device_t *dev, cJSON *groups, cJSON *status
         ok = put(o, "groups", groups != NULL ? groups : cJSON_CreateArray());
     else
         cJSON_Delete(groups);
-    groups = NULL;
     ok = ok && put(o, "config", em__enc_config(&dev->config)) &&
          put(o, "enabled", cJSON_CreateBool(dev->enabled));
     if (ok)

@@ -64,8 +64,8 @@ static bool read_command(em__api_req_t *r, cmd_req_t *out)
         em__api_error(r, 400, "validation", "type: must be a string", NULL);
         goto out;
     }
-    if ((rc = em_command_type_parse(type->valuestring, strlen(type->valuestring), &out->type,
-                                    &e)) != EM_OK) {
+    if (em_command_type_parse(type->valuestring, strlen(type->valuestring), &out->type, &e) !=
+        EM_OK) {
         em__api_error(r, 400, "validation",
                       "type: must be sleep, wake, restart, update, set_reporting_interval, "
                       "get_status, configure or reset",

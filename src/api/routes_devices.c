@@ -76,12 +76,6 @@ static bool opt_bool(em__api_req_t *r, const cJSON *obj, const char *key, bool *
     return true;
 }
 
-/* Answers a validation error from the model's validators. */
-static void answer_invalid(em__api_req_t *r, em_err_t rc, const em_error_t *e)
-{
-    em__api_error_from(r, rc, e);
-}
-
 /* Decodes "config" (absent or null: *present false). */
 static bool opt_config(em__api_req_t *r, const cJSON *obj, bool *present, em_device_config_t *out)
 {
@@ -112,7 +106,7 @@ static bool opt_config(em__api_req_t *r, const cJSON *obj, bool *present, em_dev
                 snprintf(e.field, sizeof(e.field), "config.%.*s", EM_ERROR_FIELD_MAX - 7, field);
             (void)n;
         }
-        answer_invalid(r, rc, &e);
+        em__api_error_from(r, rc, &e);
         return false;
     }
     *present = true;
@@ -237,10 +231,10 @@ static em_err_t stored_status(em__api_req_t *r, const char *id, cJSON **out, em_
 static cJSON *devices_json(em__api_req_t *r, const em_store_device_t *devs, size_t n)
 {
     cJSON *arr = cJSON_CreateArray();
-    cJSON **groups = calloc(n + 1, sizeof(*groups));
-    cJSON **status = calloc(n + 1, sizeof(*status));
+    cJSON **groups = calloc(n + 1, sizeof(cJSON *));
+    cJSON **status = calloc(n + 1, sizeof(cJSON *));
     const char **missing = calloc(n + 1, sizeof(*missing));
-    cJSON **missing_groups = calloc(n + 1, sizeof(*missing_groups));
+    cJSON **missing_groups = calloc(n + 1, sizeof(cJSON *));
     size_t nmissing = 0;
     em_error_t e;
     em_error_clear(&e);
@@ -536,7 +530,7 @@ static void create_device(em__api_req_t *r)
     if ((rc = em_device_id_validate(id, strlen(id), &e)) != EM_OK ||
         (rc = em_device_name_validate(name, strlen(name), &e)) != EM_OK ||
         (rc = em_device_type_parse(type_s, strlen(type_s), &dev.type, &e)) != EM_OK) {
-        answer_invalid(r, rc, &e);
+        em__api_error_from(r, rc, &e);
         goto out;
     }
     snprintf(dev.id, sizeof(dev.id), "%s", id);
@@ -658,14 +652,14 @@ static void update_device(em__api_req_t *r)
         goto out;
     if (name != NULL) {
         if ((rc = em_device_name_validate(name, strlen(name), &e)) != EM_OK) {
-            answer_invalid(r, rc, &e);
+            em__api_error_from(r, rc, &e);
             goto out;
         }
         snprintf(upd.name, sizeof(upd.name), "%s", name);
     }
     if (type_s != NULL &&
         (rc = em_device_type_parse(type_s, strlen(type_s), &upd.type, &e)) != EM_OK) {
-        answer_invalid(r, rc, &e);
+        em__api_error_from(r, rc, &e);
         goto out;
     }
     if (has_config)
