@@ -776,7 +776,9 @@ em_err_t em_api_reload(em_api_t *api, const em_api_options_t *opts, em_error_t *
                             "listeners cannot be added or removed by a reload");
     for (size_t i = 0; i < o.nlisteners; i++) {
         const em_api_listener_t *a = &o.listeners[i], *b = &api->opts.listeners[i];
-        if (strcmp(a->address, b->address) != 0 || a->port != b->port ||
+        /* Port 0 at start means the port it got. */
+        if (strcmp(a->address, b->address) != 0 ||
+            (a->port != b->port && a->port != api->listeners[i].port) ||
             (a->cert_file == NULL) != (b->cert_file == NULL) || a->metrics_only != b->metrics_only)
             return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "listeners",
                                 "listener %zu: address, port, TLS and role cannot change by a "
