@@ -425,8 +425,8 @@ static int run_telemetry(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 }
 
 const ctl_cmd_t ctl_devices_cmds[] = {
-    {"devices", "list", run_list, 0, 0, "devices list [--group G] [--type T] [--limit N] [--all]",
-     "List devices",
+    {"devices", "list", run_list, 0, 0,
+     "devices list [--group G] [--type T] [--limit N] [--after ID] [--all]", "List devices",
      "  --group G      only members of group G\n"
      "  --type T       only devices of type T (sensor, camera, actuator, gateway, generic)\n"
      "  --limit N      devices per page, 1-1000 (default 100)\n"

@@ -171,13 +171,39 @@ static bool is_global(int id)
     return false;
 }
 
+/* Names the option at argv[optind - 1] without its "=value" part, which
+ * may be a secret typed where it does not belong. */
 static void report_bad_option(char **argv, int c)
 {
     const char *what = argv[optind - 1];
+    int n = (int)strcspn(what, "=");
     if (c == ':')
-        ctl_err(NULL, "%s needs a value", what);
+        ctl_err(NULL, "%.*s needs a value", n, what);
     else
-        ctl_err(NULL, "unknown option %s", what);
+        ctl_err(NULL, "unknown option %.*s", n, what);
+}
+
+/*
+ * getopt_long accepts any unambiguous prefix of a long option: "--api-key"
+ * would be taken for "--api-key-file" and its value (a key typed on the
+ * command line) for a file name. Options are therefore only accepted when
+ * written in full. idx is getopt_long's longindex (-1 for short options).
+ */
+static bool abbreviated(char **argv, const struct option *opts, int idx)
+{
+    if (idx < 0 || optind < 1)
+        return false;
+    const char *el = argv[optind - 1];
+    if (optarg != NULL && optarg == el && optind >= 2)
+        el = argv[optind - 2]; /* the value was the next word */
+    if (strncmp(el, "--", 2) != 0)
+        return false;
+    el += 2;
+    size_t n = strcspn(el, "=");
+    if (strlen(opts[idx].name) == n && strncmp(opts[idx].name, el, n) == 0)
+        return false;
+    ctl_err(NULL, "unknown option --%.*s (options are written in full)", (int)n, el);
+    return true;
 }
 
 int ctl_parse(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv, const struct option *opts,
@@ -196,14 +222,16 @@ int ctl_parse(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv, const struc
     memset(a, 0, sizeof *a);
     optind = 0; /* glibc: start over, with permutation */
     opterr = 0;
-    int ch;
-    while ((ch = getopt_long(argc, argv, ":o:qh", all, NULL)) != -1) {
+    int ch, idx = -1;
+    while ((ch = getopt_long(argc, argv, ":o:qh", all, &idx)) != -1) {
         int rc;
-        if (ch == '?' || ch == ':') {
-            report_bad_option(argv, ch);
+        if (ch == '?' || ch == ':' || abbreviated(argv, all, idx)) {
+            if (ch == '?' || ch == ':')
+                report_bad_option(argv, ch);
             fprintf(stderr, "usage: " PROGRAM " %s (see --help)\n", cmd->usage);
             return CTL_USAGE;
         }
+        idx = -1;
         if (ch == OPT_HELP) {
             usage_cmd(stdout, cmd);
             return CTL_HELP_DONE;
@@ -403,7 +431,7 @@ static int run(ctl_t *c, int argc, char **argv)
     /* Global options before the command: stop at the first word. */
     optind = 0;
     opterr = 0;
-    int ch;
+    int ch, idx = -1;
     static const struct option main_options[] = {
         {"url", required_argument, NULL, OPT_URL},
         {"ca", required_argument, NULL, OPT_CA},
@@ -418,12 +446,14 @@ static int run(ctl_t *c, int argc, char **argv)
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
-    while ((ch = getopt_long(argc, argv, "+:o:qh", main_options, NULL)) != -1) {
-        if (ch == '?' || ch == ':') {
-            report_bad_option(argv, ch);
+    while ((ch = getopt_long(argc, argv, "+:o:qh", main_options, &idx)) != -1) {
+        if (ch == '?' || ch == ':' || abbreviated(argv, main_options, idx)) {
+            if (ch == '?' || ch == ':')
+                report_bad_option(argv, ch);
             fprintf(stderr, "usage: " PROGRAM " [global options] AREA ACTION ... (see --help)\n");
             return CTL_USAGE;
         }
+        idx = -1;
         if (ch == OPT_HELP) {
             usage_all(stdout);
             return CTL_OK;

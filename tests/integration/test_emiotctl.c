@@ -334,8 +334,22 @@ static void test_usage_errors_exit_2(void **state)
 static void test_api_key_is_never_taken_from_the_command_line(void **state)
 {
     (void)state;
+    /* Not even as an abbreviation of --api-key-file, whose value would then
+     * be echoed as a file name. */
     EXPECT(2, "--api-key", fx.daemon.admin_key, "whoami");
     assert_null(strstr(R.err, fx.daemon.admin_key));
+    char opt[128];
+    snprintf(opt, sizeof opt, "--api-key=%s", fx.daemon.admin_key);
+    EXPECT(2, "whoami", opt);
+    assert_null(strstr(R.err, fx.daemon.admin_key));
+}
+
+static void test_abbreviated_options_are_refused(void **state)
+{
+    (void)state;
+    EXPECT(2, "devices", "list", "--lim", "5");
+    assert_non_null(strstr(R.err, "unknown option --lim"));
+    EXPECT(2, "--out", "json", "health");
 }
 
 /* ---- reads and writes against the daemon ------------------------------------ */
@@ -819,6 +833,7 @@ int main(void)
         cmocka_unit_test(test_help_for_every_command_exits_0),
         cmocka_unit_test(test_usage_errors_exit_2),
         cmocka_unit_test(test_api_key_is_never_taken_from_the_command_line),
+        cmocka_unit_test(test_abbreviated_options_are_refused),
         cmocka_unit_test(test_health_answers_ok_without_credentials),
         cmocka_unit_test(test_whoami_names_the_admin),
         cmocka_unit_test(test_devices_create_get_update_delete),
