@@ -11,6 +11,7 @@
 #include "api/encode.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -362,4 +363,89 @@ bool em__routes_group_exists(em__api_req_t *r, const char *name)
         return false;
     }
     return true;
+}
+
+bool em__routes_opt_string(em__api_req_t *r, const cJSON *obj, const char *key, const char **out)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = NULL;
+    if (it == NULL || cJSON_IsNull(it))
+        return true;
+    if (!cJSON_IsString(it) || it->valuestring == NULL) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s: must be a string", key);
+        em__api_error(r, 400, "validation", msg, NULL);
+        return false;
+    }
+    *out = it->valuestring;
+    return true;
+}
+
+bool em__routes_req_string(em__api_req_t *r, const cJSON *obj, const char *key, const char **out)
+{
+    if (!em__routes_opt_string(r, obj, key, out))
+        return false;
+    if (*out == NULL) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s: is required", key);
+        em__api_error(r, 400, "validation", msg, NULL);
+        return false;
+    }
+    return true;
+}
+
+bool em__routes_opt_bool(em__api_req_t *r, const cJSON *obj, const char *key, bool *present,
+                         bool *out)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *present = false;
+    if (it == NULL || cJSON_IsNull(it))
+        return true;
+    if (!cJSON_IsBool(it)) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s: must be true or false", key);
+        em__api_error(r, 400, "validation", msg, NULL);
+        return false;
+    }
+    *present = true;
+    *out = cJSON_IsTrue(it);
+    return true;
+}
+
+void em__routes_prefix_field(em_error_t *e, const char *prefix)
+{
+    size_t plen = strlen(prefix);
+    if (e->field[0] == '\0' || strncmp(e->field, prefix, plen) == 0)
+        return;
+    char field[EM_ERROR_FIELD_MAX + 1];
+    memcpy(field, e->field, sizeof(field));
+    /* Cut the member's name rather than the prefix when both do not fit. */
+    int room = EM_ERROR_FIELD_MAX - (int)plen - 1;
+    int n = snprintf(e->field, sizeof(e->field), "%s.%.*s", prefix, room > 0 ? room : 0, field);
+    (void)n;
+}
+
+bool em__routes_rows_add(em__routes_rows_t *w, cJSON *item)
+{
+    if (item == NULL || !cJSON_AddItemToArray(w->arr, item)) {
+        cJSON_Delete(item);
+        w->oom = true;
+        return false;
+    }
+    return true;
+}
+
+void em__routes_answer_rows(em__api_req_t *r, em__routes_rows_t *w, em_err_t rc,
+                            const em_error_t *e)
+{
+    if (rc != EM_OK) {
+        cJSON_Delete(w->arr);
+        em__api_error_from(r, rc, e);
+    } else if (w->oom) {
+        cJSON_Delete(w->arr);
+        em__routes_oom(r);
+    } else {
+        em__api_reply(r, 200, w->arr, NULL);
+    }
+    w->arr = NULL;
 }

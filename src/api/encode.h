@@ -81,6 +81,36 @@ bool em__routes_range(struct em__api_req *r, bool with_order, bool desc_default,
  * the store's error) and returns false. out may be NULL. */
 bool em__routes_device_get(struct em__api_req *r, const char *id, em_store_device_t *out);
 
+/* Body members. Each returns true with the value (NULL / *present false when
+ * the member is absent or null), or answers 400 ("key: must be a string",
+ * "key: is required", "key: must be true or false") and returns false. */
+bool em__routes_opt_string(struct em__api_req *r, const cJSON *obj, const char *key,
+                           const char **out);
+bool em__routes_req_string(struct em__api_req *r, const cJSON *obj, const char *key,
+                           const char **out);
+bool em__routes_opt_bool(struct em__api_req *r, const cJSON *obj, const char *key, bool *present,
+                         bool *out);
+
+/* Makes a validator's field name the body member it came from: "interval"
+ * becomes "payload.interval" for prefix "payload" (a field already starting
+ * with prefix, or none, is left alone). */
+void em__routes_prefix_field(em_error_t *e, const char *prefix);
+
+/* A JSON array being filled by a store listing. */
+typedef struct em__routes_rows {
+    cJSON *arr;
+    bool oom;
+} em__routes_rows_t;
+
+/* Appends item (taken over; NULL means memory ran out). false, and oom set,
+ * when it could not. */
+bool em__routes_rows_add(em__routes_rows_t *w, cJSON *item);
+
+/* Answers the listing: the store's error (rc), 500 when memory ran out, else
+ * 200 with the array. Frees or hands over w->arr. */
+void em__routes_answer_rows(struct em__api_req *r, em__routes_rows_t *w, em_err_t rc,
+                            const em_error_t *e);
+
 /* True when the store knows group; else answers 404 group_not_found (or the
  * store's error) and returns false. */
 bool em__routes_group_exists(struct em__api_req *r, const char *name);

@@ -55,17 +55,10 @@ static bool read_command(em__api_req_t *r, cmd_req_t *out)
     if (!em__api_only_fields(r, body, fields))
         goto out;
 
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(body, "type");
-    if (type == NULL || cJSON_IsNull(type)) {
-        em__api_error(r, 400, "validation", "type: is required", NULL);
+    const char *type = NULL;
+    if (!em__routes_req_string(r, body, "type", &type))
         goto out;
-    }
-    if (!cJSON_IsString(type) || type->valuestring == NULL) {
-        em__api_error(r, 400, "validation", "type: must be a string", NULL);
-        goto out;
-    }
-    if (em_command_type_parse(type->valuestring, strlen(type->valuestring), &out->type, &e) !=
-        EM_OK) {
+    if (em_command_type_parse(type, strlen(type), &out->type, &e) != EM_OK) {
         em__api_error(r, 400, "validation",
                       "type: must be sleep, wake, restart, update, set_reporting_interval, "
                       "get_status, configure or reset",
@@ -87,13 +80,7 @@ static bool read_command(em__api_req_t *r, cmd_req_t *out)
     }
     size_t plen = out->payload != NULL ? strlen(out->payload) : 0;
     if ((rc = em_command_validate(out->type, out->payload, plen, &e)) != EM_OK) {
-        if (e.field[0] != '\0' && strncmp(e.field, "payload", 7) != 0) {
-            char field[EM_ERROR_FIELD_MAX + 1];
-            memcpy(field, e.field, sizeof(field));
-            int n =
-                snprintf(e.field, sizeof(e.field), "payload.%.*s", EM_ERROR_FIELD_MAX - 8, field);
-            (void)n;
-        }
+        em__routes_prefix_field(&e, "payload");
         em__api_error_from(r, rc == EM_ERR_MESSAGE_FORMAT ? EM_ERR_VALIDATION : rc, &e);
         goto out;
     }
@@ -366,21 +353,9 @@ out:
 
 /* ---- reading commands ------------------------------------------------- */
 
-typedef struct rows {
-    cJSON *arr;
-    bool oom;
-} rows_t;
-
 static int command_row(const em_store_command_t *c, void *userdata)
 {
-    rows_t *w = userdata;
-    cJSON *o = em__enc_command(c);
-    if (o == NULL || !cJSON_AddItemToArray(w->arr, o)) {
-        cJSON_Delete(o);
-        w->oom = true;
-        return 1;
-    }
-    return 0;
+    return em__routes_rows_add(userdata, em__enc_command(c)) ? 0 : 1;
 }
 
 /* A request id as emiot or a device may spell one: 1-64 of [A-Za-z0-9_-]. */
@@ -408,7 +383,7 @@ static void get_command(em__api_req_t *r)
         em__api_error(r, 404, "not_found", "no such command", NULL);
         return;
     }
-    rows_t w = {cJSON_CreateArray(), false};
+    em__routes_rows_t w = {cJSON_CreateArray(), false};
     if (w.arr == NULL) {
         em__routes_oom(r);
         return;
@@ -449,7 +424,7 @@ static void list_with(em__api_req_t *r, em_store_command_filter_t *f)
         }
         f->state = (int)s;
     }
-    rows_t w = {cJSON_CreateArray(), false};
+    em__routes_rows_t w = {cJSON_CreateArray(), false};
     if (w.arr == NULL) {
         em__routes_oom(r);
         return;
@@ -457,15 +432,7 @@ static void list_with(em__api_req_t *r, em_store_command_filter_t *f)
     em_error_t e;
     em_error_clear(&e);
     em_err_t rc = em_store_command_list(r->store, f, command_row, &w, &e);
-    if (rc != EM_OK) {
-        cJSON_Delete(w.arr);
-        em__api_error_from(r, rc, &e);
-    } else if (w.oom) {
-        cJSON_Delete(w.arr);
-        em__routes_oom(r);
-    } else {
-        em__api_reply(r, 200, w.arr, NULL);
-    }
+    em__routes_answer_rows(r, &w, rc, &e);
 }
 
 static void list_commands(em__api_req_t *r)

@@ -27,55 +27,6 @@ static const char *const no_params[] = {NULL};
 
 /* ---- body fields ------------------------------------------------------- */
 
-/* The string member key of obj into *out (NULL when absent or null). Answers
- * 400 and returns false when it is there with another type. */
-static bool opt_string(em__api_req_t *r, const cJSON *obj, const char *key, const char **out)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
-    *out = NULL;
-    if (it == NULL || cJSON_IsNull(it))
-        return true;
-    if (!cJSON_IsString(it) || it->valuestring == NULL) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "%s: must be a string", key);
-        em__api_error(r, 400, "validation", msg, NULL);
-        return false;
-    }
-    *out = it->valuestring;
-    return true;
-}
-
-static bool req_string(em__api_req_t *r, const cJSON *obj, const char *key, const char **out)
-{
-    if (!opt_string(r, obj, key, out))
-        return false;
-    if (*out == NULL) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "%s: is required", key);
-        em__api_error(r, 400, "validation", msg, NULL);
-        return false;
-    }
-    return true;
-}
-
-/* *present tells whether key was given (not null). */
-static bool opt_bool(em__api_req_t *r, const cJSON *obj, const char *key, bool *present, bool *out)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
-    *present = false;
-    if (it == NULL || cJSON_IsNull(it))
-        return true;
-    if (!cJSON_IsBool(it)) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "%s: must be true or false", key);
-        em__api_error(r, 400, "validation", msg, NULL);
-        return false;
-    }
-    *present = true;
-    *out = cJSON_IsTrue(it);
-    return true;
-}
-
 /* Decodes "config" (absent or null: *present false). */
 static bool opt_config(em__api_req_t *r, const cJSON *obj, bool *present, em_device_config_t *out)
 {
@@ -98,14 +49,8 @@ static bool opt_config(em__api_req_t *r, const cJSON *obj, bool *present, em_dev
     em_err_t rc = em_device_config_decode(text, strlen(text), out, &e);
     cJSON_free(text);
     if (rc != EM_OK) {
-        if (e.field[0] != '\0' && strncmp(e.field, "config", 6) != 0) {
-            /* Name the member inside the body: "config.reportingInterval". */
-            char field[EM_ERROR_FIELD_MAX + 1];
-            memcpy(field, e.field, sizeof(field));
-            int n =
-                snprintf(e.field, sizeof(e.field), "config.%.*s", EM_ERROR_FIELD_MAX - 7, field);
-            (void)n;
-        }
+        /* Name the member inside the body: "config.reportingInterval". */
+        em__routes_prefix_field(&e, "config");
         em__api_error_from(r, rc, &e);
         return false;
     }
@@ -521,10 +466,11 @@ static void create_device(em__api_req_t *r)
     em_error_clear(&e);
     em_err_t rc;
 
-    if (!em__api_only_fields(r, body, fields) || !req_string(r, body, "id", &id) ||
-        !req_string(r, body, "name", &name) || !req_string(r, body, "type", &type_s) ||
+    if (!em__api_only_fields(r, body, fields) || !em__routes_req_string(r, body, "id", &id) ||
+        !em__routes_req_string(r, body, "name", &name) ||
+        !em__routes_req_string(r, body, "type", &type_s) ||
         !opt_config(r, body, &has_config, &dev.config) ||
-        !opt_bool(r, body, "enabled", &has_enabled, &enabled) ||
+        !em__routes_opt_bool(r, body, "enabled", &has_enabled, &enabled) ||
         !body_groups(r, body, groups, &ngroups))
         goto out;
     if ((rc = em_device_id_validate(id, strlen(id), &e)) != EM_OK ||
@@ -646,9 +592,10 @@ static void update_device(em__api_req_t *r)
     em_error_clear(&e);
     em_err_t rc;
 
-    if (!em__api_only_fields(r, body, fields) || !opt_string(r, body, "name", &name) ||
-        !opt_string(r, body, "type", &type_s) || !opt_config(r, body, &has_config, &cfg) ||
-        !opt_bool(r, body, "enabled", &has_enabled, &enabled))
+    if (!em__api_only_fields(r, body, fields) || !em__routes_opt_string(r, body, "name", &name) ||
+        !em__routes_opt_string(r, body, "type", &type_s) ||
+        !opt_config(r, body, &has_config, &cfg) ||
+        !em__routes_opt_bool(r, body, "enabled", &has_enabled, &enabled))
         goto out;
     if (name != NULL) {
         if ((rc = em_device_name_validate(name, strlen(name), &e)) != EM_OK) {
@@ -744,52 +691,21 @@ static void get_status(em__api_req_t *r)
     em__api_reply(r, 200, status, NULL);
 }
 
-typedef struct rows {
-    cJSON *arr;
-    bool oom;
-    bool group;
-} rows_t;
-
-static bool rows_add(rows_t *w, cJSON *item)
-{
-    if (item == NULL || !cJSON_AddItemToArray(w->arr, item)) {
-        cJSON_Delete(item);
-        w->oom = true;
-        return false;
-    }
-    return true;
-}
-
 static int row_status(const char *id, const em_status_t *st, void *userdata)
 {
     (void)id;
-    return rows_add(userdata, em__enc_status(st)) ? 0 : 1;
+    return em__routes_rows_add(userdata, em__enc_status(st)) ? 0 : 1;
 }
 
 static int row_telemetry(const char *id, const em_telemetry_t *t, void *userdata)
 {
     (void)id;
-    return rows_add(userdata, em__enc_telemetry(t)) ? 0 : 1;
+    return em__routes_rows_add(userdata, em__enc_telemetry(t)) ? 0 : 1;
 }
 
 static int row_rollup(const em_store_rollup_t *ru, void *userdata)
 {
-    rows_t *w = userdata;
-    return rows_add(w, em__enc_rollup(ru, w->group)) ? 0 : 1;
-}
-
-/* Answers a list filled by a store call. */
-static void answer_rows(em__api_req_t *r, rows_t *w, em_err_t rc, const em_error_t *e)
-{
-    if (rc != EM_OK) {
-        cJSON_Delete(w->arr);
-        em__api_error_from(r, rc, e);
-    } else if (w->oom) {
-        cJSON_Delete(w->arr);
-        em__routes_oom(r);
-    } else {
-        em__api_reply(r, 200, w->arr, NULL);
-    }
+    return em__routes_rows_add(userdata, em__enc_rollup(ru, false)) ? 0 : 1;
 }
 
 static void status_history(em__api_req_t *r)
@@ -803,7 +719,7 @@ static void status_history(em__api_req_t *r)
     const char *id = r->captures[0];
     if (!em__routes_device_get(r, id, NULL))
         return;
-    rows_t w = {cJSON_CreateArray(), false, false};
+    em__routes_rows_t w = {cJSON_CreateArray(), false};
     if (w.arr == NULL) {
         em__routes_oom(r);
         return;
@@ -811,7 +727,7 @@ static void status_history(em__api_req_t *r)
     em_error_t e;
     em_error_clear(&e);
     em_err_t rc = em_store_status_history(r->store, id, &range, row_status, &w, &e);
-    answer_rows(r, &w, rc, &e);
+    em__routes_answer_rows(r, &w, rc, &e);
 }
 
 static void telemetry(em__api_req_t *r)
@@ -837,7 +753,7 @@ static void telemetry(em__api_req_t *r)
     const char *id = r->captures[0];
     if (!em__routes_device_get(r, id, NULL))
         return;
-    rows_t w = {cJSON_CreateArray(), false, false};
+    em__routes_rows_t w = {cJSON_CreateArray(), false};
     if (w.arr == NULL) {
         em__routes_oom(r);
         return;
@@ -849,7 +765,7 @@ static void telemetry(em__api_req_t *r)
         rc = em_store_telemetry_list(r->store, id, &range, row_telemetry, &w, &e);
     else
         rc = em_store_rollup_device(r->store, id, (em_rollup_t)kind, &range, row_rollup, &w, &e);
-    answer_rows(r, &w, rc, &e);
+    em__routes_answer_rows(r, &w, rc, &e);
 }
 
 /* ---- the table ------------------------------------------------------- */

@@ -26,24 +26,9 @@ static const char *const no_params[] = {NULL};
 
 /* ---- GET /api/v1/groups ------------------------------------------------ */
 
-typedef struct rows {
-    cJSON *arr;
-    bool oom;
-} rows_t;
-
-static bool rows_add(rows_t *w, cJSON *item)
-{
-    if (item == NULL || !cJSON_AddItemToArray(w->arr, item)) {
-        cJSON_Delete(item);
-        w->oom = true;
-        return false;
-    }
-    return true;
-}
-
 static int group_row(const char *name, size_t members, int64_t created_at_ms, void *userdata)
 {
-    rows_t *w = userdata;
+    em__routes_rows_t *w = userdata;
     cJSON *o = cJSON_CreateObject();
     if (o == NULL) {
         w->oom = true;
@@ -58,27 +43,14 @@ static int group_row(const char *name, size_t members, int64_t created_at_ms, vo
         w->oom = true;
         return 1;
     }
-    return rows_add(w, o) ? 0 : 1;
-}
-
-static void answer_rows(em__api_req_t *r, rows_t *w, em_err_t rc, const em_error_t *e)
-{
-    if (rc != EM_OK) {
-        cJSON_Delete(w->arr);
-        em__api_error_from(r, rc, e);
-    } else if (w->oom) {
-        cJSON_Delete(w->arr);
-        em__routes_oom(r);
-    } else {
-        em__api_reply(r, 200, w->arr, NULL);
-    }
+    return em__routes_rows_add(w, o) ? 0 : 1;
 }
 
 static void list_groups(em__api_req_t *r)
 {
     if (!em__api_only_params(r, no_params))
         return;
-    rows_t w = {cJSON_CreateArray(), false};
+    em__routes_rows_t w = {cJSON_CreateArray(), false};
     if (w.arr == NULL) {
         em__routes_oom(r);
         return;
@@ -86,7 +58,7 @@ static void list_groups(em__api_req_t *r)
     em_error_t e;
     em_error_clear(&e);
     em_err_t rc = em_store_group_list(r->store, group_row, &w, &e);
-    answer_rows(r, &w, rc, &e);
+    em__routes_answer_rows(r, &w, rc, &e);
 }
 
 /* ---- POST /api/v1/groups ---------------------------------------------- */
@@ -104,16 +76,9 @@ static void create_group(em__api_req_t *r)
     em_err_t rc;
     if (!em__api_only_fields(r, body, fields))
         goto out;
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(body, "name");
-    if (it == NULL || cJSON_IsNull(it)) {
-        em__api_error(r, 400, "validation", "name: is required", NULL);
+    const char *name = NULL;
+    if (!em__routes_req_string(r, body, "name", &name))
         goto out;
-    }
-    if (!cJSON_IsString(it) || it->valuestring == NULL) {
-        em__api_error(r, 400, "validation", "name: must be a string", NULL);
-        goto out;
-    }
-    const char *name = it->valuestring;
     if ((rc = em_group_name_validate(name, strlen(name), &e)) != EM_OK) {
         em__api_error_from(r, rc, &e);
         goto out;
@@ -374,7 +339,7 @@ static void group_stats(em__api_req_t *r)
 
 static int energy_row(const em_store_rollup_t *ru, void *userdata)
 {
-    return rows_add(userdata, em__enc_rollup(ru, true)) ? 0 : 1;
+    return em__routes_rows_add(userdata, em__enc_rollup(ru, true)) ? 0 : 1;
 }
 
 static void group_energy(em__api_req_t *r)
@@ -398,7 +363,7 @@ static void group_energy(em__api_req_t *r)
     const char *name = r->captures[0];
     if (!em__routes_group_exists(r, name))
         return;
-    rows_t w = {cJSON_CreateArray(), false};
+    em__routes_rows_t w = {cJSON_CreateArray(), false};
     if (w.arr == NULL) {
         em__routes_oom(r);
         return;
@@ -406,7 +371,7 @@ static void group_energy(em__api_req_t *r)
     em_error_t e;
     em_error_clear(&e);
     em_err_t rc = em_store_rollup_group(r->store, name, kind, &range, energy_row, &w, &e);
-    answer_rows(r, &w, rc, &e);
+    em__routes_answer_rows(r, &w, rc, &e);
 }
 
 /* ---- the table ------------------------------------------------------- */
