@@ -128,9 +128,10 @@ static char *conf_path(const char *conf_file, const char *value)
 static int conf_parse(const char *path, char *text, conf_t *f)
 {
     int line_no = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
+    for (char *line = text, *next; line != NULL; line = next) {
+        next = strchr(line, '\n');
+        if (next != NULL)
+            *next++ = '\0';
         line_no++;
         char *s = trim(line);
         if (s[0] == '\0' || s[0] == '#')
