@@ -170,7 +170,6 @@ static int write_config(em_test_daemon_t *d, const char *extra)
         "# emiotd.conf written by tests/support/daemon.c\n"
         "[daemon]\n"
         "data_dir = %s\n"
-        "log_level = debug\n"
         "\n"
         "%s"
         "\n"
@@ -459,10 +458,10 @@ int em_test_daemon_add_client(em_test_daemon_t *d, const char *cn, char *cert, c
     return path_in(key, EM_TEST_PATH_MAX, d->tls_dir, name);
 }
 
-/* Runs curl for one request; see em_test_daemon_request_cert. */
-static int curl_request(em_test_daemon_t *d, const char *cert, const char *key_file,
-                        const char *bearer, const char *method, const char *path, const char *body,
-                        char *out, size_t size)
+/* Runs curl for one request to base + path; see em_test_daemon_request_cert. */
+static int curl_request(em_test_daemon_t *d, const char *base, const char *cert,
+                        const char *key_file, const char *bearer, const char *method,
+                        const char *path, const char *body, char *out, size_t size)
 {
     static unsigned seq;
     char hdr[EM_TEST_PATH_MAX], bodyf[EM_TEST_PATH_MAX], outf[EM_TEST_PATH_MAX],
@@ -477,7 +476,7 @@ static int curl_request(em_test_daemon_t *d, const char *cert, const char *key_f
     path_in(outf, sizeof(outf), d->dir, name);
     snprintf(name, sizeof(name), ".curl-%d-%u.code", (int)getpid(), n);
     path_in(codef, sizeof(codef), d->dir, name);
-    int un = snprintf(url, sizeof(url), "%s%s", d->url, path);
+    int un = snprintf(url, sizeof(url), "%s%s", base, path);
     if (un < 0 || (size_t)un >= sizeof(url))
         return -1;
 
@@ -554,14 +553,14 @@ static int curl_request(em_test_daemon_t *d, const char *cert, const char *key_f
 int em_test_daemon_request(em_test_daemon_t *d, const char *key, const char *method,
                            const char *path, const char *body, char *out, size_t size)
 {
-    return curl_request(d, NULL, NULL, key, method, path, body, out, size);
+    return curl_request(d, d->url, NULL, NULL, key, method, path, body, out, size);
 }
 
 int em_test_daemon_request_cert(em_test_daemon_t *d, const char *cert, const char *key_file,
                                 const char *bearer, const char *method, const char *path,
                                 const char *body, char *out, size_t size)
 {
-    return curl_request(d, cert, key_file, bearer, method, path, body, out, size);
+    return curl_request(d, d->url, cert, key_file, bearer, method, path, body, out, size);
 }
 
 int em_test_daemon_poll(em_test_daemon_t *d, const char *key, const char *path, int want,
@@ -599,4 +598,37 @@ bool em_test_daemon_log_contains(em_test_daemon_t *d, const char *needle)
         found = strstr(line, needle) != NULL;
     fclose(f);
     return found;
+}
+
+int em_test_daemon_metrics(em_test_daemon_t *d, char *out, size_t size)
+{
+    return curl_request(d, d->metrics_url, NULL, NULL, NULL, "GET", "/metrics", NULL, out, size);
+}
+
+double em_test_daemon_metric(em_test_daemon_t *d, const char *name)
+{
+    size_t size = 256 * 1024;
+    char *buf = malloc(size);
+    if (buf == NULL)
+        return -1;
+    double v = -1;
+    if (em_test_daemon_metrics(d, buf, size) == 200) {
+        size_t n = strlen(name);
+        for (char *line = buf; line != NULL && *line != '\0';) {
+            char *nl = strchr(line, '\n');
+            if (nl != NULL)
+                *nl = '\0';
+            /* "name value" or "name{labels} value"; comments start with '#'. */
+            if (strncmp(line, name, n) == 0 && (line[n] == ' ' || line[n] == '{')) {
+                char *sp = strrchr(line, ' ');
+                if (sp != NULL) {
+                    v = strtod(sp + 1, NULL);
+                    break;
+                }
+            }
+            line = nl != NULL ? nl + 1 : NULL;
+        }
+    }
+    free(buf);
+    return v;
 }

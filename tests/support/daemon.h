@@ -15,6 +15,9 @@
  * process dies, and one a failed test did not clean up is killed (and its
  * directory removed) at process exit.
  *
+ * The configuration sets no log level (info) and no [api] or [retention] key:
+ * extra_config may set any of those.
+ *
  * Typical use:
  *   em_test_broker_t b;  em_test_daemon_t d;
  *   assert_int_equal(em_test_broker_start(&b, "tls"), 0);
@@ -144,6 +147,15 @@ int em_test_daemon_request_cert(em_test_daemon_t *d, const char *cert, const cha
  * its body contains needle (may be NULL), up to timeout_ms. 0 when it did. */
 int em_test_daemon_poll(em_test_daemon_t *d, const char *key, const char *path, int want,
                         const char *needle, int timeout_ms);
+
+/* GET /metrics from the plain-HTTP metrics listener into out (as
+ * em_test_daemon_request). Returns the HTTP status or -1. */
+int em_test_daemon_metrics(em_test_daemon_t *d, char *out, size_t size);
+
+/* The value of the first sample of metric name ("emiot_status_accepted_total";
+ * with labels, the first line that has any), or -1 when absent or
+ * unreachable. */
+double em_test_daemon_metric(em_test_daemon_t *d, const char *name);
 
 /* True when DIR/emiotd.out contains needle. */
 bool em_test_daemon_log_contains(em_test_daemon_t *d, const char *needle);
