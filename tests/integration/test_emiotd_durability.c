@@ -553,7 +553,7 @@ static void test_restart_keeps_everything_postgresql(void **state)
 /* PRAGMA integrity_check of the daemon's SQLite store (daemon stopped). */
 static void expect_sqlite_intact(void)
 {
-    char db[EM_TEST_PATH_MAX], out[EM_TEST_PATH_MAX], cmd[3 * EM_TEST_PATH_MAX];
+    char db[EM_TEST_PATH_MAX + 16], out[EM_TEST_PATH_MAX + 16], cmd[3 * EM_TEST_PATH_MAX + 128];
     snprintf(db, sizeof(db), "%s/emiot.db", dmn.data_dir);
     snprintf(out, sizeof(out), "%s/.integrity", dmn.dir);
     snprintf(cmd, sizeof(cmd), "sqlite3 '%s' 'PRAGMA integrity_check;' > '%s' 2>&1", db, out);

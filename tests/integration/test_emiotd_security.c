@@ -50,7 +50,7 @@
 
 static em_test_broker_t broker;
 static em_test_daemon_t dmn;
-static char jwt_key[EM_TEST_PATH_MAX];
+static char jwt_key[EM_TEST_PATH_MAX + 16];
 static char issuer[128];
 static char audience[128];
 
