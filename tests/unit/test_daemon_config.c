@@ -901,6 +901,59 @@ static void test_check_refuses_a_public_jwt_key(void **state)
     free(c);
 }
 
+static void test_deploy_example_parses(void **state)
+{
+    (void)state;
+    char path[EM_TEST_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/deploy/emiotd.conf", EM_TEST_SOURCE_DIR);
+    em_daemon_config_t *c = cfg_new();
+    em_error_t err;
+    if (em_daemon_config_load(c, path, &err) != EM_OK)
+        fail_msg("deploy/emiotd.conf: %s", err.message);
+    assert_int_equal(c->nlisteners, 2);
+    assert_string_equal(c->data_dir, "/var/lib/emiot");
+    free(c);
+}
+
+/* Every key the example documents (commented out or not) is a key the
+ * parser knows, in the section it is documented in. */
+static void test_deploy_example_documents_only_real_keys(void **state)
+{
+    (void)state;
+    char path[EM_TEST_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/deploy/emiotd.conf", EM_TEST_SOURCE_DIR);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char section[1024] = "", line[1024];
+    em_daemon_config_t *c = cfg_new();
+    int keys = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        if (line[0] == '[') {
+            snprintf(section, sizeof(section), "%s", line);
+            continue;
+        }
+        const char *kv = line[0] == '#' ? line + 1 : line;
+        size_t k = strspn(kv, "abcdefghijklmnopqrstuvwxyz_");
+        if (k == 0 || strncmp(kv + k, " = ", 3) != 0)
+            continue;
+        /* One key alone in its section: unknown keys fail, valid ones may
+         * fail only on rules between keys, never as "unknown key". */
+        char text[2100];
+        snprintf(text, sizeof(text), "%s\n%s\n", section, kv);
+        em_error_t err;
+        em_daemon_config_init(c);
+        em_error_clear(&err);
+        (void)em_daemon_config_parse(c, text, strlen(text), "example", &err);
+        if (strstr(err.message, "unknown") != NULL)
+            fail_msg("%s %s: %s", section, kv, err.message);
+        keys++;
+    }
+    fclose(f);
+    free(c);
+    assert_true(keys >= 60);
+}
+
 static void test_exit_codes(void **state)
 {
     (void)state;
@@ -939,6 +992,8 @@ int main(void)
         cmocka_unit_test(test_placeholders_are_recognised),
         cmocka_unit_test(test_url_passwords_are_found),
         cmocka_unit_test(test_exit_codes),
+        cmocka_unit_test(test_deploy_example_parses),
+        cmocka_unit_test(test_deploy_example_documents_only_real_keys),
         cmocka_unit_test_setup_teardown(test_check_accepts_a_valid_configuration, fx_setup,
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_load_reads_a_file_and_records_its_absolute_path,
