@@ -50,6 +50,9 @@ struct em_store {
     unsigned flush_waiters; /* the writer does not linger while someone flushes */
     pthread_t writer;
     em__store_rec_t *batch; /* the writer's private copy of one batch */
+    /* A batch worth committing without lingering: batch_max, or the whole
+     * queue when that is smaller (a full queue means producers are waiting). */
+    size_t full_batch;
 
     uint64_t enqueued;
     uint64_t committed;
@@ -750,6 +753,7 @@ em_err_t em_store_open(const char *url, const em_store_options_t *opts, em_store
     }
     st->opts = o;
     st->cap = o.queue_max;
+    st->full_batch = o.batch_max < o.queue_max ? o.batch_max : o.queue_max;
     st->ring = malloc(st->cap * sizeof(*st->ring));
     st->batch = malloc((size_t)o.batch_max * sizeof(*st->batch));
     if (st->ring == NULL || st->batch == NULL) {
@@ -869,10 +873,10 @@ static void *writer_main(void *arg)
         }
         /* Linger a little for a fuller batch: one transaction per record
          * would cost an fsync each. Not when closing or someone flushes. */
-        if (st->count < st->opts.batch_max && !st->closing && st->flush_waiters == 0) {
+        if (st->count < st->full_batch && !st->closing && st->flush_waiters == 0) {
             struct timespec dl;
             deadline_after(&dl, (long)st->opts.batch_interval_ms);
-            while (st->count < st->opts.batch_max && !st->closing && st->flush_waiters == 0) {
+            while (st->count < st->full_batch && !st->closing && st->flush_waiters == 0) {
                 if (pthread_cond_timedwait(&st->q_work, &st->qlock, &dl) == ETIMEDOUT) {
                     break;
                 }
@@ -957,7 +961,7 @@ static void queue_commit(em_store_t *st)
 {
     st->count++;
     st->enqueued++;
-    if (st->count == 1 || st->count >= st->opts.batch_max) {
+    if (st->count == 1 || st->count >= st->full_batch) {
         pthread_cond_signal(&st->q_work);
     }
     pthread_mutex_unlock(&st->qlock);

@@ -703,6 +703,26 @@ static void test_a_full_queue_makes_enqueue_wait_and_loses_nothing(void **state)
     assert_int_equal(count_rows(f, "SELECT count(*) FROM status_history"), 3000);
 }
 
+/* Regression: the writer lingered for a batch_max the queue could never hold,
+ * so every queue-full of records waited batch_interval_ms (here 10 s each). */
+static void test_a_queue_smaller_than_a_batch_does_not_hold_producers(void **state)
+{
+    fixture_t *f = *state;
+    em_store_options_t o = fast_options();
+    o.queue_max = 4;
+    o.batch_max = 2000;
+    o.batch_interval_ms = 10000;
+    f->st = open_store(f, &o);
+    add_device(f->st, "dev-1");
+    em_error_t err;
+    for (int i = 0; i < 40; i++) {
+        em_status_t s = a_status(1, T0 + i);
+        assert_int_equal(em_store_enqueue_status(f->st, "dev-1", &s, &err), EM_OK);
+    }
+    assert_int_equal(em_store_flush(f->st, -1, &err), EM_OK);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM status_history"), 40);
+}
+
 static void test_close_drains_the_queue(void **state)
 {
     fixture_t *f = *state;
@@ -970,6 +990,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_enqueued_statuses_are_all_committed_after_flush, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_full_queue_makes_enqueue_wait_and_loses_nothing,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_queue_smaller_than_a_batch_does_not_hold_producers,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains_the_queue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_with_nothing_queued_returns_at_once, setup,
