@@ -39,7 +39,9 @@
 
 /* Version 1. Hot tables (history, telemetry, rollups) carry no foreign keys:
  * batches check the devices they write for themselves (see write_batch),
- * which saves a trigger per row; device_delete removes their rows. */
+ * which saves a trigger per row; device_delete removes their rows. seq
+ * columns break ties between equal times in insertion order, as SQLite's
+ * rowid does. */
 static const char schema_v1[] =
     "CREATE TABLE devices ("
     " id TEXT COLLATE \"C\" PRIMARY KEY,"
@@ -76,6 +78,7 @@ static const char schema_v1[] =
     " errors_json TEXT,"
     " extra_json TEXT);"
     "CREATE TABLE status_history ("
+    " seq BIGINT GENERATED ALWAYS AS IDENTITY,"
     " device_id TEXT COLLATE \"C\" NOT NULL,"
     " time_ms BIGINT NOT NULL,"
     " has INTEGER NOT NULL,"
@@ -89,6 +92,7 @@ static const char schema_v1[] =
     "CREATE INDEX status_history_device_time ON status_history (device_id, time_ms);"
     "CREATE INDEX status_history_time ON status_history (time_ms);"
     "CREATE TABLE telemetry ("
+    " seq BIGINT GENERATED ALWAYS AS IDENTITY,"
     " device_id TEXT COLLATE \"C\" NOT NULL,"
     " time_ms BIGINT NOT NULL,"
     " has INTEGER NOT NULL,"
@@ -116,6 +120,7 @@ static const char schema_v1[] =
     " PRIMARY KEY (device_id, kind, bucket_ms));"
     "CREATE INDEX rollups_kind_bucket ON rollups (kind, bucket_ms);"
     "CREATE TABLE commands ("
+    " seq BIGINT GENERATED ALWAYS AS IDENTITY,"
     " request_id TEXT COLLATE \"C\" PRIMARY KEY,"
     " device_id TEXT COLLATE \"C\" NOT NULL,"
     " group_name TEXT COLLATE \"C\" NOT NULL,"
@@ -188,17 +193,18 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     "key_id, name, role, device_id, owner, hash, rate_per_min, created_at_ms, expires_at_ms, "     \
     "last_used_ms, revoked_at_ms"
 
+/* clang-format off: the SQL reads better laid out by hand. */
 /* $2 from (inclusive, 0: none), $3 to (exclusive, 0: none) on column col. */
 #define RANGE(col) " ($2::bigint = 0 OR " col " >= $2) AND ($3::bigint = 0 OR " col " < $3) "
 
 #define SQL_HISTORY(dir)                                                                           \
     "SELECT " COLS_STATUS                                                                          \
     " FROM status_history WHERE device_id = $1 AND" RANGE("time_ms") "ORDER BY time_ms " dir       \
-                                                                     " LIMIT $4"
+                                                                     ", seq " dir " LIMIT $4"
 #define SQL_TELEMETRY(dir)                                                                         \
     "SELECT " COLS_TELEMETRY                                                                       \
     " FROM telemetry WHERE device_id = $1 AND" RANGE("time_ms") "ORDER BY time_ms " dir            \
-                                                                " LIMIT $4"
+                                                                ", seq " dir " LIMIT $4"
 #define SQL_ROLLUP_DEVICE(dir)                                                                     \
     "SELECT bucket_ms, samples, energy_wh, power_sum_w, power_samples, power_max_w, resets, 1 "    \
     "FROM rollups WHERE device_id = $1 AND kind = $5 AND" RANGE(                                   \
@@ -209,16 +215,16 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     "SELECT r.bucket_ms, sum(r.samples), sum(r.energy_wh), sum(r.power_sum_w), "                   \
     "sum(r.power_samples), max(r.power_max_w), sum(r.resets), count(*) "                           \
     "FROM rollups r JOIN memberships m ON m.device_id = r.device_id AND m.group_name = $1 "        \
-    "WHERE r.kind = $5 AND" RANGE("r.bucket_ms") "GROUP BY r.bucket_ms "                           \
-                                                 "ORDER BY r.bucket_ms " dir " LIMIT $4"
+    "WHERE r.kind = $5 AND" RANGE("r.bucket_ms") "GROUP BY r.bucket_ms ORDER BY r.bucket_ms " dir  \
+                                                 " LIMIT $4"
 /* $1 device, $2 from, $3 to, $4 limit, $5 group, $6 state. */
 #define SQL_COMMANDS(dir)                                                                          \
     "SELECT " COLS_COMMAND                                                                         \
     " FROM commands WHERE" RANGE("created_at_ms") "AND ($1::text IS NULL OR device_id = $1) AND "  \
                                                   "($5::text IS NULL OR group_name = $5) "         \
                                                   "AND ($6::int < 0 OR state = $6) "               \
-                                                  "ORDER BY created_at_ms " dir                    \
-                                                  ", request_id " dir " LIMIT $4"
+                                                  "ORDER BY created_at_ms " dir ", seq " dir       \
+                                                  " LIMIT $4"
 /* $1 device, $2 from, $3 to, $4 limit, $5 kind, $6 type, $7 min severity,
  * $8 before id. */
 #define SQL_EVENTS(dir)                                                                            \
@@ -226,6 +232,7 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
         "time_ms") "AND ($1::text IS NULL OR device_id = $1) AND ($5::int < 0 OR kind = $5) "      \
                    "AND ($6::text IS NULL OR type = $6) AND ($7::int < 0 OR severity >= $7) "      \
                    "AND ($8::bigint = 0 OR id < $8) ORDER BY id " dir " LIMIT $4"
+/* clang-format on */
 
 /* Arrays of the batch statements: one element per record. */
 #define UNNEST_STATUS                                                                              \
@@ -234,7 +241,7 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
 #define UNNEST_TELEMETRY                                                                           \
     "unnest($1::text[], $2::bigint[], $3::int[], $4::int[], $5::float8[], $6::float8[], "          \
     "$7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::bool[]) "        \
-    "AS u (" COLS_TELEMETRY ", delta_wh, counter_reset)"
+    "WITH ORDINALITY AS u (" COLS_TELEMETRY ", delta_wh, counter_reset, ord)"
 #define UNNEST_ROLLUP                                                                              \
     "unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::float8[], $6::float8[], "       \
     "$7::bigint[], $8::float8[], $9::bigint[]) AS u (device_id, kind, bucket_ms, samples, "        \
@@ -288,13 +295,17 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     X(COMMAND_STATE, "WITH u AS (UPDATE commands SET state = $2, updated_at_ms = $3 "              \
                      "WHERE request_id = $1 AND state < $2 AND state < 3 RETURNING 1) "            \
                      "SELECT EXISTS (SELECT 1 FROM commands WHERE request_id = $1)")               \
+    /* A device only answers its own commands: an answer naming another                            \
+     * device's request id is an orphan. */                                                        \
     X(COMMAND_RESPONSE,                                                                            \
       "WITH u AS (UPDATE commands SET state = CASE WHEN $2::bool THEN 3 ELSE 4 END, "              \
       "updated_at_ms = $3, has_response = true, response_success = $2, "                           \
-      "response_message = $4 WHERE request_id = $1 AND state < 3 RETURNING 1) "                    \
-      "SELECT EXISTS (SELECT 1 FROM commands WHERE request_id = $1)")                              \
+      "response_message = $4 WHERE request_id = $1 AND device_id = $5 AND state < 3 "              \
+      "RETURNING 1) SELECT EXISTS (SELECT 1 FROM commands WHERE request_id = $1 "                  \
+      "AND device_id = $5)")                                                                       \
+    /* expires_at_ms 0: never expires. */                                                          \
     X(COMMAND_EXPIRE, "UPDATE commands SET state = 5, updated_at_ms = $1 "                         \
-                      "WHERE state < 3 AND expires_at_ms <= $1")                                   \
+                      "WHERE state < 3 AND expires_at_ms > 0 AND expires_at_ms <= $1")             \
     X(COMMAND_GET, "SELECT " COLS_COMMAND " FROM commands WHERE request_id = $1")                  \
     X(COMMAND_LIST_ASC, SQL_COMMANDS("ASC"))                                                       \
     X(COMMAND_LIST_DESC, SQL_COMMANDS("DESC"))                                                     \
@@ -317,19 +328,23 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     X(KEY_USED, "UPDATE api_keys SET last_used_ms = $2 WHERE key_id = $1 AND last_used_ms < $2")   \
     X(KEY_LIST, "SELECT " COLS_KEY " FROM api_keys ORDER BY created_at_ms, seq")                   \
     X(BATCH_LOCK, "SELECT 1 FROM devices WHERE id = ANY ($1::text[]) ORDER BY id FOR KEY SHARE")   \
-    /* History rows for every record, the latest status from the last record                       \
-     * of each device. */                                                                          \
+    /* History rows for every record; the latest status is the newest of each                      \
+     * device (the last queued among equal times), never older than the one                        \
+     * already stored. */                                                                          \
     X(BATCH_STATUS,                                                                                \
       "WITH u AS (SELECT * FROM " UNNEST_STATUS " WHERE " DEVICE_EXISTS "), "                      \
-      "h AS (INSERT INTO status_history (" COLS_STATUS ") SELECT " COLS_STATUS " FROM u) "         \
+      "h AS (INSERT INTO status_history (" COLS_STATUS ") SELECT " COLS_STATUS                     \
+      " FROM u ORDER BY ord) "                                                                     \
       "INSERT INTO status_latest (" COLS_STATUS ") SELECT DISTINCT ON (device_id) " COLS_STATUS    \
-      " FROM u ORDER BY device_id, ord DESC ON CONFLICT (device_id) DO UPDATE SET "                \
+      " FROM u ORDER BY device_id, time_ms DESC, ord DESC ON CONFLICT (device_id) DO UPDATE SET "  \
       "time_ms = EXCLUDED.time_ms, has = EXCLUDED.has, battery = EXCLUDED.battery, "               \
       "power_mode = EXCLUDED.power_mode, connection = EXCLUDED.connection, "                       \
       "signal = EXCLUDED.signal, firmware = EXCLUDED.firmware, "                                   \
-      "errors_json = EXCLUDED.errors_json, extra_json = EXCLUDED.extra_json")                      \
+      "errors_json = EXCLUDED.errors_json, extra_json = EXCLUDED.extra_json "                      \
+      "WHERE EXCLUDED.time_ms >= status_latest.time_ms")                                           \
     X(BATCH_TELEMETRY, "INSERT INTO telemetry (" COLS_TELEMETRY ", delta_wh, counter_reset) "      \
-                       "SELECT * FROM " UNNEST_TELEMETRY " WHERE " DEVICE_EXISTS)                  \
+                       "SELECT " COLS_TELEMETRY ", delta_wh, counter_reset FROM " UNNEST_TELEMETRY \
+                       " WHERE " DEVICE_EXISTS " ORDER BY ord")                                    \
     /* Grouped, so that two increments of one bucket cannot meet in one                            \
      * ON CONFLICT (which PostgreSQL refuses). */                                                  \
     X(BATCH_ROLLUP,                                                                                \
@@ -350,7 +365,7 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     X(PRUNE_TELEMETRY, "DELETE FROM telemetry WHERE time_ms < $1")                                 \
     X(PRUNE_ROLLUP, "DELETE FROM rollups WHERE kind = $2 AND bucket_ms < $1")                      \
     X(PRUNE_EVENTS, "DELETE FROM events WHERE time_ms < $1")                                       \
-    X(PRUNE_COMMANDS, "DELETE FROM commands WHERE state >= 3 AND updated_at_ms < $1")
+    X(PRUNE_COMMANDS, "DELETE FROM commands WHERE state >= 3 AND created_at_ms < $1")
 
 typedef enum stmt_id {
 #define PG_STMT_ENUM(name, sql) ST_##name,
@@ -1313,6 +1328,7 @@ static em_err_t batch_ordered(em__store_conn_t *c, const em__store_rec_t *recs, 
             p_bool(&p, r->u.resp.success);
             p_i64(&p, r->time_ms);
             p_str(&p, r->u.resp.message);
+            p_str(&p, r->device_id);
             rc = run_bool(c, ST_COMMAND_RESPONSE, &p, &exists, err);
             if (rc == EM_OK && !exists)
                 (*orphans)++;
@@ -1694,6 +1710,23 @@ static bool descending(const em_store_range_t *r)
     return r != NULL && r->descending;
 }
 
+/* Per-device reads that found nothing: an unknown device is an error (the
+ * API answers 404), a known one simply has no rows yet. */
+static em_err_t device_rows(em__store_conn_t *c, const char *id, em_err_t rc, size_t rows,
+                            em_error_t *err)
+{
+    if (rc != EM_OK || rows > 0)
+        return rc;
+    params_t p = {0};
+    p_str(&p, id);
+    PGresult *res = NULL;
+    if ((rc = run(c, ST_DEVICE_GET, &p, &res, err)) != EM_OK)
+        return rc;
+    bool found = PQntuples(res) > 0;
+    PQclear(res);
+    return found ? EM_OK : device_not_found(id, err);
+}
+
 static em_err_t pg_status_history(em__store_conn_t *c, const char *id, const em_store_range_t *r,
                                   em_store_status_fn fn, void *ud, em_error_t *err)
 {
@@ -1703,8 +1736,10 @@ static em_err_t pg_status_history(em__store_conn_t *c, const char *id, const em_
     params_t p = {0};
     range_params(&p, id, r);
     list_ctx_t l = {(void (*)(void))fn, ud};
-    return run_rows(c, descending(r) ? ST_STATUS_HISTORY_DESC : ST_STATUS_HISTORY_ASC, &p,
-                    status_row, &l, NULL, err);
+    size_t n = 0;
+    rc = run_rows(c, descending(r) ? ST_STATUS_HISTORY_DESC : ST_STATUS_HISTORY_ASC, &p, status_row,
+                  &l, &n, err);
+    return device_rows(c, id, rc, n, err);
 }
 
 static int telemetry_row(PGresult *res, int row, void *ctx)
@@ -1724,8 +1759,10 @@ static em_err_t pg_telemetry_list(em__store_conn_t *c, const char *id, const em_
     params_t p = {0};
     range_params(&p, id, r);
     list_ctx_t l = {(void (*)(void))fn, ud};
-    return run_rows(c, descending(r) ? ST_TELEMETRY_DESC : ST_TELEMETRY_ASC, &p, telemetry_row, &l,
-                    NULL, err);
+    size_t n = 0;
+    rc = run_rows(c, descending(r) ? ST_TELEMETRY_DESC : ST_TELEMETRY_ASC, &p, telemetry_row, &l,
+                  &n, err);
+    return device_rows(c, id, rc, n, err);
 }
 
 static int rollup_row(PGresult *res, int row, void *ctx)
@@ -1755,8 +1792,10 @@ static em_err_t pg_rollup_device(em__store_conn_t *c, const char *id, em_rollup_
     range_params(&p, id, r);
     p_i64(&p, kind);
     list_ctx_t l = {(void (*)(void))fn, ud};
-    return run_rows(c, descending(r) ? ST_ROLLUP_DEVICE_DESC : ST_ROLLUP_DEVICE_ASC, &p, rollup_row,
-                    &l, NULL, err);
+    size_t n = 0;
+    rc = run_rows(c, descending(r) ? ST_ROLLUP_DEVICE_DESC : ST_ROLLUP_DEVICE_ASC, &p, rollup_row,
+                  &l, &n, err);
+    return device_rows(c, id, rc, n, err);
 }
 
 static em_err_t pg_rollup_group(em__store_conn_t *c, const char *group, em_rollup_t kind,
