@@ -137,6 +137,50 @@ static int raw_request(const char *headers, const char *method, const char *path
 
 /* ---- JSON answers --------------------------------------------------------- */
 
+/* A failed assertion leaves the test at once: what its answers hold is
+ * freed by the teardown instead (so that a failure is not also a leak). */
+#define TRACK_MAX 64
+static void *tracked[TRACK_MAX];
+static cJSON *tracked_json[TRACK_MAX];
+
+static void track(void *p, cJSON *j)
+{
+    for (int i = 0; p != NULL && i < TRACK_MAX; i++) {
+        if (tracked[i] == NULL) {
+            tracked[i] = p;
+            break;
+        }
+    }
+    for (int i = 0; j != NULL && i < TRACK_MAX; i++) {
+        if (tracked_json[i] == NULL) {
+            tracked_json[i] = j;
+            break;
+        }
+    }
+}
+
+static void untrack(const void *p, const cJSON *j)
+{
+    for (int i = 0; i < TRACK_MAX; i++) {
+        if (p != NULL && tracked[i] == p)
+            tracked[i] = NULL;
+        if (j != NULL && tracked_json[i] == j)
+            tracked_json[i] = NULL;
+    }
+}
+
+static int free_tracked(void **state)
+{
+    (void)state;
+    for (int i = 0; i < TRACK_MAX; i++) {
+        free(tracked[i]);
+        cJSON_Delete(tracked_json[i]);
+        tracked[i] = NULL;
+        tracked_json[i] = NULL;
+    }
+    return 0;
+}
+
 typedef struct answer {
     int status;
     char *text;  /* the raw body */
@@ -145,6 +189,7 @@ typedef struct answer {
 
 static void answer_free(answer_t *a)
 {
+    untrack(a->text, a->json);
     free(a->text);
     cJSON_Delete(a->json);
     memset(a, 0, sizeof(*a));
@@ -157,6 +202,7 @@ static answer_t call(const char *key, const char *method, const char *path, cons
     assert_non_null(a.text);
     a.status = em_test_daemon_request(&dmn, key, method, path, body, a.text, BODY_MAX);
     a.json = cJSON_Parse(a.text);
+    track(a.text, a.json);
     return a;
 }
 
@@ -525,6 +571,7 @@ static void test_malformed_authorization_headers_are_401(void **state)
         a.status = raw_request(bad[i], "GET", "/api/v1/devices", out, BODY_MAX);
         a.text = strdup(out);
         a.json = cJSON_Parse(out);
+        track(a.text, a.json);
         if (a.status != 401)
             fail_msg("%s: expected 401, got %d: %.300s", bad[i], a.status, out);
         expect_401(&a);
@@ -1047,35 +1094,36 @@ static void test_presented_secrets_are_in_neither_events_nor_log(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_no_credentials_is_401),
-        cmocka_unit_test(test_healthz_needs_no_credentials),
-        cmocka_unit_test(test_metrics_on_the_api_listener_needs_credentials),
-        cmocka_unit_test(test_unknown_key_of_the_right_shape_is_401),
-        cmocka_unit_test(test_altered_admin_key_is_401),
-        cmocka_unit_test(test_malformed_authorization_headers_are_401),
-        cmocka_unit_test(test_revoked_key_is_401_at_once),
-        cmocka_unit_test(test_token_minted_with_the_daemons_key_is_accepted),
-        cmocka_unit_test(test_token_from_post_tokens_is_accepted),
-        cmocka_unit_test(test_expired_jwt_is_401),
-        cmocka_unit_test(test_jwt_for_another_audience_is_401),
-        cmocka_unit_test(test_jwt_from_another_issuer_is_401),
-        cmocka_unit_test(test_jwt_with_alg_none_is_401),
-        cmocka_unit_test(test_jwt_signed_by_another_key_is_401),
-        cmocka_unit_test(test_jwt_hs256_keyed_with_the_public_key_is_401),
-        cmocka_unit_test(test_jwt_with_a_tampered_payload_is_401),
-        cmocka_unit_test(test_viewer_cannot_create_a_device),
-        cmocka_unit_test(test_viewer_cannot_change_or_delete_a_device),
-        cmocka_unit_test(test_viewer_cannot_send_a_command),
-        cmocka_unit_test(test_viewer_cannot_create_a_key),
-        cmocka_unit_test(test_operator_cannot_create_a_key),
-        cmocka_unit_test(test_operator_cannot_revoke_a_key),
-        cmocka_unit_test(test_operator_may_create_a_device),
-        cmocka_unit_test(test_device_key_reaches_only_its_own_device),
-        cmocka_unit_test(test_device_jwt_reaches_only_its_own_device),
-        cmocka_unit_test(test_device_key_needs_a_device_id),
-        cmocka_unit_test(test_auth_failures_are_security_events),
-        cmocka_unit_test(test_forbidden_requests_are_security_events),
-        cmocka_unit_test(test_presented_secrets_are_in_neither_events_nor_log),
+        cmocka_unit_test_teardown(test_no_credentials_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_healthz_needs_no_credentials, free_tracked),
+        cmocka_unit_test_teardown(test_metrics_on_the_api_listener_needs_credentials, free_tracked),
+        cmocka_unit_test_teardown(test_unknown_key_of_the_right_shape_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_altered_admin_key_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_malformed_authorization_headers_are_401, free_tracked),
+        cmocka_unit_test_teardown(test_revoked_key_is_401_at_once, free_tracked),
+        cmocka_unit_test_teardown(test_token_minted_with_the_daemons_key_is_accepted, free_tracked),
+        cmocka_unit_test_teardown(test_token_from_post_tokens_is_accepted, free_tracked),
+        cmocka_unit_test_teardown(test_expired_jwt_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_jwt_for_another_audience_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_jwt_from_another_issuer_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_jwt_with_alg_none_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_jwt_signed_by_another_key_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_jwt_hs256_keyed_with_the_public_key_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_jwt_with_a_tampered_payload_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_create_a_device, free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_change_or_delete_a_device, free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_send_a_command, free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_create_a_key, free_tracked),
+        cmocka_unit_test_teardown(test_operator_cannot_create_a_key, free_tracked),
+        cmocka_unit_test_teardown(test_operator_cannot_revoke_a_key, free_tracked),
+        cmocka_unit_test_teardown(test_operator_may_create_a_device, free_tracked),
+        cmocka_unit_test_teardown(test_device_key_reaches_only_its_own_device, free_tracked),
+        cmocka_unit_test_teardown(test_device_jwt_reaches_only_its_own_device, free_tracked),
+        cmocka_unit_test_teardown(test_device_key_needs_a_device_id, free_tracked),
+        cmocka_unit_test_teardown(test_auth_failures_are_security_events, free_tracked),
+        cmocka_unit_test_teardown(test_forbidden_requests_are_security_events, free_tracked),
+        cmocka_unit_test_teardown(test_presented_secrets_are_in_neither_events_nor_log,
+                                  free_tracked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
