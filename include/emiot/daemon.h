@@ -48,8 +48,8 @@
 extern "C" {
 #endif
 
-#define EM_DAEMON_CONFIG_SIZE_MAX (256 * 1024) /* bytes in a configuration file */
-#define EM_DAEMON_LINE_MAX        4096         /* bytes in one line */
+#define EM_DAEMON_CONFIG_SIZE_MAX ((size_t)256 * 1024) /* bytes in a configuration file */
+#define EM_DAEMON_LINE_MAX        4096                 /* bytes in one line */
 #define EM_DAEMON_PATH_MAX        1024
 #define EM_DAEMON_NAME_MAX        64 /* listener names, environment variable names */
 #define EM_DAEMON_ADDRESS_MAX     64

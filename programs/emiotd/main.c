@@ -55,9 +55,9 @@ static void on_bootstrap_key(const char *key, const char *file, void *userdata)
                 "\n    %s\n\n",
                 key);
     if (file != NULL && file[0] != '\0')
-        fprintf(stderr, "emiotd: the admin's bootstrap API key was written to %s (mode 0600)\n",
-                file);
-    fflush(stderr);
+        (void)fprintf(
+            stderr, "emiotd: the admin's bootstrap API key was written to %s (mode 0600)\n", file);
+    (void)fflush(stderr);
 }
 
 int main(int argc, char **argv)
@@ -93,7 +93,7 @@ int main(int argc, char **argv)
     /* Everything the daemon creates (store, keys, logs) is private. */
     umask(077);
     /* A peer closing a TLS connection must not kill the daemon. */
-    signal(SIGPIPE, SIG_IGN);
+    (void)signal(SIGPIPE, SIG_IGN);
 
     em_daemon_config_t *cfg = malloc(sizeof(*cfg));
     if (cfg == NULL) {

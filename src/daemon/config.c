@@ -130,7 +130,7 @@ static const key_def_t k_keys[] = {
     {SEC_RETENTION, "events_days", K_INT, C(events_days), 0, 36500, NULL},
     {SEC_RETENTION, "commands_days", K_INT, C(commands_days), 0, 36500, NULL},
 
-    {SEC_API, "max_body", K_SIZE, C(max_body), 1024, EM_API_BODY_MAX, NULL},
+    {SEC_API, "max_body", K_SIZE, C(max_body), 1024, (long long)EM_API_BODY_MAX, NULL},
     {SEC_API, "request_timeout", K_INT, C(request_timeout_s), 1, 3600, NULL},
     {SEC_API, "command_ttl", K_INT, C(command_ttl_s), 10, 86400, NULL},
     {SEC_API, "jwt_key_file", K_PATH, C(jwt_key_file), NOLIM},
@@ -157,6 +157,9 @@ static const key_def_t k_keys[] = {
 #undef NOLIM
 
 #define NKEYS (sizeof(k_keys) / sizeof(k_keys[0]))
+
+/* The most a secret file may hold (only its first line is used). */
+#define SECRET_FILE_MAX ((size_t)64 * 1024)
 
 /* ---- defaults ---------------------------------------------------------- */
 
@@ -227,7 +230,7 @@ static em_err_t fail_at(parser_t *p, unsigned line, const char *key, const char 
     char rule[EM_ERROR_MESSAGE_MAX + 1];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(rule, sizeof(rule), fmt, ap);
+    (void)vsnprintf(rule, sizeof(rule), fmt, ap);
     va_end(ap);
     char where[EM_DAEMON_NAME_MAX + 32] = "";
     /* The section only names where a key is; a line-level error stands alone. */
@@ -393,17 +396,10 @@ int em__daemon_url_password(const char *url, size_t len, const char **pw, size_t
     return -1;
 }
 
-/* Sets one key's value. */
-static em_err_t set_value(parser_t *p, const key_def_t *k, const char *v, size_t vlen)
+/* Strings: paths, text, names, URLs. */
+static em_err_t set_string(parser_t *p, const key_def_t *k, char *field, const char *v, size_t vlen)
 {
-    void *base = k->sec == SEC_LISTENER ? (void *)p->lst : (void *)p->cfg;
-    char *field = (char *)base + k->off;
-    long long x = 0;
-    bool b = false;
-
     switch (k->kind) {
-    case K_REFUSED:
-        return fail_at(p, p->line, k->name, "%s", k->hint);
     case K_KEYFILE:
         if (word_is(v, vlen, "none")) {
             field[0] = '\0';
@@ -416,55 +412,62 @@ static em_err_t set_value(parser_t *p, const key_def_t *k, const char *v, size_t
             return fail_at(p, p->line, k->name, "must be an absolute path");
         if (!is_printable_text(v, vlen))
             return fail_at(p, p->line, k->name, "must not contain control characters");
-        if (!put_str(field, k->size, v, vlen))
-            return fail_at(p, p->line, k->name, "must be at most %zu bytes", k->size - 1);
-        return EM_OK;
+        break;
     case K_TEXT:
         if (vlen == 0 || !is_printable_text(v, vlen))
             return fail_at(p, p->line, k->name, "must be non-empty printable text");
-        if (!put_str(field, k->size, v, vlen))
-            return fail_at(p, p->line, k->name, "must be at most %zu bytes", k->size - 1);
-        return EM_OK;
+        break;
     case K_ENVNAME:
         if (!valid_envname(v, vlen) || vlen >= k->size)
             return fail_at(p, p->line, k->name,
                            "must be an environment variable name (letters, digits, '_'; at "
                            "most %zu)",
                            k->size - 1);
-        put_str(field, k->size, v, vlen);
-        return EM_OK;
+        break;
     case K_CLIENT_ID:
         if (!valid_name_chars(v, vlen, "_-") || vlen >= k->size)
             return fail_at(p, p->line, k->name, "must be 1-%zu of [A-Za-z0-9_-]", k->size - 1);
-        put_str(field, k->size, v, vlen);
-        return EM_OK;
-    case K_INT:
-    case K_UINT:
-    case K_U32:
-    case K_U16:
-    case K_SIZE:
-        if (!parse_ll(v, vlen, &x) || x < k->min || x > k->max)
-            return fail_at(p, p->line, k->name, "must be an integer from %lld to %lld", k->min,
-                           k->max);
-        if (k->kind == K_INT)
-            *(int *)(void *)field = (int)x;
-        else if (k->kind == K_UINT)
-            *(unsigned *)(void *)field = (unsigned)x;
-        else if (k->kind == K_U32)
-            *(uint32_t *)(void *)field = (uint32_t)x;
-        else if (k->kind == K_U16)
-            *(uint16_t *)(void *)field = (uint16_t)x;
-        else
-            *(size_t *)(void *)field = (size_t)x;
-        return EM_OK;
+        break;
+    default:
+        return fail_at(p, p->line, k->name, "internal error: not a string");
+    }
+    if (!put_str(field, k->size, v, vlen))
+        return fail_at(p, p->line, k->name, "must be at most %zu bytes", k->size - 1);
+    return EM_OK;
+}
+
+/* Integers of every width, range checked. */
+static em_err_t set_number(parser_t *p, const key_def_t *k, char *field, const char *v, size_t vlen)
+{
+    long long x = 0;
+    if (!parse_ll(v, vlen, &x) || x < k->min || x > k->max)
+        return fail_at(p, p->line, k->name, "must be an integer from %lld to %lld", k->min, k->max);
+    if (k->kind == K_INT)
+        *(int *)(void *)field = (int)x;
+    else if (k->kind == K_UINT)
+        *(unsigned *)(void *)field = (unsigned)x;
+    else if (k->kind == K_U32)
+        *(uint32_t *)(void *)field = (uint32_t)x;
+    else if (k->kind == K_U16)
+        *(uint16_t *)(void *)field = (uint16_t)x;
+    else
+        *(size_t *)(void *)field = (size_t)x;
+    return EM_OK;
+}
+
+/* Words from a fixed list: booleans, levels, modes. */
+static em_err_t set_word(parser_t *p, const key_def_t *k, char *field, const char *v, size_t vlen)
+{
+    bool b = false;
+    char w[16];
+    int lv = -1;
+    switch (k->kind) {
     case K_BOOL:
         if (!parse_bool(v, vlen, &b))
             return fail_at(p, p->line, k->name, "must be true or false");
         *(bool *)(void *)field = b;
         return EM_OK;
-    case K_LOGLEVEL: {
-        char w[16];
-        int lv = -1;
+    case K_LOGLEVEL:
         if (put_str(w, sizeof(w), v, vlen))
             lv = em_log_level_parse(w);
         if (lv < 0)
@@ -472,38 +475,51 @@ static em_err_t set_value(parser_t *p, const key_def_t *k, const char *v, size_t
                            "must be trace, debug, info, warn, error, fatal or off");
         *(em_log_level_t *)(void *)field = (em_log_level_t)lv;
         return EM_OK;
-    }
     case K_SYNC:
-        if (word_is(v, vlen, "full"))
-            *(em_store_sync_t *)(void *)field = EM_STORE_SYNC_FULL;
-        else if (word_is(v, vlen, "normal"))
-            *(em_store_sync_t *)(void *)field = EM_STORE_SYNC_NORMAL;
-        else
+        if (!word_is(v, vlen, "full") && !word_is(v, vlen, "normal"))
             return fail_at(p, p->line, k->name, "must be full or normal");
+        *(em_store_sync_t *)(void *)field =
+            word_is(v, vlen, "full") ? EM_STORE_SYNC_FULL : EM_STORE_SYNC_NORMAL;
         return EM_OK;
-    case K_CLIENT_AUTH:
-        if (word_is(v, vlen, "none"))
-            *(em_client_auth_t *)(void *)field = EM_CLIENT_AUTH_NONE;
-        else if (word_is(v, vlen, "optional"))
-            *(em_client_auth_t *)(void *)field = EM_CLIENT_AUTH_OPTIONAL;
-        else if (word_is(v, vlen, "required"))
-            *(em_client_auth_t *)(void *)field = EM_CLIENT_AUTH_REQUIRED;
-        else
-            return fail_at(p, p->line, k->name, "must be none, optional or required");
-        return EM_OK;
-    case K_ADDRESS: {
-        char a[EM_DAEMON_ADDRESS_MAX + 1];
-        unsigned char bin[16];
-        if (!put_str(a, sizeof(a), v, vlen) ||
-            (inet_pton(AF_INET, a, bin) != 1 && inet_pton(AF_INET6, a, bin) != 1))
+    case K_CLIENT_AUTH: {
+        static const char *const modes[] = {"none", "optional", "required"};
+        static const em_client_auth_t values[] = {EM_CLIENT_AUTH_NONE, EM_CLIENT_AUTH_OPTIONAL,
+                                                  EM_CLIENT_AUTH_REQUIRED};
+        for (size_t i = 0; i < 3; i++) {
+            if (word_is(v, vlen, modes[i])) {
+                *(em_client_auth_t *)(void *)field = values[i];
+                return EM_OK;
+            }
+        }
+        return fail_at(p, p->line, k->name, "must be none, optional or required");
+    }
+    default:
+        return fail_at(p, p->line, k->name, "internal error: not a word");
+    }
+}
+
+static bool has_prefix(const char *v, size_t vlen, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return vlen > n && strncmp(v, prefix, n) == 0;
+}
+
+/* Addresses, URLs, the topic prefix: checked for what they are. */
+static em_err_t set_special(parser_t *p, const key_def_t *k, char *field, const char *v,
+                            size_t vlen)
+{
+    char w[EM_DAEMON_ADDRESS_MAX + EM_TOPIC_PREFIX_MAX + 2];
+    unsigned char bin[16];
+    em_error_t e;
+    switch (k->kind) {
+    case K_ADDRESS:
+        if (!put_str(w, EM_DAEMON_ADDRESS_MAX + 1, v, vlen) ||
+            (inet_pton(AF_INET, w, bin) != 1 && inet_pton(AF_INET6, w, bin) != 1))
             return fail_at(p, p->line, k->name,
                            "must be an IPv4 or IPv6 address (127.0.0.1, 0.0.0.0, ::1, ::)");
-        put_str(field, k->size, v, vlen);
-        return EM_OK;
-    }
+        break;
     case K_MQTT_URL:
-        if (!((vlen > 7 && strncmp(v, "mqtt://", 7) == 0) ||
-              (vlen > 8 && strncmp(v, "mqtts://", 8) == 0)) ||
+        if (!(has_prefix(v, vlen, "mqtt://") || has_prefix(v, vlen, "mqtts://")) ||
             !is_printable_text(v, vlen) || memchr(v, ' ', vlen) != NULL)
             return fail_at(p, p->line, k->name,
                            "must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT]");
@@ -511,30 +527,61 @@ static em_err_t set_value(parser_t *p, const key_def_t *k, const char *v, size_t
             return fail_at(p, p->line, k->name,
                            "must not hold credentials: use username and password_env or "
                            "password_file");
-        if (!put_str(field, k->size, v, vlen))
-            return fail_at(p, p->line, k->name, "must be at most %zu bytes", k->size - 1);
-        return EM_OK;
+        break;
     case K_STORE_URL:
-        if (!is_printable_text(v, vlen) || !((vlen > 7 && strncmp(v, "sqlite:", 7) == 0) ||
-                                             (vlen > 13 && strncmp(v, "postgresql://", 13) == 0) ||
-                                             (vlen > 11 && strncmp(v, "postgres://", 11) == 0)))
+        if (!is_printable_text(v, vlen) ||
+            !(has_prefix(v, vlen, "sqlite:") || has_prefix(v, vlen, "postgresql://") ||
+              has_prefix(v, vlen, "postgres://")))
             return fail_at(p, p->line, k->name, "must be sqlite:PATH or postgresql://...");
         if (em__daemon_url_has_password(v, vlen))
             return fail_at(p, p->line, k->name,
                            "must not hold a password: put the URL in url_env or url_file");
-        if (!put_str(field, k->size, v, vlen))
-            return fail_at(p, p->line, k->name, "must be at most %zu bytes", k->size - 1);
-        return EM_OK;
-    case K_PREFIX: {
-        char w[EM_TOPIC_PREFIX_MAX + 1];
-        em_error_t e;
-        if (!put_str(w, sizeof(w), v, vlen) || em_topic_prefix_validate(w, &e) != EM_OK)
+        break;
+    case K_PREFIX:
+        if (!put_str(w, EM_TOPIC_PREFIX_MAX + 1, v, vlen) ||
+            em_topic_prefix_validate(w, &e) != EM_OK)
             return fail_at(p, p->line, k->name,
                            "must be a valid MQTT topic prefix (at most %d bytes, no '+' or '#')",
                            EM_TOPIC_PREFIX_MAX);
-        put_str(field, k->size, v, vlen);
-        return EM_OK;
+        break;
+    default:
+        return fail_at(p, p->line, k->name, "internal error: not special");
     }
+    if (!put_str(field, k->size, v, vlen))
+        return fail_at(p, p->line, k->name, "must be at most %zu bytes", k->size - 1);
+    return EM_OK;
+}
+
+/* Sets one key's value. */
+static em_err_t set_value(parser_t *p, const key_def_t *k, const char *v, size_t vlen)
+{
+    void *base = k->sec == SEC_LISTENER ? (void *)p->lst : (void *)p->cfg;
+    char *field = (char *)base + k->off;
+    switch (k->kind) {
+    case K_REFUSED:
+        return fail_at(p, p->line, k->name, "%s", k->hint);
+    case K_KEYFILE:
+    case K_PATH:
+    case K_TEXT:
+    case K_ENVNAME:
+    case K_CLIENT_ID:
+        return set_string(p, k, field, v, vlen);
+    case K_INT:
+    case K_UINT:
+    case K_U32:
+    case K_U16:
+    case K_SIZE:
+        return set_number(p, k, field, v, vlen);
+    case K_BOOL:
+    case K_LOGLEVEL:
+    case K_SYNC:
+    case K_CLIENT_AUTH:
+        return set_word(p, k, field, v, vlen);
+    case K_ADDRESS:
+    case K_MQTT_URL:
+    case K_STORE_URL:
+    case K_PREFIX:
+        return set_special(p, k, field, v, vlen);
     }
     return fail_at(p, p->line, k->name, "internal error: unknown kind");
 }
@@ -662,80 +709,90 @@ static bool is_loopback(const char *address)
     return false;
 }
 
-/* Rules between keys, and the defaults that depend on data_dir. */
-static em_err_t finish(parser_t *p)
+/* The rules of one listener (index i). */
+static em_err_t check_listener(parser_t *p, size_t i)
 {
     em_daemon_config_t *cfg = p->cfg;
-    unsigned last = p->line;
-    p->sec = SEC_NONE;
-    p->lst = NULL;
+    em_daemon_listener_t *l = &cfg->listeners[i];
+    p->sec = SEC_LISTENER;
+    p->lst = l;
+    if (l->address[0] == '\0')
+        return fail_at(p, l->line, "address", "is required");
+    if (l->port == 0)
+        return fail_at(p, l->line, "port", "is required");
+    bool tls = l->cert_file[0] != '\0';
+    if (tls != (l->key_file[0] != '\0'))
+        return fail_at(p, lst_line_of(p, i, tls ? "cert_file" : "key_file"),
+                       tls ? "key_file" : "cert_file", "cert_file and key_file go together");
+    if (!tls && !l->metrics_only)
+        return fail_at(p, l->line, "cert_file",
+                       "is required: only a metrics_only listener may be plain HTTP");
+    if (!tls && !is_loopback(l->address))
+        return fail_at(p, lst_line_of(p, i, "address"), "address",
+                       "a plain-HTTP listener must be on a loopback address");
+    if (l->client_auth != EM_CLIENT_AUTH_NONE && (!tls || l->client_ca_file[0] == '\0'))
+        return fail_at(p, lst_line_of(p, i, "client_auth"), "client_auth",
+                       "needs cert_file, key_file and client_ca_file");
+    if (l->client_ca_file[0] != '\0' && l->client_auth == EM_CLIENT_AUTH_NONE)
+        return fail_at(p, lst_line_of(p, i, "client_ca_file"), "client_ca_file",
+                       "is used only with client_auth = optional or required");
+    for (size_t j = 0; j < i; j++) {
+        if (cfg->listeners[j].port == l->port && strcmp(cfg->listeners[j].address, l->address) == 0)
+            return fail_at(p, lst_line_of(p, i, "port"), "port",
+                           "listener '%s' already uses this address and port",
+                           cfg->listeners[j].name);
+    }
+    return EM_OK;
+}
 
+static em_err_t check_listeners(parser_t *p)
+{
+    em_daemon_config_t *cfg = p->cfg;
     if (cfg->nlisteners == 0)
-        return fail_at(p, last, NULL, "no [listener NAME] section: the API needs one");
+        return fail_at(p, p->line, NULL, "no [listener NAME] section: the API needs one");
     size_t api_listeners = 0;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        em_daemon_listener_t *l = &cfg->listeners[i];
-        p->sec = SEC_LISTENER;
-        p->lst = l;
-        if (l->address[0] == '\0')
-            return fail_at(p, l->line, "address", "is required");
-        if (l->port == 0)
-            return fail_at(p, l->line, "port", "is required");
-        bool tls = l->cert_file[0] != '\0';
-        if (tls != (l->key_file[0] != '\0'))
-            return fail_at(p, lst_line_of(p, i, tls ? "cert_file" : "key_file"),
-                           tls ? "key_file" : "cert_file", "cert_file and key_file go together");
-        if (!tls && !l->metrics_only)
-            return fail_at(p, l->line, "cert_file",
-                           "is required: only a metrics_only listener may be plain HTTP");
-        if (!tls && !is_loopback(l->address))
-            return fail_at(p, lst_line_of(p, i, "address"), "address",
-                           "a plain-HTTP listener must be on a loopback address");
-        if (l->client_auth != EM_CLIENT_AUTH_NONE && (!tls || l->client_ca_file[0] == '\0'))
-            return fail_at(p, lst_line_of(p, i, "client_auth"), "client_auth",
-                           "needs cert_file, key_file and client_ca_file");
-        if (l->client_ca_file[0] != '\0' && l->client_auth == EM_CLIENT_AUTH_NONE)
-            return fail_at(p, lst_line_of(p, i, "client_ca_file"), "client_ca_file",
-                           "is used only with client_auth = optional or required");
-        for (size_t j = 0; j < i; j++) {
-            if (cfg->listeners[j].port == l->port &&
-                strcmp(cfg->listeners[j].address, l->address) == 0)
-                return fail_at(p, lst_line_of(p, i, "port"), "port",
-                               "listener '%s' already uses this address and port",
-                               cfg->listeners[j].name);
-        }
-        if (!l->metrics_only)
-            api_listeners++;
+        em_err_t rc = check_listener(p, i);
+        if (rc != EM_OK)
+            return rc;
+        api_listeners += !cfg->listeners[i].metrics_only;
     }
     p->sec = SEC_NONE;
     p->lst = NULL;
     if (api_listeners == 0)
         return fail_at(p, cfg->listeners[0].line, NULL,
                        "every listener is metrics_only: the API needs one more");
+    return EM_OK;
+}
 
+static em_err_t check_mqtt(parser_t *p)
+{
+    const em_daemon_config_t *cfg = p->cfg;
+    bool pw_env = cfg->mqtt_password_env[0] != '\0';
+    bool pw_file = cfg->mqtt_password_file[0] != '\0';
+    bool cert = cfg->mqtt_cert_file[0] != '\0';
     p->sec = SEC_MQTT;
-    if (cfg->mqtt_password_env[0] != '\0' && cfg->mqtt_password_file[0] != '\0')
+    if (pw_env && pw_file)
         return fail_at(p, line_of(p, SEC_MQTT, "password_file"), "password_file",
                        "password_env and password_file exclude each other");
-    if ((cfg->mqtt_cert_file[0] != '\0') != (cfg->mqtt_key_file[0] != '\0'))
-        return fail_at(
-            p, line_of(p, SEC_MQTT, cfg->mqtt_cert_file[0] != '\0' ? "cert_file" : "key_file"),
-            cfg->mqtt_cert_file[0] != '\0' ? "key_file" : "cert_file",
-            "cert_file and key_file go together");
+    if (cert != (cfg->mqtt_key_file[0] != '\0'))
+        return fail_at(p, line_of(p, SEC_MQTT, cert ? "cert_file" : "key_file"),
+                       cert ? "key_file" : "cert_file", "cert_file and key_file go together");
     if (cfg->mqtt_reconnect_max_s < cfg->mqtt_reconnect_min_s)
         return fail_at(p, line_of(p, SEC_MQTT, "reconnect_max"), "reconnect_max",
                        "must be at least reconnect_min");
     if (strncmp(cfg->mqtt_url, "mqtt://", 7) == 0 && !cfg->mqtt_allow_plain)
         return fail_at(p, line_of(p, SEC_MQTT, "url"), "url",
                        "plain mqtt:// needs allow_plain = true (loopback brokers only)");
-    if ((cfg->mqtt_password_env[0] != '\0' || cfg->mqtt_password_file[0] != '\0') &&
-        cfg->mqtt_username[0] == '\0')
-        return fail_at(
-            p,
-            line_of(p, SEC_MQTT,
-                    cfg->mqtt_password_env[0] != '\0' ? "password_env" : "password_file"),
-            "username", "a password needs a username");
+    if ((pw_env || pw_file) && cfg->mqtt_username[0] == '\0')
+        return fail_at(p, line_of(p, SEC_MQTT, pw_env ? "password_env" : "password_file"),
+                       "username", "a password needs a username");
+    return EM_OK;
+}
 
+static em_err_t check_store_and_daemon(parser_t *p)
+{
+    const em_daemon_config_t *cfg = p->cfg;
     p->sec = SEC_STORE;
     int sources = (cfg->store_url[0] != '\0') + (cfg->store_url_env[0] != '\0') +
                   (cfg->store_url_file[0] != '\0');
@@ -745,28 +802,45 @@ static em_err_t finish(parser_t *p)
             l = line_of(p, SEC_STORE, "url_env");
         return fail_at(p, l, "url", "url, url_env and url_file exclude each other");
     }
-
     p->sec = SEC_DAEMON;
     if (p->bootstrap_none && !cfg->bootstrap_key_print)
         return fail_at(p, line_of(p, SEC_DAEMON, "bootstrap_key_file"), "bootstrap_key_file",
                        "none needs bootstrap_key_print = true, or the first key is shown "
                        "nowhere");
     p->sec = SEC_NONE;
+    return EM_OK;
+}
 
-    /* Defaults inside the data directory. */
-    int n;
-    if (!p->bootstrap_none && cfg->bootstrap_key_file[0] == '\0') {
-        n = snprintf(cfg->bootstrap_key_file, sizeof(cfg->bootstrap_key_file),
-                     "%s/bootstrap-admin.key", cfg->data_dir);
-        if (n < 0 || (size_t)n >= sizeof(cfg->bootstrap_key_file))
-            return fail_at(p, line_of(p, SEC_DAEMON, "data_dir"), "data_dir", "is too long");
-    }
-    if (cfg->jwt_key_file[0] == '\0') {
-        n = snprintf(cfg->jwt_key_file, sizeof(cfg->jwt_key_file), "%s/jwt.key", cfg->data_dir);
-        if (n < 0 || (size_t)n >= sizeof(cfg->jwt_key_file))
-            return fail_at(p, line_of(p, SEC_DAEMON, "data_dir"), "data_dir", "is too long");
+/* path = data_dir + "/" + name, unless already set. */
+static em_err_t default_in_data_dir(parser_t *p, char *path, size_t size, const char *name)
+{
+    if (path[0] != '\0')
+        return EM_OK;
+    int n = snprintf(path, size, "%s/%s", p->cfg->data_dir, name);
+    if (n < 0 || (size_t)n >= size) {
+        p->sec = SEC_DAEMON;
+        return fail_at(p, line_of(p, SEC_DAEMON, "data_dir"), "data_dir", "is too long");
     }
     return EM_OK;
+}
+
+/* Rules between keys, and the defaults that depend on data_dir. */
+static em_err_t finish(parser_t *p)
+{
+    em_daemon_config_t *cfg = p->cfg;
+    p->sec = SEC_NONE;
+    p->lst = NULL;
+    em_err_t rc = check_listeners(p);
+    if (rc == EM_OK)
+        rc = check_mqtt(p);
+    if (rc == EM_OK)
+        rc = check_store_and_daemon(p);
+    if (rc == EM_OK && !p->bootstrap_none)
+        rc = default_in_data_dir(p, cfg->bootstrap_key_file, sizeof(cfg->bootstrap_key_file),
+                                 "bootstrap-admin.key");
+    if (rc == EM_OK)
+        rc = default_in_data_dir(p, cfg->jwt_key_file, sizeof(cfg->jwt_key_file), "jwt.key");
+    return rc;
 }
 
 static const char *base_name(const char *path)
@@ -790,7 +864,7 @@ em_err_t em_daemon_config_parse(em_daemon_config_t *cfg, const char *text, size_
     p->err = err;
     em_err_t rc = EM_OK;
     if (len > EM_DAEMON_CONFIG_SIZE_MAX)
-        rc = fail_at(p, 0, NULL, "the file is larger than %d bytes", EM_DAEMON_CONFIG_SIZE_MAX);
+        rc = fail_at(p, 0, NULL, "the file is larger than %zu bytes", EM_DAEMON_CONFIG_SIZE_MAX);
 
     size_t pos = 0;
     if (rc == EM_OK && len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
@@ -905,7 +979,7 @@ em_err_t em_daemon_config_load(em_daemon_config_t *cfg, const char *path, em_err
     if (em__daemon_read_file(path, EM_DAEMON_CONFIG_SIZE_MAX, &text, &len) != 0) {
         if (errno == EFBIG)
             return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, NULL,
-                                "%s: larger than %d bytes", path, EM_DAEMON_CONFIG_SIZE_MAX);
+                                "%s: larger than %zu bytes", path, EM_DAEMON_CONFIG_SIZE_MAX);
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, NULL, "%s: cannot read: %s",
                             path, strerror(errno));
     }
@@ -984,7 +1058,7 @@ static em_err_t read_secret_file(const char *what, const char *path, char *buf, 
         return rc;
     char *text = NULL;
     size_t len = 0;
-    if (em__daemon_read_file(path, 64 * 1024, &text, &len) != 0)
+    if (em__daemon_read_file(path, SECRET_FILE_MAX, &text, &len) != 0)
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what, "%s: cannot read %s: %s",
                             what, path, strerror(errno));
     size_t line = strcspn(text, "\r\n");
@@ -1180,16 +1254,6 @@ static em_err_t parent_exists(const char *what, const char *path, em_error_t *er
     return EM_OK;
 }
 
-/* A key file that asks for a passphrase is refused, not prompted for. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf;
-    (void)size;
-    (void)rwflag;
-    (void)u;
-    return -1;
-}
-
 /* The certificate chain and key load and match. */
 static em_err_t check_tls_pair(const char *what, const char *cert, const char *key, em_error_t *err)
 {
@@ -1210,8 +1274,10 @@ static em_err_t check_tls_pair(const char *what, const char *cert, const char *k
          * key of another certificate get their own messages. */
         FILE *f = fopen(key, "re");
         if (f != NULL) {
-            pkey = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
-            fclose(f);
+            /* An empty passphrase: an encrypted key is refused, never
+             * prompted for. */
+            pkey = PEM_read_PrivateKey(f, NULL, NULL, (void *)"");
+            (void)fclose(f);
         }
         if (pkey == NULL)
             rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,

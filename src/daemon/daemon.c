@@ -37,7 +37,7 @@
 #define VAL_SLOTS   1024
 
 #define CONNECT_TIMEOUT_MS 5000
-#define DRAIN_POLL_MS      50
+#define DRAIN_POLL_US      50000
 #define FLUSH_TIMEOUT_MS   30000
 #define FIRST_PRUNE_S      60
 
@@ -602,7 +602,7 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
         event_base_loopexit(d->base, NULL);
         return;
     }
-    struct timeval tv = {0, DRAIN_POLL_MS * 1000};
+    struct timeval tv = {0, DRAIN_POLL_US};
     evtimer_add(d->ev_drain, &tv);
 }
 
@@ -941,9 +941,12 @@ em_err_t em_daemon_reload(em_daemon_t *d, em_error_t *err)
     em_log(EM_LOG_INFO, MODULE, NULL, "SIGHUP: reloading the configuration", fp, 1);
     em_daemon_config_t *nc = malloc(sizeof(*nc));
     em_daemon_config_t *merged = malloc(sizeof(*merged));
-    em_err_t rc = nc == NULL || merged == NULL
-                      ? em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory")
-                      : em_daemon_config_load(nc, d->cfg.path, err);
+    if (nc == NULL || merged == NULL) {
+        free(nc);
+        free(merged);
+        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+    }
+    em_err_t rc = em_daemon_config_load(nc, d->cfg.path, err);
     if (rc == EM_OK)
         rc = em_daemon_config_check(nc, err);
     if (rc != EM_OK) {
