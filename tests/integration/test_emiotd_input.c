@@ -560,11 +560,21 @@ static void test_bad_ids_and_names_are_400_naming_the_field(void **state)
         expect_400_naming(&a, cases[i][1], NULL, cases[i][0]);
         answer_free(&a);
     }
+}
+
+static void test_bad_group_names_are_400_naming_the_field(void **state)
+{
+    (void)state;
+    /* The body's field is "name": the message names it. */
     answer_t a = call(dmn.admin_key, "POST", "/api/v1/groups", "{\"name\":\"x\"}");
     expect_400_naming(&a, "name", NULL, "group name of 1 character");
     answer_free(&a);
     a = call(dmn.admin_key, "POST", "/api/v1/groups", "{\"name\":\"bad/group\"}");
     expect_400_naming(&a, "name", NULL, "group name with a slash");
+    answer_free(&a);
+    a = call(dmn.admin_key, "GET", "/api/v1/groups", NULL);
+    expect_status(&a, 200, "GET /api/v1/groups");
+    assert_int_equal(cJSON_GetArraySize(data_of(&a)), 0);
     answer_free(&a);
 }
 
@@ -1025,6 +1035,7 @@ int main(void)
         cmocka_unit_test_teardown(test_deeply_nested_json_is_400, free_tracked),
         cmocka_unit_test_teardown(test_wrong_types_are_400_naming_the_field, free_tracked),
         cmocka_unit_test_teardown(test_bad_ids_and_names_are_400_naming_the_field, free_tracked),
+        cmocka_unit_test_teardown(test_bad_group_names_are_400_naming_the_field, free_tracked),
         cmocka_unit_test_teardown(test_escaped_nul_in_a_string_is_refused_not_truncated,
                                   free_tracked),
         cmocka_unit_test_teardown(test_out_of_range_values_are_400_naming_the_field, free_tracked),

@@ -206,6 +206,33 @@ static answer_t call(const char *key, const char *method, const char *path, cons
     return a;
 }
 
+/* With a client certificate (cert, key PEM files) and no bearer credential. */
+static answer_t call_cert(const char *cert, const char *key, const char *method, const char *path,
+                          const char *body)
+{
+    answer_t a = {0};
+    a.text = malloc(BODY_MAX);
+    assert_non_null(a.text);
+    a.status =
+        em_test_daemon_request_cert(&dmn, cert, key, NULL, method, path, body, a.text, BODY_MAX);
+    a.json = cJSON_Parse(a.text);
+    track(a.text, a.json);
+    return a;
+}
+
+/* Who calls in device_matrix: a bearer credential, or a certificate. */
+typedef struct caller {
+    const char *bearer;
+    const char *cert, *key;
+} caller_t;
+
+static answer_t call_as(const caller_t *c, const char *method, const char *path, const char *body)
+{
+    if (c->cert != NULL)
+        return call_cert(c->cert, c->key, method, path, body);
+    return call(c->bearer, method, path, body);
+}
+
 static const cJSON *data_of(const answer_t *a)
 {
     return cJSON_GetObjectItemCaseSensitive(a->json, "data");
@@ -856,53 +883,53 @@ static void test_operator_may_create_a_device(void **state)
 
 /* Runs the device matrix with credential cred for device "own" (another
  * device "other" exists). */
-static void device_matrix(const char *cred, const char *own, const char *other)
+static void device_matrix(const caller_t *cred, const char *own, const char *other)
 {
     char path[256], before[128], after[128];
     snprintf(path, sizeof(path), "/api/v1/devices/%s", own);
-    answer_t a = call(cred, "GET", path, NULL);
+    answer_t a = call_as(cred, "GET", path, NULL);
     expect_status(&a, 200);
     assert_string_equal(str_of(data_of(&a), "id"), own);
     answer_free(&a);
 
     snprintf(path, sizeof(path), "/api/v1/devices/%s/commands", own);
-    a = call(cred, "GET", path, NULL);
+    a = call_as(cred, "GET", path, NULL);
     expect_status(&a, 200);
     answer_free(&a);
 
     snprintf(path, sizeof(path), "/api/v1/devices/%s", other);
-    a = call(cred, "GET", path, NULL);
+    a = call_as(cred, "GET", path, NULL);
     expect_403(&a);
     answer_free(&a);
     snprintf(path, sizeof(path), "/api/v1/devices/%s/status/history", other);
-    a = call(cred, "GET", path, NULL);
+    a = call_as(cred, "GET", path, NULL);
     expect_403(&a);
     answer_free(&a);
     snprintf(path, sizeof(path), "/api/v1/devices/%s/telemetry", other);
-    a = call(cred, "GET", path, NULL);
+    a = call_as(cred, "GET", path, NULL);
     expect_403(&a);
     answer_free(&a);
 
-    a = call(cred, "GET", "/api/v1/devices", NULL);
+    a = call_as(cred, "GET", "/api/v1/devices", NULL);
     expect_403(&a);
     answer_free(&a);
-    a = call(cred, "GET", "/api/v1/groups", NULL);
+    a = call_as(cred, "GET", "/api/v1/groups", NULL);
     expect_403(&a);
     answer_free(&a);
-    a = call(cred, "GET", "/api/v1/events", NULL);
+    a = call_as(cred, "GET", "/api/v1/events", NULL);
     expect_403(&a);
     answer_free(&a);
-    a = call(cred, "GET", "/api/v1/commands", NULL);
+    a = call_as(cred, "GET", "/api/v1/commands", NULL);
     expect_403(&a);
     answer_free(&a);
 
     /* Writes: none, not even on its own device. */
     device_name(own, before);
     snprintf(path, sizeof(path), "/api/v1/devices/%s", own);
-    a = call(cred, "PATCH", path, "{\"name\":\"mine now\"}");
+    a = call_as(cred, "PATCH", path, "{\"name\":\"mine now\"}");
     expect_403(&a);
     answer_free(&a);
-    a = call(cred, "DELETE", path, NULL);
+    a = call_as(cred, "DELETE", path, NULL);
     expect_403(&a);
     answer_free(&a);
     device_name(own, after);
@@ -910,11 +937,11 @@ static void device_matrix(const char *cred, const char *own, const char *other)
 
     int cmds_own = count_commands(own), cmds_other = count_commands(other);
     snprintf(path, sizeof(path), "/api/v1/devices/%s/commands", own);
-    a = call(cred, "POST", path, "{\"type\":\"restart\"}");
+    a = call_as(cred, "POST", path, "{\"type\":\"restart\"}");
     expect_403(&a);
     answer_free(&a);
     snprintf(path, sizeof(path), "/api/v1/devices/%s/commands", other);
-    a = call(cred, "POST", path, "{\"type\":\"restart\"}");
+    a = call_as(cred, "POST", path, "{\"type\":\"restart\"}");
     expect_403(&a);
     answer_free(&a);
     assert_int_equal(count_commands(own), cmds_own);
@@ -922,13 +949,13 @@ static void device_matrix(const char *cred, const char *own, const char *other)
 
     char body[256];
     snprintf(body, sizeof(body), "{\"id\":\"%s-new\",\"name\":\"x\",\"type\":\"sensor\"}", own);
-    a = call(cred, "POST", "/api/v1/devices", body);
+    a = call_as(cred, "POST", "/api/v1/devices", body);
     expect_403(&a);
     answer_free(&a);
     snprintf(path, sizeof(path), "%s-new", own);
     expect_no_device(path);
 
-    a = call(cred, "POST", "/api/v1/groups", "{\"name\":\"device made\"}");
+    a = call_as(cred, "POST", "/api/v1/groups", "{\"name\":\"device made\"}");
     expect_403(&a);
     answer_free(&a);
     a = call(dmn.admin_key, "GET", "/api/v1/groups/device%20made", NULL);
@@ -936,7 +963,7 @@ static void device_matrix(const char *cred, const char *own, const char *other)
     answer_free(&a);
 
     int keys = count_keys();
-    a = call(cred, "POST", "/api/v1/keys", "{\"name\":\"dev-escalate\",\"role\":\"admin\"}");
+    a = call_as(cred, "POST", "/api/v1/keys", "{\"name\":\"dev-escalate\",\"role\":\"admin\"}");
     expect_403(&a);
     answer_free(&a);
     assert_int_equal(count_keys(), keys);
@@ -949,7 +976,8 @@ static void test_device_key_reaches_only_its_own_device(void **state)
     make_device("sec-dev-a");
     make_device("sec-dev-b");
     make_key("sec-dev-a-key", "device", "sec-dev-a", key, NULL);
-    device_matrix(key, "sec-dev-a", "sec-dev-b");
+    caller_t c = {.bearer = key};
+    device_matrix(&c, "sec-dev-a", "sec-dev-b");
 }
 
 static void test_device_jwt_reaches_only_its_own_device(void **state)
@@ -960,7 +988,51 @@ static void test_device_jwt_reaches_only_its_own_device(void **state)
     make_device("sec-dev-d");
     claims(c, sizeof(c), "sec-dev-c", "device", "sec-dev-c", 600, NULL, NULL);
     mint("es256", c, tok, sizeof(tok));
-    device_matrix(tok, "sec-dev-c", "sec-dev-d");
+    caller_t who = {.bearer = tok};
+    device_matrix(&who, "sec-dev-c", "sec-dev-d");
+}
+
+static void test_device_certificate_reaches_only_its_own_device(void **state)
+{
+    (void)state;
+    char cert[EM_TEST_PATH_MAX], key[EM_TEST_PATH_MAX];
+    make_device("sec-dev-e");
+    make_device("sec-dev-f");
+    assert_int_equal(em_test_daemon_add_client(&dmn, "sec-dev-e", cert, key), 0);
+    caller_t who = {.cert = cert, .key = key};
+    device_matrix(&who, "sec-dev-e", "sec-dev-f");
+}
+
+static void test_certificate_of_an_unknown_identity_is_401(void **state)
+{
+    (void)state;
+    /* Signed by the right CA, but its CN is neither a device nor a user. */
+    char cert[EM_TEST_PATH_MAX], key[EM_TEST_PATH_MAX];
+    assert_int_equal(em_test_daemon_add_client(&dmn, "sec-nobody", cert, key), 0);
+    answer_t a = call_cert(cert, key, "GET", "/api/v1/whoami", NULL);
+    expect_401(&a);
+    answer_free(&a);
+}
+
+static void test_self_signed_certificate_claiming_a_device_is_refused(void **state)
+{
+    (void)state;
+    /* A certificate for a registered device's CN that no trusted CA signed:
+     * the handshake fails, or the request is 401; never the device. */
+    make_device("sec-dev-g");
+    char cert[EM_TEST_PATH_MAX], key[EM_TEST_PATH_MAX], cmd[4 * EM_TEST_PATH_MAX];
+    snprintf(cert, sizeof(cert), "%s/forged.crt", dmn.dir);
+    snprintf(key, sizeof(key), "%s/forged.key", dmn.dir);
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+             "-subj /CN=sec-dev-g -keyout '%s' -out '%s' 2>/dev/null",
+             key, cert);
+    const char *argv[] = {"bash", "-c", cmd, NULL};
+    assert_int_equal(em_test_run(argv), 0);
+    answer_t a = call_cert(cert, key, "GET", "/api/v1/devices/sec-dev-g", NULL);
+    if (a.status != -1)
+        expect_401(&a);
+    answer_free(&a);
 }
 
 static void test_device_key_needs_a_device_id(void **state)
@@ -1119,6 +1191,11 @@ int main(void)
         cmocka_unit_test_teardown(test_operator_may_create_a_device, free_tracked),
         cmocka_unit_test_teardown(test_device_key_reaches_only_its_own_device, free_tracked),
         cmocka_unit_test_teardown(test_device_jwt_reaches_only_its_own_device, free_tracked),
+        cmocka_unit_test_teardown(test_device_certificate_reaches_only_its_own_device,
+                                  free_tracked),
+        cmocka_unit_test_teardown(test_certificate_of_an_unknown_identity_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_self_signed_certificate_claiming_a_device_is_refused,
+                                  free_tracked),
         cmocka_unit_test_teardown(test_device_key_needs_a_device_id, free_tracked),
         cmocka_unit_test_teardown(test_auth_failures_are_security_events, free_tracked),
         cmocka_unit_test_teardown(test_forbidden_requests_are_security_events, free_tracked),
