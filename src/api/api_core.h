@@ -99,6 +99,8 @@ struct em_api {
     int jwt_priv_len;
     unsigned char *jwt_pub_pem;
     int jwt_pub_len;
+    unsigned char rnd[512]; /* random bytes for correlation ids, drawn in bulk */
+    size_t rnd_used;        /* bytes of rnd already used */
     em__auth_cache_t *cache;
     em__buckets_t *buckets;      /* per identity (actor) */
     em__buckets_t *fail_buckets; /* failed authentications per client address */
