@@ -54,7 +54,7 @@ REQS="$WORK/register.curl"
 T0=$(date +%s.%N)
 # 16 at a time: an answer costs the client little, but it may wait on the
 # server (a synchronous store commit, TCP's delayed ACK).
-CODES=$(curl -sS -Z --parallel-max 16 -K "$REQS" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+CODES=$(curl -sS --no-progress-meter -Z --parallel-max 16 -K "$REQS" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
 echo "W2: registered $DEVICES devices in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $T0}") s (HTTP status:" \
   "count: $CODES)" >&2
 if [ "$CODES" != " $DEVICES 201;" ]; then
