@@ -1,8 +1,8 @@
 /*
  * emiot integration tests - test_store.c: one suite, run against both store
  * backends through the public store.h API only: SQLite (a file in a temporary
- * directory) and PostgreSQL (a throwaway server from tests/support/pg.h, one
- * fresh database per test). Both must behave identically.
+ * directory) and PostgreSQL (a throwaway server from tests/support/pg.h, its
+ * database emptied before each test). Both must behave identically.
  *
  * The PostgreSQL half is skipped (with a message) only when the server
  * binaries are not installed; scripts/deps.sh installs them, so on CI it runs.
@@ -113,10 +113,9 @@ static int setup(void **state)
     } else {
         if (g_pg_skip)
             return 0;
-        char name[32];
-        snprintf(name, sizeof(name), "t%d", ++g_db_seq);
-        if (em_test_pg_create_db(&g_pg, name, fx->url, sizeof(fx->url)) != 0)
+        if (em_test_pg_reset_db(&g_pg, "emiot") != 0)
             return -1;
+        snprintf(fx->url, sizeof(fx->url), "%s", em_test_pg_url(&g_pg));
     }
     em_error_t err;
     em_err_t rc = open_store(fx, &err);

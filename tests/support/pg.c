@@ -404,7 +404,7 @@ static void quiet_notice(void *arg, const char *message)
 static int exec_ok(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
     if (!ok)
         fprintf(stderr, "em_test_pg: %s: %s", sql, PQerrorMessage(conn));
     PQclear(res);
@@ -442,6 +442,32 @@ int em_test_pg_create_db(em_test_pg_t *pg, const char *name, char *url, size_t s
             return -1;
     }
     return 0;
+}
+
+int em_test_pg_reset_db(em_test_pg_t *pg, const char *name)
+{
+    if (pg == NULL || pg->pid <= 0 || !db_name_ok(name)) {
+        fprintf(stderr, "em_test_pg_reset_db: no server or a bad name\n");
+        return -1;
+    }
+    char ci[PG_PATH_MAX];
+    conninfo(pg, name, ci, sizeof(ci));
+    PGconn *conn = PQconnectdb(ci);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fprintf(stderr, "em_test_pg: connect: %s", PQerrorMessage(conn));
+        PQfinish(conn);
+        return -1;
+    }
+    PQsetNoticeProcessor(conn, quiet_notice, NULL);
+    /* Other sessions (a store a failed test left open) would hold locks. */
+    int rc = exec_ok(conn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()");
+    if (rc == 0)
+        rc |= exec_ok(conn, "DROP SCHEMA public CASCADE");
+    if (rc == 0)
+        rc |= exec_ok(conn, "CREATE SCHEMA public");
+    PQfinish(conn);
+    return rc;
 }
 
 int em_test_pg_start(em_test_pg_t *pg)
