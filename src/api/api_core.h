@@ -66,6 +66,11 @@ bool em__buckets_peek(em__buckets_t *t, const char *key, uint32_t per_min, int64
                       uint32_t *retry_after_s);
 size_t em__buckets_count(const em__buckets_t *t);
 
+/* True when key's refusals should be reported now: at most once per every_ms
+ * for one key (so that a flood is one security event a minute, not one per
+ * request). false for a key without a bucket. */
+bool em__buckets_report(em__buckets_t *t, const char *key, int64_t now_ms, int64_t every_ms);
+
 /* ---- the server --------------------------------------------------------- */
 
 typedef struct em__api_listener {

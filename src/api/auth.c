@@ -936,6 +936,9 @@ bool em__api_authenticate(em__api_req_t *r)
     source_host(r->source, host, sizeof host);
     if (!em__buckets_peek(api->fail_buckets, host, api->opts.auth_fail_per_min, mono, &retry)) {
         em__api_call_t *call = (em__api_call_t *)r;
+        if (em__buckets_report(api->fail_buckets, host, mono, 60000))
+            em__api_security_event(r, "auth_blocked", EM_SEV_HIGH,
+                                   "too many failed authentications from this address");
         snprintf(call->retry_buf, sizeof call->retry_buf, "%u", retry);
         call->retry_after = call->retry_buf;
         em__api_error(r, 429, "rate_limit_exceeded", "too many failed authentications",

@@ -81,7 +81,8 @@ typedef struct entry {
     int32_t next;               /* next in the hash chain, -1 ends */
     int32_t lru_prev, lru_next; /* -1 ends */
     bool used;
-    uint32_t per_min; /* the rate last used, to tell idle (full) buckets */
+    uint32_t per_min;    /* the rate last used, to tell idle (full) buckets */
+    int64_t reported_ms; /* last refusal reported (em__buckets_report), 0: never */
     em__bucket_t b;
 } entry_t;
 
@@ -236,6 +237,7 @@ static entry_t *lookup(em__buckets_t *t, const char *key, uint32_t per_min, int6
     e->hash = h;
     e->used = true;
     e->per_min = per_min;
+    e->reported_ms = 0;
     em__bucket_init(&e->b, per_min, now_ms);
     e->next = t->heads[h & (t->nheads - 1)];
     t->heads[h & (t->nheads - 1)] = i;
@@ -265,4 +267,16 @@ bool em__buckets_peek(em__buckets_t *t, const char *key, uint32_t per_min, int64
     }
     e->per_min = per_min;
     return em__bucket_peek(&e->b, per_min, now_ms, retry_after_s);
+}
+
+bool em__buckets_report(em__buckets_t *t, const char *key, int64_t now_ms, int64_t every_ms)
+{
+    size_t len = strnlen(key, EM__BUCKET_KEY_MAX);
+    entry_t *e = find(t, key, len, hash_str(key, len));
+    if (e == NULL)
+        return false;
+    if (e->reported_ms != 0 && now_ms - e->reported_ms < every_ms)
+        return false;
+    e->reported_ms = now_ms;
+    return true;
 }

@@ -500,7 +500,13 @@ static void serve(em__api_call_t *call, em__api_listener_t *l)
     /* The caller's token bucket. */
     uint32_t retry = 0;
     uint32_t rate = em__api_rate_for(api, &r->who, call->key_rate);
-    if (!em__buckets_take(api->buckets, r->who.actor, rate, em_mono_ms(), &retry)) {
+    int64_t mono = em_mono_ms();
+    if (!em__buckets_take(api->buckets, r->who.actor, rate, mono, &retry)) {
+        if (em__buckets_report(api->buckets, r->who.actor, mono, 60000)) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "over %u requests a minute", rate);
+            em__api_security_event(r, "rate_limited", EM_SEV_LOW, msg);
+        }
         snprintf(call->retry_buf, sizeof call->retry_buf, "%u", retry);
         call->retry_after = call->retry_buf;
         em__api_error(r, 429, "rate_limit_exceeded", "rate limit exceeded", NULL);

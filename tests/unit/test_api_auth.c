@@ -575,6 +575,11 @@ static void test_bucket_table_is_per_key_and_bounded(void **state)
         assert_true(em__buckets_take(t, key, 5, i, NULL));
         assert_true(em__buckets_count(t) <= 16);
     }
+    /* Refusals are reported once a minute per key, and only for known keys. */
+    assert_true(em__buckets_report(t, "k99", 1000, 60000));
+    assert_false(em__buckets_report(t, "k99", 30000, 60000));
+    assert_true(em__buckets_report(t, "k99", 61000, 60000));
+    assert_false(em__buckets_report(t, "never-seen", 0, 60000));
     /* "key:a" was evicted long ago: a new, full bucket. */
     assert_true(em__buckets_take(t, "key:a", 1, 200, NULL));
     em__buckets_free(t);
