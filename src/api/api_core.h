@@ -121,6 +121,7 @@ typedef struct em__api_call {
     const char *retry_after; /* a Retry-After value to send, or NULL */
     const char *allow;       /* an Allow value to send (405), or NULL */
     uint32_t key_rate;       /* the authenticating API key's own rate (0: none) */
+    bool jwt_user;           /* a JWT bound to a user ("user" claim) */
     char retry_buf[16];      /* storage for retry_after */
 } em__api_call_t;
 
@@ -163,6 +164,19 @@ bool em__api_authenticate(em__api_req_t *r);
  */
 const char *em__api_jwt_verify(em_api_t *api, const char *token, size_t len, int64_t now_ms,
                                em__api_identity_t *who);
+
+/*
+ * As em__api_jwt_issue; user_bound adds a "user" claim (= sub): the token is
+ * refused once that user is deleted or disabled. em__api_jwt_issue binds
+ * tokens of certificate users.
+ */
+em_err_t em__api_jwt_issue_bound(em_api_t *api, const em__api_identity_t *who, bool user_bound,
+                                 int ttl_s, char *buf, size_t size, int64_t *expires_at_ms);
+
+/* As em__api_jwt_verify; *user_bound (may be NULL) tells whether the token
+ * has a "user" claim (the caller checks that user). */
+const char *em__api_jwt_verify_bound(em_api_t *api, const char *token, size_t len, int64_t now_ms,
+                                     em__api_identity_t *who, bool *user_bound);
 
 /*
  * Parses an Authorization header value: "Bearer " + a credential of 1..4096

@@ -512,6 +512,13 @@ void em__api_auth_cleanup(em_api_t *api)
 em_err_t em__api_jwt_issue(em_api_t *api, const em__api_identity_t *who, int ttl_s, char *buf,
                            size_t size, int64_t *expires_at_ms)
 {
+    bool user = who->method == EM__AUTHN_CERT && who->role != EM_ROLE_DEVICE;
+    return em__api_jwt_issue_bound(api, who, user, ttl_s, buf, size, expires_at_ms);
+}
+
+em_err_t em__api_jwt_issue_bound(em_api_t *api, const em__api_identity_t *who, bool user_bound,
+                                 int ttl_s, char *buf, size_t size, int64_t *expires_at_ms)
+{
     unsigned char rnd[8];
     char jti[17];
     static const char hex[] = "0123456789abcdef";
@@ -542,6 +549,8 @@ em_err_t em__api_jwt_issue(em_api_t *api, const em__api_identity_t *who, int ttl
     if (who->device_id[0] != '\0' && jwt_add_grant(jwt, "device", who->device_id) != 0)
         goto out;
     if (who->key_id[0] != '\0' && jwt_add_grant(jwt, "key", who->key_id) != 0)
+        goto out;
+    if (user_bound && jwt_add_grant(jwt, "user", who->name) != 0)
         goto out;
     if (jwt_set_alg(jwt, JWT_ALG_ES256, api->jwt_priv_pem, api->jwt_priv_len) != 0)
         goto out;
@@ -647,7 +656,7 @@ static bool printable_name(const char *s, size_t max)
 
 /* Checks the claims of a token whose signature was verified. */
 static const char *check_claims(em_api_t *api, const cJSON *c, int64_t now_ms,
-                                em__api_identity_t *who)
+                                em__api_identity_t *who, bool *user_bound)
 {
     int64_t now_s = now_ms / 1000, exp_s, iat_s, nbf_s;
     const char *iss = claim_str(c, "iss");
@@ -695,6 +704,10 @@ static const char *check_claims(em_api_t *api, const cJSON *c, int64_t now_ms,
     } else if (cJSON_GetObjectItemCaseSensitive(c, "device") != NULL) {
         return "device claim on a non-device token";
     }
+    const char *usr = claim_str(c, "user");
+    if (cJSON_GetObjectItemCaseSensitive(c, "user") != NULL &&
+        (usr == NULL || strcmp(usr, sub) != 0 || role == EM_ROLE_DEVICE))
+        return "bad user claim";
     const char *kid = claim_str(c, "key");
     if (cJSON_GetObjectItemCaseSensitive(c, "key") != NULL &&
         (kid == NULL || !key_id_valid(kid, strlen(kid))))
@@ -710,11 +723,19 @@ static const char *check_claims(em_api_t *api, const cJSON *c, int64_t now_ms,
         snprintf(who->device_id, sizeof who->device_id, "%s", dev);
     snprintf(who->actor, sizeof who->actor, "jwt:%.60s", sub);
     who->expires_at_ms = exp_s * 1000;
+    if (user_bound != NULL)
+        *user_bound = usr != NULL;
     return NULL;
 }
 
 const char *em__api_jwt_verify(em_api_t *api, const char *token, size_t len, int64_t now_ms,
                                em__api_identity_t *who)
+{
+    return em__api_jwt_verify_bound(api, token, len, now_ms, who, NULL);
+}
+
+const char *em__api_jwt_verify_bound(em_api_t *api, const char *token, size_t len, int64_t now_ms,
+                                     em__api_identity_t *who, bool *user_bound)
 {
     if (token == NULL || len == 0 || len >= JWT_MAX)
         return "token too long";
@@ -750,7 +771,7 @@ const char *em__api_jwt_verify(em_api_t *api, const char *token, size_t len, int
     cJSON *claims = segment_json(d1 + 1, (size_t)(d2 - d1 - 1));
     if (claims == NULL)
         return "bad payload";
-    const char *why = check_claims(api, claims, now_ms, who);
+    const char *why = check_claims(api, claims, now_ms, who, user_bound);
     cJSON_Delete(claims);
     return why;
 }
@@ -875,9 +896,20 @@ static bool device_ok(em__api_req_t *r, const char *id, int64_t mono)
 static const char *auth_jwt(em__api_req_t *r, const char *cred, size_t len, int64_t mono)
 {
     em__api_identity_t who;
-    const char *why = em__api_jwt_verify(r->api, cred, len, r->now_ms, &who);
+    bool user_bound = false;
+    const char *why = em__api_jwt_verify_bound(r->api, cred, len, r->now_ms, &who, &user_bound);
     if (why != NULL)
         return why;
+    if (user_bound) {
+        /* A token minted for a certificate's user dies with that user. */
+        bool failed = false;
+        centry_t *e = cache_get(r->api, C_USER, who.name, mono, &failed);
+        if (e == NULL)
+            return failed ? "user lookup failed" : "token of a deleted user";
+        if (e->v.u.disabled)
+            return "token of a disabled user";
+        ((em__api_call_t *)r)->jwt_user = true;
+    }
     if (who.key_id[0] != '\0') {
         /* A token minted from an API key dies with that key. */
         const em_store_api_key_t *k = NULL;

@@ -483,7 +483,11 @@ static void create_token(em__api_req_t *r)
     }
     char tok[TOKEN_BUF];
     int64_t exp_ms = 0;
-    em_err_t rc = em__api_jwt_issue(r->api, &r->who, (int)ttl_s, tok, sizeof tok, &exp_ms);
+    /* A token minted from a user's token or certificate stays bound to the user. */
+    bool user = ((em__api_call_t *)r)->jwt_user ||
+                (r->who.method == EM__AUTHN_CERT && r->who.role != EM_ROLE_DEVICE);
+    em_err_t rc =
+        em__api_jwt_issue_bound(r->api, &r->who, user, (int)ttl_s, tok, sizeof tok, &exp_ms);
     if (rc != EM_OK) {
         em__api_error(r, 500, NULL, NULL, "token not issued");
         return;

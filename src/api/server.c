@@ -33,6 +33,7 @@
 #define PATH_MAX_LEN     2048
 #define BUCKETS_MAX      65536
 #define FAIL_BUCKETS_MAX 65536
+#define CONNECTIONS_MAX  10000 /* TLS connections open at once, per API */
 
 static const em__api_route_table_t *const route_tables[] = {
     &em__api_routes_devices, &em__api_routes_groups, &em__api_routes_commands,
@@ -193,6 +194,7 @@ typedef struct conn_state {
     em__api_listener_t *l;
     size_t in_flight;
     bool nodelay; /* TCP_NODELAY set on its socket */
+    bool over;    /* opened beyond CONNECTIONS_MAX: answered 503, then closed */
 } conn_state_t;
 
 static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
@@ -233,6 +235,9 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
         return NULL;
     }
     cs->l = l;
+    /* evhttp has no connection limit of its own (2.1); past ours the
+     * connection is still made, and its requests are answered 503. */
+    cs->over = l->api->stats.connections_open >= CONNECTIONS_MAX;
     if (SSL_set_ex_data(ssl, ex_index, cs) != 1) {
         SSL_free(ssl);
         free(cs);
@@ -460,6 +465,50 @@ static void healthz(em__api_req_t *r)
         em__api_send(r, 200, "application/json", ok, sizeof ok - 1);
 }
 
+/* Parses the query string and takes the body, then calls the route's
+ * handler (which answers). */
+static void call_handler(em__api_req_t *r, const em__api_route_t *rt, const char *query)
+{
+    em_api_t *api = r->api;
+    struct evkeyvalq q;
+    q.tqh_first = NULL;
+    q.tqh_last = &q.tqh_first;
+    if (query != NULL) {
+        size_t n = 0;
+        if (strlen(query) > QUERY_MAX || evhttp_parse_query_str(query, &q) != 0) {
+            evhttp_clear_headers(&q);
+            em__api_error(r, 400, "validation", "query: malformed or too long", NULL);
+            return;
+        }
+        for (struct evkeyval *kv = q.tqh_first; kv != NULL; kv = kv->next.tqe_next)
+            n++;
+        if (n > QUERY_PARAMS_MAX) {
+            evhttp_clear_headers(&q);
+            em__api_error(r, 400, "validation", "query: too many parameters", NULL);
+            return;
+        }
+        r->query = &q;
+    }
+
+    /* The body, NUL-terminated in place (no copy). */
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t blen = in != NULL ? evbuffer_get_length(in) : 0;
+    if (blen > api->opts.max_body) {
+        em__api_error(r, 413, "limit_reached", "body: too large", NULL);
+    } else if (blen > 0 && (evbuffer_add(in, "", 1) != 0 ||
+                            (r->body = (const char *)evbuffer_pullup(in, -1)) == NULL)) {
+        em__api_error(r, 500, NULL, NULL, "out of memory");
+    } else {
+        r->body_len = blen;
+        rt->fn(r);
+        if (!r->answered)
+            em__api_error(r, 500, NULL, NULL, "the handler did not answer");
+    }
+    r->query = NULL;
+    r->body = NULL;
+    evhttp_clear_headers(&q);
+}
+
 static void serve(em__api_call_t *call, em__api_listener_t *l)
 {
     em__api_req_t *r = &call->r;
@@ -491,6 +540,17 @@ static void serve(em__api_call_t *call, em__api_listener_t *l)
     }
     if (l->metrics_only) {
         em__api_error(r, 404, "not_found", "no such route", NULL);
+        return;
+    }
+
+    /* The route is found first so that a public one needs no credentials;
+     * a miss is answered only after authentication, so that an anonymous
+     * client learns nothing about which routes exist. */
+    int status = 404;
+    char allow[64];
+    const em__api_route_t *rt = find_route(r, method, path, &status, allow, sizeof allow);
+    if (rt != NULL && (rt->flags & EM__ROUTE_PUBLIC)) {
+        call_handler(r, rt, query);
         return;
     }
 
@@ -526,9 +586,6 @@ static void serve(em__api_call_t *call, em__api_listener_t *l)
         return;
     }
 
-    int status = 404;
-    char allow[64];
-    const em__api_route_t *rt = find_route(r, method, path, &status, allow, sizeof allow);
     if (rt == NULL) {
         if (status == 405) {
             call->allow = allow;
@@ -558,56 +615,7 @@ static void serve(em__api_call_t *call, em__api_listener_t *l)
         em__api_error(r, 403, NULL, NULL, msg);
         return;
     }
-
-    /* Query string: bounded, parsed once for the handler. */
-    struct evkeyvalq q = {0};
-    q.tqh_first = NULL;
-    q.tqh_last = &q.tqh_first;
-    if (query != NULL) {
-        size_t n = 0;
-        if (strlen(query) > QUERY_MAX || evhttp_parse_query_str(query, &q) != 0) {
-            evhttp_clear_headers(&q);
-            em__api_error(r, 400, "validation", "query: malformed or too long", NULL);
-            return;
-        }
-        for (struct evkeyval *kv = q.tqh_first; kv != NULL; kv = kv->next.tqe_next)
-            n++;
-        if (n > QUERY_PARAMS_MAX) {
-            evhttp_clear_headers(&q);
-            em__api_error(r, 400, "validation", "query: too many parameters", NULL);
-            return;
-        }
-        r->query = &q;
-    }
-
-    /* The body, NUL-terminated in place (no copy). */
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t blen = in != NULL ? evbuffer_get_length(in) : 0;
-    if (blen > api->opts.max_body) {
-        evhttp_clear_headers(&q);
-        em__api_error(r, 413, "limit_reached", "body: too large", NULL);
-        return;
-    }
-    if (blen > 0) {
-        if (evbuffer_add(in, "", 1) != 0) {
-            evhttp_clear_headers(&q);
-            em__api_error(r, 500, NULL, NULL, "out of memory");
-            return;
-        }
-        r->body = (const char *)evbuffer_pullup(in, -1);
-        r->body_len = blen;
-        if (r->body == NULL) {
-            evhttp_clear_headers(&q);
-            em__api_error(r, 500, NULL, NULL, "out of memory");
-            return;
-        }
-    }
-
-    rt->fn(r);
-    if (!r->answered)
-        em__api_error(r, 500, NULL, NULL, "the handler did not answer");
-    r->query = NULL;
-    evhttp_clear_headers(&q);
+    call_handler(r, rt, query);
 }
 
 static void gen_cb(struct evhttp_request *req, void *arg)
@@ -649,6 +657,12 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         cs->in_flight++;
         api->active++;
         evhttp_request_set_on_complete_cb(req, on_complete, cs);
+        if (cs->over) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+            em__api_error(&call.r, 503, "limit_reached", "too many connections",
+                          "connection over the limit");
+            return;
+        }
     }
     serve(&call, l);
     if (!call.r.answered)

@@ -883,9 +883,22 @@ static void test_mtls_user_certificate_maps_to_its_role(void **state)
     mtls("/api/v1/whoami", "carol", NULL);
     assert_error(401, "authentication", NULL);
     assert_int_equal(mtls("/api/v1/whoami", "carol", W.admin_key), 200);
-    /* Once the user is deleted, the certificate stops working. */
+    /* A token minted with the certificate works without it... */
+    char u[256], cert[512], key[512], tok[4096];
+    snprintf(u, sizeof u, "https://localhost:%d/api/v1/tokens", W.mtls_port);
+    snprintf(cert, sizeof cert, "%s/devices/alice.crt", W.tls);
+    snprintf(key, sizeof key, "%s/devices/alice.key", W.tls);
+    const char *extra[] = {"--cert", cert, "--key", key, NULL};
+    assert_int_equal(http("POST", u, NULL, NULL, extra), 201);
+    j = json();
+    snprintf(tok, sizeof tok, "%s", jstr(j, "data", "token"));
+    cJSON_Delete(j);
+    assert_int_equal(api("GET", "/api/v1/whoami", tok, NULL), 200);
+    /* ...until the user is deleted: then neither the certificate nor the token works. */
     assert_int_equal(api("DELETE", "/api/v1/users/alice", W.admin_key, NULL), 200);
     mtls("/api/v1/whoami", "alice", NULL);
+    assert_error(401, "authentication", NULL);
+    api("GET", "/api/v1/whoami", tok, NULL);
     assert_error(401, "authentication", NULL);
 }
 

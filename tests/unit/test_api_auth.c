@@ -405,6 +405,38 @@ static void test_jwt_not_yet_valid_is_refused(void **state)
     free(tok);
 }
 
+static void test_jwt_user_claim_must_name_the_subject(void **state)
+{
+    fx_t *f = *state;
+    char c[512];
+    char *tok = sign_es256(f, claims_now(c, sizeof c, ",\"user\":\"someone-else\""));
+    em__api_identity_t who;
+    assert_string_equal(verify(f, tok, em_now_ms(), &who), "bad user claim");
+    free(tok);
+    tok = sign_es256(f, claims_now(c, sizeof c, ",\"user\":\"mallory\""));
+    bool bound = false;
+    assert_null(em__api_jwt_verify_bound(&f->api, tok, strlen(tok), em_now_ms(), &who, &bound));
+    assert_true(bound);
+    free(tok);
+}
+
+static void test_jwt_issued_for_a_certificate_user_is_bound_to_the_user(void **state)
+{
+    fx_t *f = *state;
+    em__api_identity_t who;
+    memset(&who, 0, sizeof who);
+    who.method = EM__AUTHN_CERT;
+    who.role = EM_ROLE_OPERATOR;
+    snprintf(who.name, sizeof who.name, "alice");
+    char tok[2048];
+    assert_int_equal(em__api_jwt_issue(&f->api, &who, 300, tok, sizeof tok, NULL), EM_OK);
+    em__api_identity_t got;
+    bool bound = false;
+    assert_null(em__api_jwt_verify_bound(&f->api, tok, strlen(tok), em_now_ms(), &got, &bound));
+    assert_true(bound);
+    assert_string_equal(got.name, "alice");
+}
+
 static void test_jwt_garbage_is_refused(void **state)
 {
     fx_t *f = *state;
@@ -672,6 +704,10 @@ int main(void)
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_jwt_missing_claims_are_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_jwt_not_yet_valid_is_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_jwt_user_claim_must_name_the_subject, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_jwt_issued_for_a_certificate_user_is_bound_to_the_user,
+                                        fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_jwt_garbage_is_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_jwt_key_file_is_reused_at_the_next_start, fx_setup,
                                         fx_teardown),
