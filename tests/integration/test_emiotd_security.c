@@ -910,7 +910,25 @@ static void device_matrix(const caller_t *cred, const char *own, const char *oth
     expect_403(&a);
     answer_free(&a);
 
-    a = call_as(cred, "GET", "/api/v1/devices", NULL);
+    a = call_as(cred, "GET", "/api/v1/whoami", NULL);
+    expect_status(&a, 200);
+    assert_string_equal(str_of(data_of(&a), "role"), "device");
+    assert_string_equal(str_of(data_of(&a), "deviceId"), own);
+    answer_free(&a);
+
+    /* Everything that is not its own device: the device role is not above
+     * the others, whatever its number. */
+    static const char *const reads[] = {"/api/v1/devices", "/api/v1/users", "/api/v1/keys",
+                                        "/metrics", NULL};
+    for (int i = 0; reads[i] != NULL; i++) {
+        a = call_as(cred, "GET", reads[i], NULL);
+        expect_403(&a);
+        answer_free(&a);
+    }
+    a = call_as(cred, "POST", "/api/v1/tokens", "{}");
+    expect_403(&a);
+    answer_free(&a);
+    a = call_as(cred, "POST", "/api/v1/users", "{\"name\":\"dev-user\",\"role\":\"admin\"}");
     expect_403(&a);
     answer_free(&a);
     a = call_as(cred, "GET", "/api/v1/groups", NULL);
@@ -1033,6 +1051,54 @@ static void test_self_signed_certificate_claiming_a_device_is_refused(void **sta
     if (a.status != -1)
         expect_401(&a);
     answer_free(&a);
+}
+
+static void test_device_jwt_for_an_unregistered_device_is_401(void **state)
+{
+    (void)state;
+    char c[1024], tok[2048];
+    claims(c, sizeof(c), "sec-ghost", "device", "sec-ghost", 600, NULL, NULL);
+    mint("es256", c, tok, sizeof(tok));
+    answer_t a = call(tok, "GET", "/api/v1/devices/sec-ghost", NULL);
+    expect_401(&a);
+    answer_free(&a);
+}
+
+/* Polls GET path with cred until it is refused (401 or 403), for at most
+ * 10 s (the daemon may cache a device's state for a few seconds). */
+static void expect_refused_soon(const char *cred, const char *path, const char *what)
+{
+    answer_t a = call(cred, "GET", path, NULL);
+    for (int i = 0; i < 50 && a.status != 401 && a.status != 403; i++) {
+        answer_free(&a);
+        em_test_sleep_ms(200);
+        a = call(cred, "GET", path, NULL);
+    }
+    if (a.status != 401 && a.status != 403)
+        fail_msg("%s: still %d after 10 s: %.300s", what, a.status, a.text);
+    expect_error(&a, a.status, a.status == 401 ? "authentication" : "permission_denied");
+    answer_free(&a);
+}
+
+static void test_device_credentials_of_a_disabled_device_are_refused(void **state)
+{
+    (void)state;
+    char key[EM_TEST_DAEMON_KEY_MAX], c[1024], tok[2048];
+    make_device("sec-dev-h");
+    make_key("sec-dev-h-key", "device", "sec-dev-h", key, NULL);
+    claims(c, sizeof(c), "sec-dev-h", "device", "sec-dev-h", 600, NULL, NULL);
+    mint("es256", c, tok, sizeof(tok));
+    answer_t a = call(key, "GET", "/api/v1/devices/sec-dev-h", NULL);
+    expect_status(&a, 200);
+    answer_free(&a);
+    a = call(tok, "GET", "/api/v1/devices/sec-dev-h", NULL);
+    expect_status(&a, 200);
+    answer_free(&a);
+    a = call(dmn.admin_key, "PATCH", "/api/v1/devices/sec-dev-h", "{\"enabled\":false}");
+    expect_status(&a, 200);
+    answer_free(&a);
+    expect_refused_soon(tok, "/api/v1/devices/sec-dev-h", "a disabled device's JWT");
+    expect_refused_soon(key, "/api/v1/devices/sec-dev-h", "a disabled device's API key");
 }
 
 static void test_device_key_needs_a_device_id(void **state)
@@ -1195,6 +1261,9 @@ int main(void)
                                   free_tracked),
         cmocka_unit_test_teardown(test_certificate_of_an_unknown_identity_is_401, free_tracked),
         cmocka_unit_test_teardown(test_self_signed_certificate_claiming_a_device_is_refused,
+                                  free_tracked),
+        cmocka_unit_test_teardown(test_device_jwt_for_an_unregistered_device_is_401, free_tracked),
+        cmocka_unit_test_teardown(test_device_credentials_of_a_disabled_device_are_refused,
                                   free_tracked),
         cmocka_unit_test_teardown(test_device_key_needs_a_device_id, free_tracked),
         cmocka_unit_test_teardown(test_auth_failures_are_security_events, free_tracked),
