@@ -164,6 +164,27 @@ json mtls_handshakes_per_s "$HPS" "handshakes/s"
 json mtls_handshake_failures $((F1 - F0)) "handshakes"
 [ $((F1 - F0)) -eq 0 ] || RC=1
 
+# The same handshakes against `openssl s_server` on the same core, the same
+# certificates: what OpenSSL itself does on this machine.
+SPORT=$(free_port)
+taskset -c 0 openssl s_server -accept "127.0.0.1:$SPORT" -cert "$D/tls/server.crt" \
+  -key "$D/tls/server.key" -CAfile "$EMIOTD_CA" -Verify 1 -tls1_3 -quiet -naccept 1000000 \
+  >/dev/null 2>&1 </dev/null &
+SSERVER=$!
+if wait_port "$SPORT" 5; then
+  T0=$(date +%s.%N)
+  taskset -c 1 openssl s_time -connect "127.0.0.1:$SPORT" -new -cert "$C.crt" -key "$C.key" \
+    -CAfile "$EMIOTD_CA" -time "$SECS" >"$WORK/stime2.txt" 2>&1 || true
+  T1=$(date +%s.%N)
+  N=$(awk '/connections in .*real seconds/ {print $1}' "$WORK/stime2.txt")
+  if [ -n "$N" ]; then
+    HPS=$(awk -v n="$N" -v a="$T0" -v b="$T1" 'BEGIN {printf "%d", n / (b - a)}')
+    echo "W5: openssl s_server (same core, certificates, client_auth required): $HPS handshakes/s" >&2
+    json openssl_s_server_mtls_handshakes_per_s "$HPS" "handshakes/s"
+  fi
+fi
+stop_pid "$SSERVER"
+
 if [ "${W5_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
   PERF_DATA=${W5_PERF_DATA:-$WORK/perf.data}
   perf record -g -o "$PERF_DATA" -p "$EMIOTD_PID" -- sleep "$SECS" >/dev/null 2>&1 &
