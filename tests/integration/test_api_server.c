@@ -1013,6 +1013,41 @@ static void do_reload(void *arg)
     a->rc = em_api_reload(W.api, &a->o, &a->err);
 }
 
+static void test_reload_swaps_the_certificate_for_new_connections(void **state)
+{
+    (void)state;
+    static reload_arg_t a;
+    char cert[450], key[450], wcert[450], wkey[450];
+    snprintf(cert, sizeof cert, "%s/server.crt", W.tls);
+    snprintf(key, sizeof key, "%s/server.key", W.tls);
+    snprintf(wcert, sizeof wcert, "%s/wrong-host.crt", W.tls);
+    snprintf(wkey, sizeof wkey, "%s/wrong-host.key", W.tls);
+    em_api_options_init(&a.o);
+    a.o.nlisteners = 3;
+    a.o.listeners[0] =
+        (em_api_listener_t){"127.0.0.1", 0, wcert, wkey, NULL, EM_CLIENT_AUTH_NONE, false};
+    a.o.listeners[1] =
+        (em_api_listener_t){"127.0.0.1", 0, cert, key, W.ca, EM_CLIENT_AUTH_REQUIRED, false};
+    a.o.listeners[2] =
+        (em_api_listener_t){"127.0.0.1", 0, NULL, NULL, NULL, EM_CLIENT_AUTH_NONE, true};
+    a.o.max_body = 4096;
+    a.o.auth_fail_per_min = 100000;
+    run_on_loop(do_reload, &a);
+    assert_int_equal(a.rc, EM_OK);
+    /* The new certificate names another host: curl refuses it for localhost. */
+    assert_int_equal(api("GET", "/healthz", NULL, NULL), 0);
+    assert_int_not_equal(R.curl_exit, 0);
+    /* A reload with an unreadable key keeps what works. */
+    a.o.listeners[0].key_file = "/nonexistent/key.pem";
+    run_on_loop(do_reload, &a);
+    assert_int_equal(a.rc, EM_ERR_TLS);
+    a.o.listeners[0].cert_file = cert;
+    a.o.listeners[0].key_file = key;
+    run_on_loop(do_reload, &a);
+    assert_int_equal(a.rc, EM_OK);
+    assert_int_equal(api("GET", "/healthz", NULL, NULL), 200);
+}
+
 static void test_auth_failures_from_one_address_are_429(void **state)
 {
     (void)state;
@@ -1052,10 +1087,37 @@ static void do_stop(void *arg)
     em_api_stop_accepting(W.api);
 }
 
-static void test_stop_accepting_refuses_new_connections(void **state)
+static void test_stop_accepting_drains(void **state)
 {
     (void)state;
+    /* A client keeps its connection open across the stop. */
+    static const char prog[] =
+        "import http.client, os, ssl, sys, time\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+        "c = http.client.HTTPSConnection('localhost', int(sys.argv[2]), context=ctx)\n"
+        "c.request('GET', '/healthz'); r = c.getresponse(); r.read()\n"
+        "print(r.status, flush=True)\n"
+        "for i in range(400):\n"
+        "    if os.path.exists(sys.argv[3]): break\n"
+        "    time.sleep(0.05)\n"
+        "c.request('GET', '/healthz'); r = c.getresponse()\n"
+        "print(r.status, r.read().decode(), flush=True)\n";
+    char py[512], flag[512], out[512], port[16], text[1024];
+    tmp_path(py, sizeof py, "drain.py");
+    tmp_path(flag, sizeof flag, "stopped");
+    tmp_path(out, sizeof out, "drain.out");
+    write_file(py, prog, sizeof prog - 1);
+    snprintf(port, sizeof port, "%d", W.port);
+    const char *argv[] = {PYTHON, py, W.ca, port, flag, NULL};
+    pid_t pid = em_test_spawn(argv, out);
+    assert_true(pid > 0);
+    assert_int_equal(em_test_wait_lines(out, 1, 30000), 0);
     run_on_loop(do_stop, NULL);
+    write_file(flag, "", 0);
+    assert_int_equal(em_test_wait(pid, 30000), 0);
+    read_file(out, text, sizeof text);
+    assert_string_equal(text, "200\n503 {\"status\":\"stopping\"}\n");
+    /* New connections are not accepted any more. */
     assert_int_equal(api("GET", "/healthz", NULL, NULL), 0);
     assert_int_not_equal(R.curl_exit, 0);
     assert_int_equal(em_api_active_requests(W.api), 0);
@@ -1093,8 +1155,9 @@ int main(void)
         cmocka_unit_test(test_metrics_needs_authentication_on_the_api_listener),
         cmocka_unit_test(test_metrics_loopback_listener_needs_no_credentials),
         cmocka_unit_test(test_bad_configurations_are_refused),
+        cmocka_unit_test(test_reload_swaps_the_certificate_for_new_connections),
         cmocka_unit_test(test_auth_failures_from_one_address_are_429),
-        cmocka_unit_test(test_stop_accepting_refuses_new_connections),
+        cmocka_unit_test(test_stop_accepting_drains),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
