@@ -390,9 +390,10 @@ typedef struct pk_entry {
     sqlite3_int64 pk;
 } pk_entry_t;
 
-/* A status of the batch: the latest one per device is upserted once. */
+/* A status of the batch: the newest one per device is upserted once. */
 typedef struct latest_ref {
     sqlite3_int64 pk;
+    int64_t time_ms;
     size_t index;
 } latest_ref_t;
 
@@ -911,7 +912,7 @@ static em_err_t note_status(em__store_conn_t *c, const em__store_rec_t *r, size_
     sqlite3_int64 pk;
     em_err_t rc = batch_device(c, r->device_id, &found, &pk, err);
     if (rc == EM_OK && found) {
-        c->latest[(*nlatest)++] = (latest_ref_t){pk, index};
+        c->latest[(*nlatest)++] = (latest_ref_t){pk, r->time_ms, index};
     }
     return rc;
 }
@@ -949,10 +950,15 @@ static int latest_cmp(const void *a, const void *b)
     if (x->pk != y->pk) {
         return x->pk < y->pk ? -1 : 1;
     }
+    if (x->time_ms != y->time_ms) {
+        return x->time_ms < y->time_ms ? -1 : 1;
+    }
     return x->index < y->index ? -1 : (x->index > y->index ? 1 : 0);
 }
 
-/* One upsert per device per batch: its last status in the batch. */
+/* One upsert per device per batch: its newest status in the batch (of equal
+ * times, the last queued), as the upsert itself keeps the newest across
+ * batches. */
 static em_err_t write_latest(em__store_conn_t *c, const em__store_rec_t *recs, size_t nlatest,
                              em_error_t *err)
 {
@@ -967,7 +973,7 @@ static em_err_t write_latest(em__store_conn_t *c, const em__store_rec_t *recs, s
     em_err_t rc = EM_OK;
     for (size_t i = 0; i < nlatest && rc == EM_OK; i++) {
         if (i + 1 < nlatest && c->latest[i + 1].pk == c->latest[i].pk) {
-            continue; /* a later status of the same device follows */
+            continue; /* a newer status of the same device follows */
         }
         const em__store_rec_t *r = &recs[c->latest[i].index];
         bind_status(l, 0, c->latest[i].pk, r->time_ms, &r->u.status);
