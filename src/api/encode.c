@@ -365,6 +365,95 @@ bool em__routes_group_exists(em__api_req_t *r, const char *name)
     return true;
 }
 
+/* Index of the quote that ends the string starting at p[start] (just after
+ * its opening quote), or len; *nul tells whether it holds "\u0000". */
+static size_t string_end(const char *p, size_t len, size_t start, bool *nul)
+{
+    *nul = false;
+    size_t i = start;
+    for (; i < len && p[i] != '"'; i++) {
+        if (p[i] != '\\')
+            continue;
+        if (i + 6 <= len && p[i + 1] == 'u' && memcmp(p + i + 2, "0000", 4) == 0)
+            *nul = true;
+        i++; /* the escaped character */
+    }
+    return i;
+}
+
+/* True when the next character after p[i] that is not blank is ':'. */
+static bool colon_follows(const char *p, size_t len, size_t i)
+{
+    for (i++; i < len; i++) {
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\n' && p[i] != '\r')
+            return p[i] == ':';
+    }
+    return false;
+}
+
+/*
+ * Looks through JSON text (already parsed, so well formed) for a "\u0000"
+ * escape inside a string. Returns false when there is none; else true with
+ * key (size bytes) the top-level member it is in, or "" when there is none
+ * to name (it is in a top-level member's name).
+ */
+static bool find_escaped_nul(const char *p, size_t len, char *key, size_t size)
+{
+    size_t depth = 0;
+    const char *name = NULL, *last = NULL; /* member in effect; last string at depth 1 */
+    size_t name_len = 0, last_len = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            depth = depth > 0 ? depth - 1 : 0;
+        } else if (c == ':' && depth == 1) {
+            name = last;
+            name_len = last_len;
+        } else if (c == '"') {
+            bool nul;
+            size_t start = i + 1;
+            i = string_end(p, len, start, &nul);
+            if (nul) {
+                bool top_name = depth == 1 && colon_follows(p, len, i);
+                size_t n = top_name || name == NULL ? 0 : name_len;
+                n = n < size - 1 ? n : size - 1;
+                if (n > 0)
+                    memcpy(key, name, n);
+                key[n] = '\0';
+                return true;
+            }
+            if (depth == 1) {
+                last = p + start;
+                last_len = i - start;
+            }
+        }
+    }
+    return false;
+}
+
+cJSON *em__routes_body(em__api_req_t *r)
+{
+    cJSON *body = em__api_body_object(r);
+    if (body == NULL)
+        return NULL;
+    char key[EM_ERROR_FIELD_MAX + 1];
+    if (find_escaped_nul(r->body, r->body_len, key, sizeof(key))) {
+        cJSON_Delete(body);
+        char msg[EM_ERROR_FIELD_MAX + 48];
+        /* The name comes from the client: show only a plain one. */
+        bool plain = key[0] != '\0';
+        for (size_t i = 0; key[i] != '\0' && plain; i++)
+            plain = (key[i] >= 'a' && key[i] <= 'z') || (key[i] >= 'A' && key[i] <= 'Z') ||
+                    (key[i] >= '0' && key[i] <= '9') || key[i] == '_';
+        snprintf(msg, sizeof(msg), "%s: must not contain \\u0000", plain ? key : "body");
+        em__api_error(r, 400, "validation", msg, NULL);
+        return NULL;
+    }
+    return body;
+}
+
 bool em__routes_opt_string(em__api_req_t *r, const cJSON *obj, const char *key, const char **out)
 {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);

@@ -81,6 +81,14 @@ bool em__routes_range(struct em__api_req *r, bool with_order, bool desc_default,
  * the store's error) and returns false. out may be NULL. */
 bool em__routes_device_get(struct em__api_req *r, const char *id, em_store_device_t *out);
 
+/*
+ * em__api_body_object, and then refuses a body with "\u0000" in a string
+ * (cJSON would cut the string short there: "in-nul\u0000x" would name the
+ * device "in-nul"): 400 naming the top-level member it is in. Returns NULL
+ * when it answered.
+ */
+cJSON *em__routes_body(struct em__api_req *r);
+
 /* Body members. Each returns true with the value (NULL / *present false when
  * the member is absent or null), or answers 400 ("key: must be a string",
  * "key: is required", "key: must be true or false") and returns false. */

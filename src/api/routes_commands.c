@@ -45,7 +45,7 @@ static bool read_command(em__api_req_t *r, cmd_req_t *out)
     memset(out, 0, sizeof(*out));
     const em_api_options_t *opts = em__api_options(r->api);
     out->ttl_s = opts != NULL && opts->command_ttl_s > 0 ? opts->command_ttl_s : 300;
-    cJSON *body = em__api_body_object(r);
+    cJSON *body = em__routes_body(r);
     if (body == NULL)
         return false;
     bool ok = false;

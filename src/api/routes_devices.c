@@ -453,7 +453,7 @@ static void create_device(em__api_req_t *r)
     static const char *const fields[] = {"id", "name", "type", "config", "groups", "enabled", NULL};
     if (!em__api_only_params(r, no_params))
         return;
-    cJSON *body = em__api_body_object(r);
+    cJSON *body = em__routes_body(r);
     if (body == NULL)
         return;
     const char *id = NULL, *name = NULL, *type_s = NULL;
@@ -581,7 +581,7 @@ static void update_device(em__api_req_t *r)
     em_store_device_t old;
     if (!em__routes_device_get(r, r->captures[0], &old))
         return;
-    cJSON *body = em__api_body_object(r);
+    cJSON *body = em__routes_body(r);
     if (body == NULL)
         return;
     const char *name = NULL, *type_s = NULL;

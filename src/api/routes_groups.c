@@ -68,7 +68,7 @@ static void create_group(em__api_req_t *r)
     static const char *const fields[] = {"name", NULL};
     if (!em__api_only_params(r, no_params))
         return;
-    cJSON *body = em__api_body_object(r);
+    cJSON *body = em__routes_body(r);
     if (body == NULL)
         return;
     em_error_t e;

@@ -490,6 +490,48 @@ static int group_teardown(void **state)
     return 0;
 }
 
+/* cJSON decodes "\u0000" into a NUL byte, which would cut a string short:
+ * "esc-001\u0000x" must be refused, not become the device "esc-001". */
+static void test_escaped_nul_in_a_string_is_400_not_truncated(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *path;
+        const char *body;
+        const char *prefix;
+    } cases[] = {
+        {"/api/v1/devices", "{\"id\":\"esc-001\\u0000x\",\"name\":\"x\",\"type\":\"sensor\"}",
+         "id:"},
+        {"/api/v1/devices", "{\"id\":\"esc-001\",\"name\":\"x\\u0000\",\"type\":\"sensor\"}",
+         "name:"},
+        {"/api/v1/groups", "{\"name\":\"esc\\u0000grp\"}", "name:"},
+        {"/api/v1/groups", "{\"na\\u0000me\":\"esc-grp\"}", "body:"},
+        {"/api/v1/devices/cmd-esc/commands",
+         "{\"type\":\"update\",\"payload\":{\"version\":\"1.0\\u0000\"}}", "payload:"},
+    };
+    create_device("cmd-esc", "actuator", NULL);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cJSON *a = NULL;
+        int st = admin("POST", cases[i].body, &a, "%s", cases[i].path);
+        if (st != 400)
+            fprintf(stderr, "case %zu: %d\n", i, st);
+        assert_int_equal(st, 400);
+        assert_error(a, "validation", cases[i].prefix);
+        cJSON_Delete(a);
+    }
+    assert_int_equal(admin("GET", NULL, NULL, "/api/v1/devices/esc-001"), 404);
+    assert_int_equal(admin("GET", NULL, NULL, "/api/v1/groups/esc"), 404);
+    cJSON *a = NULL;
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/cmd-esc/commands"), 200);
+    assert_int_equal(array_size(data(a)), 0);
+    cJSON_Delete(a);
+    /* An escaped backslash before "u0000" is two plain characters. */
+    assert_int_equal(
+        admin("PATCH", "{\"name\":\"back\\\\u0000slash\"}", &a, "/api/v1/devices/cmd-esc"), 200);
+    assert_string_equal(str_of(data(a), "name"), "back\\u0000slash");
+    cJSON_Delete(a);
+}
+
 /* ---- devices ------------------------------------------------------------ */
 
 static void test_device_create_then_get_shows_every_field(void **state)
@@ -1361,6 +1403,7 @@ int main(void)
         cmocka_unit_test(test_device_create_duplicate_is_409),
         cmocka_unit_test(test_device_create_bad_input_is_400_naming_the_field),
         cmocka_unit_test(test_device_create_in_unknown_group_is_404_and_stores_nothing),
+        cmocka_unit_test(test_escaped_nul_in_a_string_is_400_not_truncated),
         cmocka_unit_test(test_device_unknown_is_404_on_every_route),
         cmocka_unit_test(test_device_list_filters_and_pages),
         cmocka_unit_test(test_device_disable_leaves_manager_and_enable_brings_it_back),
