@@ -901,6 +901,15 @@ static void *writer_main(void *arg)
             free_rec(&st->batch[i]);
         }
 
+        if (rc != EM_OK) {
+            /* Logged before anyone can see the writer stopped, so that the
+             * line is there when flush or enqueue report EM_ERR_STATE. */
+            em_log_field_t f[] = {EM_LOG_STR("error", e.message),
+                                  EM_LOG_STR("code", em_err_name(rc)), EM_LOG_INT("rows", n)};
+            em_log(EM_LOG_ERROR, STORE_LOG_MODULE, NULL,
+                   "batch write failed; the store writer stopped and refuses new records", f,
+                   COUNT_OF(f));
+        }
         pthread_mutex_lock(&st->qlock);
         if (rc == EM_OK) {
             st->committed += n;
@@ -912,17 +921,12 @@ static void *writer_main(void *arg)
         }
         /* Give up: stop accepting rather than drop records silently. What is
          * still queued stays uncommitted; flush and enqueue now report
-         * EM_ERR_STATE, and the operator sees the log line. */
+         * EM_ERR_STATE. */
         st->write_errors++;
         st->writer_stopped = true;
         pthread_cond_broadcast(&st->q_done);
         pthread_cond_broadcast(&st->q_room);
         pthread_mutex_unlock(&st->qlock);
-        em_log_field_t f[] = {EM_LOG_STR("error", e.message), EM_LOG_STR("code", em_err_name(rc)),
-                              EM_LOG_INT("rows", n)};
-        em_log(EM_LOG_ERROR, STORE_LOG_MODULE, NULL,
-               "batch write failed; the store writer stopped and refuses new records", f,
-               COUNT_OF(f));
         return NULL;
     }
     pthread_mutex_unlock(&st->qlock);
