@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -723,6 +724,14 @@ em_api_t *em_api_new(struct event_base *base, const em_api_options_t *opts, em_s
         return NULL;
     }
     pthread_once(&ex_once, ex_init);
+    /* OpenSSL writes to sockets with write(): a client gone before its answer
+     * raises SIGPIPE, which kills a program that has not ignored it. Which
+     * signals a program ignores is the program's choice; say so loudly. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        em_log(EM_LOG_WARN, "api", NULL,
+               "SIGPIPE is not ignored: a client that disconnects early would kill the process",
+               NULL, 0);
     em_api_t *api = calloc(1, sizeof *api);
     if (api == NULL) {
         em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");

@@ -14,6 +14,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,6 +317,8 @@ static void make_key(const char *body, char key[EM_API_KEY_LEN + 1], char *key_i
 static int setup(void **state)
 {
     (void)state;
+    /* As emiotd does: a client that hangs up early must not kill the server. */
+    signal(SIGPIPE, SIG_IGN);
     em_log_set_sink(log_sink, NULL);
     em_log_set_level(EM_LOG_INFO);
     if (evthread_use_pthreads() != 0 || em_test_mkdtemp(W.dir, sizeof W.dir) != 0)
