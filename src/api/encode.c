@@ -92,10 +92,19 @@ cJSON *em__enc_config(const em_device_config_t *cfg)
 
 cJSON *em__enc_status(const em_status_t *st)
 {
+    /* Most statuses are a few hundred bytes: the stack first, the heap only
+     * for one with long errors or additionalInfo (a device read is the
+     * API's hottest route). */
+    char small[1024];
+    size_t len = 0;
+    em_err_t rc = em_status_encode(st, small, sizeof(small), &len);
+    if (rc == EM_OK)
+        return parse_text(small, len);
+    if (rc != EM_ERR_BUFFER_TOO_SMALL)
+        return NULL;
     char *buf = malloc(STATUS_TEXT_MAX);
     if (buf == NULL)
         return NULL;
-    size_t len = 0;
     cJSON *o = NULL;
     if (em_status_encode(st, buf, STATUS_TEXT_MAX, &len) == EM_OK)
         o = parse_text(buf, len);

@@ -935,6 +935,29 @@ static void test_status_published_shows_in_status_and_history(void **state)
     cJSON_Delete(a);
 }
 
+static void test_large_status_is_shown_whole(void **state)
+{
+    (void)state;
+    create_device("stat-big", "sensor", NULL);
+    char payload[4096];
+    char note[3001];
+    memset(note, 'n', sizeof(note) - 1);
+    note[sizeof(note) - 1] = '\0';
+    snprintf(
+        payload, sizeof(payload),
+        "{\"batteryLevel\":50,\"errors\":[\"e1\",\"e2\"],\"additionalInfo\":{\"note\":\"%s\"}}",
+        note);
+    uint64_t before = stat_now(offsetof(em_manager_stats_t, status_accepted));
+    publish("device/stat-big/status", payload);
+    wait_stat(offsetof(em_manager_stats_t, status_accepted), before + 1);
+    cJSON *a = NULL;
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/stat-big/status"), 200);
+    cJSON *info = cJSON_GetObjectItemCaseSensitive(data(a), "additionalInfo");
+    assert_string_equal(str_of(info, "note"), note);
+    assert_int_equal(array_size(cJSON_GetObjectItemCaseSensitive(data(a), "errors")), 2);
+    cJSON_Delete(a);
+}
+
 static void test_telemetry_raw_and_hour_rollup_count_a_counter_reset(void **state)
 {
     (void)state;
@@ -1410,6 +1433,7 @@ int main(void)
         cmocka_unit_test(test_device_delete_removes_it_from_store_and_manager),
         cmocka_unit_test(test_groups_members_and_stats),
         cmocka_unit_test(test_status_published_shows_in_status_and_history),
+        cmocka_unit_test(test_large_status_is_shown_whole),
         cmocka_unit_test(test_telemetry_raw_and_hour_rollup_count_a_counter_reset),
         cmocka_unit_test(test_command_reaches_device_and_its_answer_succeeds),
         cmocka_unit_test(test_command_to_unknown_device_is_404),
