@@ -156,14 +156,13 @@ static int run_events(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 
 /* ---- secrets shown once ---------------------------------------------------- */
 
-/* Wipes every string of a parsed answer that held a secret. */
-static void wipe_json(cJSON *v)
+/* Wipes the secret field's string in the parsed answer (the body it came
+ * from is wiped by ctl_resp_cleanup). */
+static void wipe_field(const ctl_resp_t *r, const char *field)
 {
-    for (; v != NULL; v = v->next) {
-        if (cJSON_IsString(v) && v->valuestring != NULL)
-            OPENSSL_cleanse(v->valuestring, strlen(v->valuestring));
-        wipe_json(v->child);
-    }
+    cJSON *v = cJSON_GetObjectItemCaseSensitive((cJSON *)r->data, field);
+    if (cJSON_IsString(v) && v->valuestring != NULL)
+        OPENSSL_cleanse(v->valuestring, strlen(v->valuestring));
 }
 
 /* Prints a created key or token (field: "key" or "token") and writes it to
@@ -191,14 +190,14 @@ static int show_secret(ctl_t *c, ctl_resp_t *r, const char *field, int fd, const
     }
     if (c->quiet) {
         /* -q prints only the secret, for KEY=$(emiotctl -q keys create ...). */
-        fputs(secret->valuestring, stdout);
-        fputc('\n', stdout);
+        (void)fputs(secret->valuestring, stdout);
+        (void)fputc('\n', stdout);
     } else if (c->format == CTL_OUT_JSON) {
         char *text = cJSON_Print(data);
         if (text == NULL)
             return CTL_ERROR;
-        fputs(text, stdout);
-        fputc('\n', stdout);
+        (void)fputs(text, stdout);
+        (void)fputc('\n', stdout);
         OPENSSL_cleanse(text, strlen(text));
         free(text);
     } else {
@@ -219,8 +218,8 @@ static int create_secret(ctl_t *c, const char *path, const cJSON *body, const ch
     int rc = ctl_request(c, "POST", path, body, true, true, &r);
     if (rc == 0)
         rc = show_secret(c, &r, field, fd, out, view);
-    if (r.json != NULL)
-        wipe_json(r.json);
+    if (r.data != NULL)
+        wipe_field(&r, field);
     ctl_resp_cleanup(&r);
     if (fd >= 0) {
         if (close(fd) != 0 && rc == 0) {
@@ -438,7 +437,7 @@ static int run_health(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
         } else {
             const cJSON *st = cJSON_GetObjectItemCaseSensitive(r.json, "status");
             ctl_put_safe(stdout, cJSON_IsString(st) ? st->valuestring : "ok");
-            fputc('\n', stdout);
+            (void)fputc('\n', stdout);
         }
     }
     ctl_resp_cleanup(&r);

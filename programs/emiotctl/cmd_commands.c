@@ -274,7 +274,7 @@ static int run_send(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
             cJSON_Delete(one);
     }
     ctl_resp_cleanup(&r);
-    if (!cJSON_IsArray(cmds)) {
+    if (cmds == NULL || !cJSON_IsArray(cmds)) {
         cJSON_Delete(cmds);
         ctl_err("message_format", "the server's answer holds no command");
         return CTL_ERROR;

@@ -35,9 +35,9 @@ enum {
 };
 
 /* Limits: everything read from outside has a maximum. */
-#define CTL_RESPONSE_MAX    (16u * 1024 * 1024) /* bytes of one answer */
-#define CTL_SECRET_MAX      8192                /* an API key or a JWT */
-#define CTL_CONF_MAX        65536               /* bytes of the config file */
+#define CTL_RESPONSE_MAX    ((size_t)16 * 1024 * 1024) /* bytes of one answer */
+#define CTL_SECRET_MAX      8192                       /* an API key or a JWT */
+#define CTL_CONF_MAX        65536                      /* bytes of the config file */
 #define CTL_PATH_MAX        4096
 #define CTL_URL_MAX         2048
 #define CTL_POS_MAX         4      /* positional arguments of one command */

@@ -178,6 +178,105 @@ static int report_curl_error(const ctl_t *c, CURLcode rc, const sink_t *s, const
     return CTL_CONNECT;
 }
 
+/* Appends line to *list; false when out of memory (the list stays). */
+static bool add_header(struct curl_slist **list, const char *line)
+{
+    struct curl_slist *next = curl_slist_append(*list, line);
+    if (next == NULL)
+        return false;
+    *list = next;
+    return true;
+}
+
+/* Frees headers after wiping them: one of them carries the credential. */
+static void free_headers(struct curl_slist *list)
+{
+    for (struct curl_slist *l = list; l != NULL; l = l->next)
+        if (l->data != NULL)
+            OPENSSL_cleanse(l->data, strlen(l->data));
+    curl_slist_free_all(list);
+}
+
+static struct curl_slist *make_headers(const ctl_t *c, bool json_body, bool auth, bool *ok)
+{
+    struct curl_slist *list = NULL;
+    *ok = add_header(&list, "Accept: application/json") &&
+          add_header(&list, json_body ? "Content-Type: application/json" : "Content-Type:") &&
+          add_header(&list, "Expect:");
+    if (*ok && auth && c->secret != NULL) {
+        size_t len = sizeof "Authorization: Bearer " + c->secret_len;
+        char *line = malloc(len);
+        *ok = line != NULL;
+        if (line != NULL) {
+            (void)snprintf(line, len, "Authorization: Bearer %s", c->secret);
+            *ok = add_header(&list, line);
+            OPENSSL_cleanse(line, len);
+            free(line);
+        }
+    }
+    return list;
+}
+
+/* Sets what changes from one request to the next. text: the body or NULL. */
+static bool set_request(CURL *h, const char *method, const char *url, struct curl_slist *hdrs,
+                        sink_t *sink, char *errbuf, const char *text)
+{
+    bool ok = curl_easy_setopt(h, CURLOPT_URL, url) == CURLE_OK &&
+              curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs) == CURLE_OK &&
+              curl_easy_setopt(h, CURLOPT_WRITEDATA, sink) == CURLE_OK &&
+              curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf) == CURLE_OK;
+    if (strcmp(method, "GET") == 0 || strcmp(method, "DELETE") == 0) {
+        ok = ok && curl_easy_setopt(h, CURLOPT_HTTPGET, 1L) == CURLE_OK &&
+             curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
+                              strcmp(method, "GET") == 0 ? NULL : method) == CURLE_OK;
+        return ok;
+    }
+    /* POST, PUT, PATCH: always a Content-Length, 0 when there is no body. */
+    const char *data = text != NULL ? text : "";
+    return ok && curl_easy_setopt(h, CURLOPT_POSTFIELDS, data) == CURLE_OK &&
+           curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(data)) == CURLE_OK &&
+           curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
+                            strcmp(method, "POST") == 0 ? NULL : method) == CURLE_OK;
+}
+
+/* Makes the handle forget what pointed into the finished request. */
+static void clear_request(CURL *h)
+{
+    (void)curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    (void)curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    (void)curl_easy_setopt(h, CURLOPT_WRITEDATA, NULL);
+    (void)curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+}
+
+/* Takes the answer from sink into r and judges it. */
+static int read_answer(ctl_t *c, CURL *h, sink_t *sink, ctl_resp_t *r)
+{
+    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+    r->body = sink->buf;
+    r->len = sink->len;
+    sink->buf = NULL;
+    if (r->body != NULL)
+        r->json = cJSON_ParseWithLength(r->body, r->len);
+    if (r->status < 200 || r->status > 299)
+        return report_http_error(c, h, r);
+    if (r->json == NULL) {
+        ctl_err("message_format", "the server's answer is not JSON (HTTP %ld)", r->status);
+        return CTL_ERROR;
+    }
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(r->json, "data");
+    r->data = data != NULL ? data : r->json;
+    return 0;
+}
+
+static char *make_url(const ctl_t *c, const char *path)
+{
+    size_t len = strlen(c->url) + strlen(path) + 1;
+    char *url = malloc(len);
+    if (url != NULL)
+        (void)snprintf(url, len, "%s%s", c->url, path);
+    return url;
+}
+
 int ctl_request(ctl_t *c, const char *method, const char *path, const cJSON *body, bool auth,
                 bool secret, ctl_resp_t *r)
 {
@@ -191,109 +290,26 @@ int ctl_request(ctl_t *c, const char *method, const char *path, const cJSON *bod
         ctl_err("internal", "cannot set up libcurl");
         return CTL_ERROR;
     }
-
-    size_t url_len = strlen(c->url) + strlen(path) + 1;
-    char *url = malloc(url_len);
+    char *url = make_url(c, path);
     char *text = body != NULL ? cJSON_PrintUnformatted(body) : NULL;
-    if (url == NULL || (body != NULL && text == NULL)) {
-        free(url);
-        free(text);
-        ctl_err("out_of_memory", "out of memory");
-        return CTL_ERROR;
-    }
-    snprintf(url, url_len, "%s%s", c->url, path);
-
-    /* The Authorization line is built here, and wiped before it is freed. */
-    struct curl_slist *hdrs = NULL, *next;
-    char *bearer = NULL;
-    size_t bearer_len = 0;
-    bool ok = (next = curl_slist_append(hdrs, "Accept: application/json")) != NULL;
-    hdrs = ok ? next : hdrs;
-    if (ok) {
-        next = curl_slist_append(hdrs,
-                                 text != NULL ? "Content-Type: application/json" : "Content-Type:");
-        ok = next != NULL;
-        hdrs = ok ? next : hdrs;
-    }
-    if (ok) {
-        next = curl_slist_append(hdrs, "Expect:");
-        ok = next != NULL;
-        hdrs = ok ? next : hdrs;
-    }
-    if (ok && auth && c->secret != NULL) {
-        bearer_len = sizeof "Authorization: Bearer " + c->secret_len;
-        bearer = malloc(bearer_len);
-        ok = bearer != NULL;
-        if (ok) {
-            snprintf(bearer, bearer_len, "Authorization: Bearer %s", c->secret);
-            next = curl_slist_append(hdrs, bearer);
-            ok = next != NULL;
-            hdrs = ok ? next : hdrs;
-        }
-    }
-
+    bool ok = false;
+    struct curl_slist *hdrs = make_headers(c, text != NULL, auth, &ok);
     sink_t sink;
     memset(&sink, 0, sizeof sink);
     char errbuf[CURL_ERROR_SIZE];
     errbuf[0] = '\0';
-    bool has_body = strcmp(method, "GET") != 0 && strcmp(method, "DELETE") != 0;
-    if (ok) {
-        ok &= curl_easy_setopt(h, CURLOPT_URL, url) == CURLE_OK;
-        ok &= curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs) == CURLE_OK;
-        ok &= curl_easy_setopt(h, CURLOPT_WRITEDATA, &sink) == CURLE_OK;
-        ok &= curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf) == CURLE_OK;
-        if (has_body) {
-            const char *data = text != NULL ? text : "";
-            ok &= curl_easy_setopt(h, CURLOPT_POSTFIELDS, data) == CURLE_OK;
-            ok &= curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(data)) ==
-                  CURLE_OK;
-            ok &= curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
-                                   strcmp(method, "POST") == 0 ? NULL : method) == CURLE_OK;
-        } else {
-            ok &= curl_easy_setopt(h, CURLOPT_HTTPGET, 1L) == CURLE_OK;
-            ok &= curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
-                                   strcmp(method, "GET") == 0 ? NULL : method) == CURLE_OK;
-        }
-    }
-    if (!ok) {
+    if (url == NULL || (body != NULL && text == NULL) || !ok) {
+        ctl_err("out_of_memory", "out of memory");
+        rc = CTL_ERROR;
+    } else if (!set_request(h, method, url, hdrs, &sink, errbuf, text)) {
         ctl_err("internal", "cannot set up the request");
         rc = CTL_ERROR;
     } else {
         CURLcode cc = curl_easy_perform(h);
-        if (cc != CURLE_OK) {
-            rc = report_curl_error(c, cc, &sink, errbuf);
-        } else {
-            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
-            r->body = sink.buf;
-            r->len = sink.len;
-            sink.buf = NULL;
-            if (r->body != NULL)
-                r->json = cJSON_ParseWithLength(r->body, r->len);
-            if (r->status < 200 || r->status > 299) {
-                rc = report_http_error(c, h, r);
-            } else if (r->json == NULL) {
-                ctl_err("message_format", "the server's answer is not JSON (HTTP %ld)", r->status);
-                rc = CTL_ERROR;
-            } else {
-                const cJSON *data = cJSON_GetObjectItemCaseSensitive(r->json, "data");
-                r->data = data != NULL ? data : r->json;
-            }
-        }
+        rc = cc != CURLE_OK ? report_curl_error(c, cc, &sink, errbuf) : read_answer(c, h, &sink, r);
     }
-    /* The handle lives on: make it forget what points into this frame. */
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, NULL);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
-
-    for (struct curl_slist *l = hdrs; l != NULL; l = l->next)
-        if (l->data != NULL)
-            OPENSSL_cleanse(l->data, strlen(l->data));
-    curl_slist_free_all(hdrs);
-    if (bearer != NULL) {
-        OPENSSL_cleanse(bearer, bearer_len);
-        free(bearer);
-    }
+    clear_request(h);
+    free_headers(hdrs);
     if (sink.buf != NULL) {
         OPENSSL_cleanse(sink.buf, sink.len);
         free(sink.buf);

@@ -81,16 +81,16 @@ void ctl_err(const char *code, const char *fmt, ...)
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    (void)vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputs(PROGRAM ": ", stderr);
+    (void)fputs(PROGRAM ": ", stderr);
     ctl_put_safe(stderr, msg);
     if (code != NULL && code[0] != '\0') {
-        fputs(" (", stderr);
+        (void)fputs(" (", stderr);
         ctl_put_safe(stderr, code);
-        fputc(')', stderr);
+        (void)fputc(')', stderr);
     }
-    fputc('\n', stderr);
+    (void)fputc('\n', stderr);
 }
 
 /* "  usage   summary", the summary on a line of its own under a long usage. */

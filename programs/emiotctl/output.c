@@ -10,6 +10,7 @@
  * A table is printed in two passes (widths, then rows) so that no copy of
  * the cells is kept.
  */
+#include <ctype.h>
 #include <math.h>
 #include <openssl/crypto.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@
 void ctl_put_safe(FILE *out, const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
-        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, out);
+        (void)fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, out);
 }
 
 void ctl_print_json(const cJSON *v)
@@ -36,8 +37,8 @@ void ctl_print_json(const cJSON *v)
         ctl_err("out_of_memory", "out of memory");
         return;
     }
-    fputs(text, stdout);
-    fputc('\n', stdout);
+    (void)fputs(text, stdout);
+    (void)fputc('\n', stdout);
     /* The text may hold a secret (a key just created): wipe it like the rest. */
     OPENSSL_cleanse(text, strlen(text));
     free(text);
@@ -159,7 +160,7 @@ static void put_padded(const char *s, size_t w, bool last)
     ctl_put_safe(stdout, s);
     if (!last)
         for (size_t i = width(s); i < w + 2; i++)
-            fputc(' ', stdout);
+            (void)fputc(' ', stdout);
 }
 
 static bool col_present(const cJSON *rows, const ctl_col_t *col)
@@ -197,7 +198,7 @@ static void upper(const char *s, char *buf, size_t size)
 {
     size_t i = 0;
     for (; s[i] != '\0' && i + 1 < size; i++)
-        buf[i] = (s[i] >= 'a' && s[i] <= 'z') ? (char)(s[i] - 32) : s[i];
+        buf[i] = (char)toupper((unsigned char)s[i]);
     buf[i] = '\0';
 }
 
@@ -218,7 +219,7 @@ static void print_table(const cJSON *rows, const ctl_view_t *view)
             char buf[CELL_MAX];
             scalar_text(it, buf, sizeof buf);
             ctl_put_safe(stdout, buf);
-            fputc('\n', stdout);
+            (void)fputc('\n', stdout);
         }
         return;
     }
@@ -243,7 +244,7 @@ static void print_table(const cJSON *rows, const ctl_view_t *view)
         upper(cols[i].header, head, sizeof head);
         put_padded(head, w[i], i + 1 == n);
     }
-    fputc('\n', stdout);
+    (void)fputc('\n', stdout);
     cJSON_ArrayForEach(row, rows)
     {
         for (size_t i = 0; i < n; i++) {
@@ -251,7 +252,7 @@ static void print_table(const cJSON *rows, const ctl_view_t *view)
             clip(buf, TABLE_WIDTH_MAX);
             put_padded(buf, w[i], i + 1 == n);
         }
-        fputc('\n', stdout);
+        (void)fputc('\n', stdout);
     }
 }
 
@@ -289,7 +290,7 @@ static void print_object(const cJSON *obj, const ctl_view_t *view)
         snprintf(label, sizeof label, "%s:", view->cols[i].header);
         put_padded(label, lw + 1, false);
         ctl_put_safe(stdout, buf);
-        fputc('\n', stdout);
+        (void)fputc('\n', stdout);
     }
     cJSON_ArrayForEach(f, obj)
     {
@@ -299,7 +300,7 @@ static void print_object(const cJSON *obj, const ctl_view_t *view)
         snprintf(label, sizeof label, "%s:", f->string);
         put_padded(label, lw + 1, false);
         ctl_put_safe(stdout, buf);
-        fputc('\n', stdout);
+        (void)fputc('\n', stdout);
     }
 }
 
@@ -317,7 +318,7 @@ void ctl_print(const ctl_t *c, const cJSON *data, const ctl_view_t *view)
         char buf[CELL_MAX];
         scalar_text(data, buf, sizeof buf);
         ctl_put_safe(stdout, buf);
-        fputc('\n', stdout);
+        (void)fputc('\n', stdout);
     }
 }
 
@@ -353,7 +354,7 @@ int ctl_call_done(ctl_t *c, const char *method, const char *path, const cJSON *b
             ctl_print_json(r.data);
         } else {
             ctl_put_safe(stdout, done);
-            fputc('\n', stdout);
+            (void)fputc('\n', stdout);
         }
     }
     ctl_resp_cleanup(&r);
