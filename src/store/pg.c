@@ -468,6 +468,22 @@ static em_err_t ensure_conn(em__store_conn_t *c, em_error_t *err)
     return session_setup(c, err);
 }
 
+/*
+ * A statement sent outside a transaction that failed because the connection
+ * broke (the server restarted, a proxy cut it) is sent once more on a new
+ * connection, so that a restart costs the caller nothing rather than one
+ * error per connection. A write whose commit reached the server just before
+ * the connection broke is then applied twice: an insert reports
+ * EM_ERR_EXISTS, the updates here are idempotent.
+ */
+static bool reconnected(em__store_conn_t *c, bool was_idle, int attempt)
+{
+    if (attempt > 0 || !was_idle || PQstatus(c->pg) != CONNECTION_BAD)
+        return false;
+    em_error_t ignored;
+    return ensure_conn(c, &ignored) == EM_OK;
+}
+
 static em_err_t prepare(em__store_conn_t *c, stmt_id_t id, em_error_t *err)
 {
     uint64_t bit = (uint64_t)1 << (id % 64);
@@ -672,17 +688,29 @@ static em_err_t run(em__store_conn_t *c, stmt_id_t id, params_t *p, PGresult **o
         rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
         goto done;
     }
-    if ((rc = prepare(c, id, err)) != EM_OK)
-        goto done;
-    PGresult *res = PQexecPrepared(c->pg, stmts[id].name, p->n, p->v, NULL, NULL, 0);
-    ExecStatusType s = PQresultStatus(res);
-    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+    bool idle = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
+    for (int attempt = 0;; attempt++) {
+        if ((rc = prepare(c, id, err)) != EM_OK) {
+            if (reconnected(c, idle, attempt))
+                continue;
+            goto done;
+        }
+        PGresult *res = PQexecPrepared(c->pg, stmts[id].name, p->n, p->v, NULL, NULL, 0);
+        ExecStatusType s = PQresultStatus(res);
+        if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) {
+            if (out != NULL)
+                *out = res;
+            else
+                PQclear(res);
+            break;
+        }
+        if (reconnected(c, idle, attempt)) {
+            PQclear(res);
+            continue;
+        }
         rc = stmt_error(c, res, stmts[id].name + 3, err);
         PQclear(res);
-    } else if (out != NULL) {
-        *out = res;
-    } else {
-        PQclear(res);
+        break;
     }
 done:
     params_free(p);
@@ -737,29 +765,39 @@ static em_err_t run_rows(em__store_conn_t *c, stmt_id_t id, params_t *p, row_fn 
         params_free(p);
         return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
     }
-    if ((rc = prepare(c, id, err)) != EM_OK) {
-        params_free(p);
-        return rc;
-    }
-    int sent = PQsendQueryPrepared(c->pg, stmts[id].name, p->n, p->v, NULL, NULL, 0);
-    params_free(p);
-    if (!sent)
-        return io_error(c, NULL, stmts[id].name + 3, err);
-    PQsetSingleRowMode(c->pg);
-    bool stopped = false;
-    PGresult *res;
-    while ((res = PQgetResult(c->pg)) != NULL) {
-        ExecStatusType s = PQresultStatus(res);
-        if (s == PGRES_SINGLE_TUPLE) {
-            if (!stopped && rc == EM_OK) {
-                delivered++;
-                stopped = fn(res, 0, ctx) != 0;
-            }
-        } else if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK && rc == EM_OK) {
-            rc = stmt_error(c, res, stmts[id].name + 3, err);
+    bool idle = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
+    for (int attempt = 0;; attempt++) {
+        rc = prepare(c, id, err);
+        if (rc == EM_OK && !PQsendQueryPrepared(c->pg, stmts[id].name, p->n, p->v, NULL, NULL, 0))
+            rc = io_error(c, NULL, stmts[id].name + 3, err);
+        if (rc != EM_OK) {
+            if (reconnected(c, idle, attempt))
+                continue;
+            break;
         }
-        PQclear(res);
+        PQsetSingleRowMode(c->pg);
+        bool stopped = false;
+        PGresult *res;
+        while ((res = PQgetResult(c->pg)) != NULL) {
+            ExecStatusType s = PQresultStatus(res);
+            if (s == PGRES_SINGLE_TUPLE) {
+                if (!stopped && rc == EM_OK) {
+                    delivered++;
+                    stopped = fn(res, 0, ctx) != 0;
+                }
+            } else if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK && rc == EM_OK) {
+                rc = stmt_error(c, res, stmts[id].name + 3, err);
+            }
+            PQclear(res);
+        }
+        /* Sent again only when the caller has seen nothing of it. */
+        if (rc != EM_OK && delivered == 0 && reconnected(c, idle, attempt)) {
+            rc = EM_OK;
+            continue;
+        }
+        break;
     }
+    params_free(p);
     if (count != NULL)
         *count = delivered;
     return rc;
@@ -767,7 +805,10 @@ static em_err_t run_rows(em__store_conn_t *c, stmt_id_t id, params_t *p, row_fn 
 
 static em_err_t tx_begin(em__store_conn_t *c, em_error_t *err)
 {
-    return exec_simple(c, "BEGIN", "begin", err);
+    em_err_t rc = exec_simple(c, "BEGIN", "begin", err);
+    if (rc != EM_OK && reconnected(c, true, 0))
+        rc = exec_simple(c, "BEGIN", "begin", err);
+    return rc;
 }
 
 static em_err_t tx_commit(em__store_conn_t *c, em_error_t *err)

@@ -2179,6 +2179,30 @@ static void test_reopen_keeps_everything(void **state)
     free(r);
 }
 
+/* PostgreSQL only: a restarted server costs the store nothing: both of its
+ * connections reconnect on their next statement. */
+static void test_pg_server_restart_is_survived(void **state)
+{
+    fixture_t *fx = fixture(state);
+    if (g_backend != BE_PG)
+        skip();
+    add_device(fx, "dev-1");
+    em_status_t s = status_at(DAY0, 5);
+    OK(em_store_enqueue_status(fx->st, "dev-1", &s, E));
+    flush(fx);
+    assert_int_equal(em_test_pg_restart(&g_pg), 0);
+    em_store_device_t got;
+    OK(em_store_device_get(fx->st, "dev-1", &got, E));
+    s = status_at(DAY0 + 1, 6);
+    OK(em_store_enqueue_status(fx->st, "dev-1", &s, E));
+    flush(fx);
+    em_store_stats_t stats;
+    em_store_stats(fx->st, &stats);
+    assert_int_equal(stats.committed, 2);
+    assert_int_equal(stats.write_errors, 0);
+    assert_int_equal(count_history(fx, "dev-1"), 2);
+}
+
 /* ---------------------------------------------------------------------- */
 /* kill -9 loses nothing acknowledged                                      */
 
@@ -2375,6 +2399,7 @@ static const struct CMUnitTest tests[] = {
     T(test_flush_and_stats_count_records),
     T(test_large_ingest_lands_completely),
     T(test_reopen_keeps_everything),
+    T(test_pg_server_restart_is_survived),
     T(test_kill9_loses_nothing_acknowledged),
 };
 
