@@ -80,6 +80,7 @@ static void create_group(em__api_req_t *r)
     if (!em__routes_req_string(r, body, "name", &name))
         goto out;
     if ((rc = em_group_name_validate(name, strlen(name), &e)) != EM_OK) {
+        snprintf(e.field, sizeof(e.field), "name"); /* the body's member, not "group" */
         em__api_error_from(r, rc, &e);
         goto out;
     }
