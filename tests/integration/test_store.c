@@ -2179,6 +2179,35 @@ static void test_reopen_keeps_everything(void **state)
     free(r);
 }
 
+/* Bytes that are not UTF-8 (the store does not check text it is handed
+ * beyond control characters) are stored without stopping the writer:
+ * PostgreSQL would refuse them, so that backend replaces them. */
+static void test_invalid_utf8_does_not_stop_the_writer(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_status_t s = status_at(DAY0, 5);
+    s.has |= EM_STATUS_HAS_EXTRA;
+    s.extra_json = "{\"name\":\"caf\xe9 \xff\xfe\"}";
+    OK(em_store_enqueue_status(fx->st, "dev-1", &s, E));
+    em_store_event_t ev = event(EM_EVKIND_VALIDATION, "bad_status", EM_SEV_LOW, "dev-1", DAY0);
+    snprintf(ev.message, sizeof(ev.message), "bad byte \xc3( here");
+    ev.details_json = "{\"raw\":\"\xf0\x28\x8c\"}";
+    OK(em_store_enqueue_event(fx->st, &ev, E));
+    flush(fx);
+    OK(em_store_event_insert(fx->st, &ev, E));
+    em_store_stats_t stats;
+    em_store_stats(fx->st, &stats);
+    assert_int_equal(stats.write_errors, 0);
+    assert_int_equal(stats.committed, 2);
+    assert_int_equal(count_history(fx, "dev-1"), 1);
+    rows_t *r = rows_new();
+    em_store_event_filter_t f = ev_filter();
+    OK(em_store_event_list(fx->st, &f, on_event, r, E));
+    assert_int_equal(r->n, 2);
+    free(r);
+}
+
 /* PostgreSQL only: a restarted server costs the store nothing: both of its
  * connections reconnect on their next statement. */
 static void test_pg_server_restart_is_survived(void **state)
@@ -2399,6 +2428,7 @@ static const struct CMUnitTest tests[] = {
     T(test_flush_and_stats_count_records),
     T(test_large_ingest_lands_completely),
     T(test_reopen_keeps_everything),
+    T(test_invalid_utf8_does_not_stop_the_writer),
     T(test_pg_server_restart_is_survived),
     T(test_kill9_loses_nothing_acknowledged),
 };
