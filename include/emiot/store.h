@@ -193,8 +193,9 @@ EM_EXPORT em_err_t em_store_status_history(em_store_t *st, const char *id,
 /* ---- telemetry ---------------------------------------------------------- */
 
 /* Queues one sample. energy_delta_wh is what the manager computed from the
- * monotonic counter (0 on the first sample and on a reset, which
- * counter_reset flags); the hourly and daily rollups add it up. */
+ * monotonic counter: 0 on the first sample; after a reset (counter_reset set)
+ * the new reading itself, since the counter restarted from zero. It is never
+ * negative; the hourly and daily rollups add it up. */
 EM_EXPORT em_err_t em_store_enqueue_telemetry(em_store_t *st, const char *id,
                                               const em_telemetry_t *t, double energy_delta_wh,
                                               bool counter_reset, em_error_t *err);
