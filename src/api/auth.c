@@ -847,6 +847,21 @@ static const char *check_key(em__api_req_t *r, const char *key_id, const unsigne
     return NULL;
 }
 
+/* True when id is a registered device (and not disabled in the store). */
+static bool device_ok(em__api_req_t *r, const char *id, int64_t mono)
+{
+    em_manager_lock(r->mgr);
+    bool registered = em_registry_get(em_manager_registry(r->mgr), id) != NULL;
+    em_manager_unlock(r->mgr);
+    if (!registered)
+        return false;
+    bool failed = false;
+    centry_t *e = cache_get(r->api, C_DEVICE, id, mono, &failed);
+    /* A device the registry has and the store does not (an embedding without
+     * persistence) counts as enabled; a store error refuses. */
+    return e != NULL ? e->v.device_enabled : !failed;
+}
+
 static const char *auth_key(em__api_req_t *r, const char *cred, size_t len, int64_t mono)
 {
     char key_id[EM_STORE_KEY_ID_MAX + 1];
@@ -859,6 +874,9 @@ static const char *auth_key(em__api_req_t *r, const char *cred, size_t len, int6
     OPENSSL_cleanse(hash, sizeof hash);
     if (why != NULL)
         return why;
+    /* A device's key works while its device is registered and enabled. */
+    if (k->role == EM_ROLE_DEVICE && !device_ok(r, k->device_id, mono))
+        return "key of an unknown or disabled device";
     em__api_identity_t *who = &r->who;
     who->method = EM__AUTHN_API_KEY;
     who->role = k->role;
@@ -876,21 +894,6 @@ static const char *auth_key(em__api_req_t *r, const char *cred, size_t len, int6
                    &EM_LOG_STR("error", err.message), 1);
     }
     return NULL;
-}
-
-/* True when id is a registered device (and not disabled in the store). */
-static bool device_ok(em__api_req_t *r, const char *id, int64_t mono)
-{
-    em_manager_lock(r->mgr);
-    bool registered = em_registry_get(em_manager_registry(r->mgr), id) != NULL;
-    em_manager_unlock(r->mgr);
-    if (!registered)
-        return false;
-    bool failed = false;
-    centry_t *e = cache_get(r->api, C_DEVICE, id, mono, &failed);
-    /* A device the registry has and the store does not (an embedding without
-     * persistence) counts as enabled; a store error refuses. */
-    return e != NULL ? e->v.device_enabled : !failed;
 }
 
 static const char *auth_jwt(em__api_req_t *r, const char *cred, size_t len, int64_t mono)

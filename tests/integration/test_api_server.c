@@ -725,6 +725,11 @@ static void test_device_key_reaches_only_its_own_device(void **state)
     api("GET", "/metrics", key, NULL);
     assert_error(403, "permission_denied", "forbidden");
     assert_int_equal(api("GET", "/api/v1/devices/plug-001", key, NULL), 200);
+    /* The key of a disabled device does not authenticate. */
+    char key3[EM_API_KEY_LEN + 1];
+    make_key("{\"name\":\"plug3\",\"role\":\"device\",\"deviceId\":\"plug-003\"}", key3, NULL, 0);
+    api("GET", "/api/v1/whoami", key3, NULL);
+    assert_error(401, "authentication", NULL);
 }
 
 static void test_unknown_route_404_and_wrong_method_405(void **state)
@@ -754,7 +759,7 @@ static void test_oversized_body_is_413(void **state)
     big[8191] = '\0';
     api("POST", "/api/v1/users", W.admin_key, big);
     free(big);
-    assert_int_equal(R.status, 413);
+    assert_error(413, "limit_reached", "body: too large");
 }
 
 static void test_malformed_json_is_400(void **state)
