@@ -310,6 +310,9 @@ void ctl_print(const ctl_t *c, const cJSON *data, const ctl_view_t *view)
         return;
     if (c->format == CTL_OUT_JSON) {
         ctl_print_json(data);
+    } else if (cJSON_IsArray(data) && cJSON_GetArraySize(data) == 0) {
+        /* For the reader only: stdout stays empty, as scripts expect. */
+        (void)fputs("(none)\n", stderr);
     } else if (cJSON_IsArray(data)) {
         print_table(data, view);
     } else if (cJSON_IsObject(data)) {

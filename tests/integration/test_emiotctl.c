@@ -529,6 +529,12 @@ static void test_events_list_filters(void **state)
     assert_string_equal(jq("type"), "array");
     assert_string_equal(jq("map(select(.kind != \"audit\")) | length"), "0");
     EXPECT(0, "events", "list", "--severity", "low");
+    /* An empty list: nothing on stdout, "(none)" for the reader. */
+    EXPECT(0, "commands", "list", "--device", "ctl-nothing-sent");
+    assert_string_equal(R.out, "");
+    assert_non_null(strstr(R.err, "(none)"));
+    EXPECT(0, "commands", "list", "--device", "ctl-nothing-sent", "-o", "json");
+    assert_string_equal(jq("length"), "0");
     EXPECT(7, "events", "list", "--severity", "loud");
 }
 
