@@ -238,14 +238,10 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
                    "AND ($8::bigint = 0 OR id < $8) ORDER BY id " dir " LIMIT $4"
 /* clang-format on */
 
-/* Arrays of the batch statements: one element per record. */
-#define UNNEST_STATUS                                                                              \
+/* Arrays of the batch statements: one element per row. */
+#define UNNEST_LATEST                                                                              \
     "unnest($1::text[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[], "     \
-    "$8::text[], $9::text[], $10::text[]) WITH ORDINALITY AS u (" COLS_STATUS ", ord)"
-#define UNNEST_TELEMETRY                                                                           \
-    "unnest($1::text[], $2::bigint[], $3::int[], $4::int[], $5::float8[], $6::float8[], "          \
-    "$7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::bool[]) "        \
-    "WITH ORDINALITY AS u (" COLS_TELEMETRY ", delta_wh, counter_reset, ord)"
+    "$8::text[], $9::text[], $10::text[]) AS u (" COLS_STATUS ")"
 #define UNNEST_ROLLUP                                                                              \
     "unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::float8[], $6::float8[], "       \
     "$7::bigint[], $8::float8[], $9::bigint[]) AS u (device_id, kind, bucket_ms, samples, "        \
@@ -254,6 +250,12 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     "unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], "  \
     "$8::text[], $9::text[]) WITH ORDINALITY AS u (time_ms, kind, type, severity, device_id, "     \
     "actor, source, message, details_json, ord)"
+
+/* History and telemetry rows go in with COPY, the cheapest way into
+ * PostgreSQL (measured: about half the server time per row of an INSERT
+ * from arrays), in queue order so that seq follows it. */
+#define COPY_HISTORY   "COPY status_history (" COLS_STATUS ") FROM STDIN"
+#define COPY_TELEMETRY "COPY telemetry (" COLS_TELEMETRY ", delta_wh, counter_reset) FROM STDIN"
 
 /* X(name, sql) */
 #define PG_STMTS(X)                                                                                \
@@ -331,23 +333,15 @@ static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
     X(KEY_USED, "UPDATE api_keys SET last_used_ms = $2 WHERE key_id = $1 AND last_used_ms < $2")   \
     X(KEY_LIST, "SELECT " COLS_KEY " FROM api_keys ORDER BY created_at_ms, seq")                   \
     X(BATCH_LOCK, "SELECT id FROM devices WHERE id = ANY ($1::text[]) ORDER BY id FOR KEY SHARE")  \
-    /* History rows for every record; the latest status is the newest of each                      \
-     * device (the last queued among equal times), never older than the one                        \
+    /* One row per device: the newest of the batch, never older than the one                       \
      * already stored. */                                                                          \
-    X(BATCH_STATUS,                                                                                \
-      "WITH u AS (SELECT * FROM " UNNEST_STATUS "), "                                              \
-      "h AS (INSERT INTO status_history (" COLS_STATUS ") SELECT " COLS_STATUS                     \
-      " FROM u ORDER BY ord) "                                                                     \
-      "INSERT INTO status_latest (" COLS_STATUS ") SELECT DISTINCT ON (device_id) " COLS_STATUS    \
-      " FROM u ORDER BY device_id, time_ms DESC, ord DESC ON CONFLICT (device_id) DO UPDATE SET "  \
-      "time_ms = EXCLUDED.time_ms, has = EXCLUDED.has, battery = EXCLUDED.battery, "               \
-      "power_mode = EXCLUDED.power_mode, connection = EXCLUDED.connection, "                       \
-      "signal = EXCLUDED.signal, firmware = EXCLUDED.firmware, "                                   \
-      "errors_json = EXCLUDED.errors_json, extra_json = EXCLUDED.extra_json "                      \
-      "WHERE EXCLUDED.time_ms >= status_latest.time_ms")                                           \
-    X(BATCH_TELEMETRY,                                                                             \
-      "INSERT INTO telemetry (" COLS_TELEMETRY ", delta_wh, counter_reset) "                       \
-      "SELECT " COLS_TELEMETRY ", delta_wh, counter_reset FROM " UNNEST_TELEMETRY " ORDER BY ord") \
+    X(BATCH_LATEST, "INSERT INTO status_latest (" COLS_STATUS ") SELECT * FROM " UNNEST_LATEST     \
+                    " ON CONFLICT (device_id) DO UPDATE SET "                                      \
+                    "time_ms = EXCLUDED.time_ms, has = EXCLUDED.has, battery = EXCLUDED.battery, " \
+                    "power_mode = EXCLUDED.power_mode, connection = EXCLUDED.connection, "         \
+                    "signal = EXCLUDED.signal, firmware = EXCLUDED.firmware, "                     \
+                    "errors_json = EXCLUDED.errors_json, extra_json = EXCLUDED.extra_json "        \
+                    "WHERE EXCLUDED.time_ms >= status_latest.time_ms")                             \
     /* Grouped, so that two increments of one bucket cannot meet in one                            \
      * ON CONFLICT (which PostgreSQL refuses). */                                                  \
     X(BATCH_ROLLUP,                                                                                \
@@ -1150,12 +1144,6 @@ static void a_null(sbuf_t *b)
     sb_put(b, "NULL", 4);
 }
 
-static void a_bool(sbuf_t *b, bool v)
-{
-    a_sep(b);
-    sb_c(b, v ? 't' : 'f');
-}
-
 /* A quoted element: backslash before '"' and '\'; malformed UTF-8 made '?'. */
 static void a_str(sbuf_t *b, const char *s)
 {
@@ -1302,17 +1290,193 @@ static em_err_t batch_lock(em__store_conn_t *c, const em__store_rec_t *recs, siz
     return EM_OK;
 }
 
+/* COPY text format: tab between columns, newline after a row, \\N for
+ * NULL; backslash, tab, newline and carriage return escaped. */
+static void cp_sep(sbuf_t *b, bool first)
+{
+    if (!first)
+        sb_c(b, '\t');
+}
+
+static void cp_i64(sbuf_t *b, bool first, int64_t v)
+{
+    char num[NUM_MAX];
+    int n = snprintf(num, sizeof(num), "%" PRId64, v);
+    cp_sep(b, first);
+    sb_put(b, num, (size_t)n);
+}
+
+static void cp_dbl(sbuf_t *b, double v)
+{
+    char num[NUM_MAX];
+    int n;
+    if (isnan(v))
+        n = snprintf(num, sizeof(num), "NaN");
+    else if (isinf(v))
+        n = snprintf(num, sizeof(num), "%sInfinity", v < 0 ? "-" : "");
+    else
+        n = snprintf(num, sizeof(num), "%.17g", v);
+    cp_sep(b, false);
+    sb_put(b, num, (size_t)n);
+}
+
+static void cp_str(sbuf_t *b, bool first, const char *s)
+{
+    cp_sep(b, first);
+    if (s == NULL) {
+        sb_put(b, "\\N", 2);
+        return;
+    }
+    size_t len = strlen(s);
+    char *clean = NULL;
+    if (em__utf8_check(s, len, false) != EM__UTF8_OK) {
+        clean = utf8_sanitise(s, len);
+        if (clean == NULL) {
+            b->failed = true;
+            return;
+        }
+        s = clean;
+    }
+    if (len <= SIZE_MAX / 2 && sb_reserve(b, 2 * len)) {
+        char *o = b->p + b->len;
+        for (size_t i = 0; i < len; i++) {
+            char ch = s[i];
+            if (ch == '\\' || ch == '\t' || ch == '\n' || ch == '\r') {
+                *o++ = '\\';
+                ch = ch == '\t' ? 't' : ch == '\n' ? 'n' : ch == '\r' ? 'r' : '\\';
+            }
+            *o++ = ch;
+        }
+        b->len = (size_t)(o - b->p);
+        b->p[b->len] = '\0';
+    } else {
+        b->failed = true;
+    }
+    free(clean);
+}
+
+static void cp_row_end(sbuf_t *b)
+{
+    sb_c(b, '\n');
+}
+
+/* Sends data with COPY ... FROM STDIN (inside the batch's transaction). */
+static em_err_t copy_in(em__store_conn_t *c, const char *sql, sbuf_t *data, em_error_t *err)
+{
+    if (data->failed)
+        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL,
+                            "postgresql: batch too large or out of memory");
+    PGresult *res = PQexec(c->pg, sql);
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        em_err_t rc = io_error(c, res, "copy", err);
+        PQclear(res);
+        return rc;
+    }
+    PQclear(res);
+    em_err_t rc = EM_OK;
+    /* In chunks: an int carries the length. */
+    for (size_t off = 0; off < data->len && rc == EM_OK;) {
+        size_t chunk = data->len - off > ((size_t)1 << 20) ? (size_t)1 << 20 : data->len - off;
+        if (PQputCopyData(c->pg, data->p + off, (int)chunk) != 1)
+            rc = io_error(c, NULL, "copy", err);
+        off += chunk;
+    }
+    if (PQputCopyEnd(c->pg, rc == EM_OK ? NULL : "emiot: copy aborted") != 1 && rc == EM_OK)
+        rc = io_error(c, NULL, "copy", err);
+    while ((res = PQgetResult(c->pg)) != NULL) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK && rc == EM_OK)
+            rc = io_error(c, res, "copy", err);
+        PQclear(res);
+    }
+    return rc;
+}
+
+/* The newest status of each device in a batch (the last queued among equal
+ * times): an open-addressing map from device id to record index. */
+typedef struct latest {
+    const char **id;
+    size_t *idx;
+    size_t mask, count;
+} latest_t;
+
+static void latest_free(latest_t *l)
+{
+    free(l->id);
+    free(l->idx);
+    memset(l, 0, sizeof(*l));
+}
+
+static em_err_t latest_build(latest_t *l, const em__store_rec_t *recs, size_t n,
+                             const devset_t *set, em_error_t *err)
+{
+    memset(l, 0, sizeof(*l));
+    size_t size = 16;
+    while (size < 2 * n)
+        size *= 2;
+    l->id = calloc(size, sizeof(*l->id));
+    l->idx = calloc(size, sizeof(*l->idx));
+    if (l->id == NULL || l->idx == NULL) {
+        latest_free(l);
+        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+    }
+    l->mask = size - 1;
+    for (size_t r = 0; r < n; r++) {
+        if (recs[r].kind != EM__REC_STATUS || !devset_has(set, recs[r].device_id))
+            continue;
+        size_t i = (size_t)hash_id(recs[r].device_id) & l->mask;
+        while (l->id[i] != NULL && strcmp(l->id[i], recs[r].device_id) != 0)
+            i = (i + 1) & l->mask;
+        if (l->id[i] == NULL) {
+            l->id[i] = recs[r].device_id;
+            l->idx[i] = r;
+            l->count++;
+        } else if (recs[r].time_ms >= recs[l->idx[i]].time_ms) {
+            l->idx[i] = r;
+        }
+    }
+    return EM_OK;
+}
+
 static em_err_t batch_status(em__store_conn_t *c, const em__store_rec_t *recs, size_t n,
                              const devset_t *set, em_error_t *err)
 {
-    arrays_t a = {.n = 10};
+    sbuf_t data = {0};
     size_t rows = 0;
     for (size_t i = 0; i < n; i++) {
         if (recs[i].kind != EM__REC_STATUS || !devset_has(set, recs[i].device_id))
             continue;
         const em_status_t *s = &recs[i].u.status;
-        a_str(&a.col[0], recs[i].device_id);
-        a_i64(&a.col[1], recs[i].time_ms);
+        cp_str(&data, true, recs[i].device_id);
+        cp_i64(&data, false, recs[i].time_ms);
+        cp_i64(&data, false, s->has);
+        cp_i64(&data, false, s->battery_level);
+        cp_i64(&data, false, s->power_mode);
+        cp_i64(&data, false, s->connection);
+        cp_i64(&data, false, s->signal_strength);
+        cp_str(&data, false, s->firmware_version);
+        cp_str(&data, false, s->errors_json);
+        cp_str(&data, false, s->extra_json);
+        cp_row_end(&data);
+        rows++;
+    }
+    if (rows == 0)
+        return EM_OK;
+    em_err_t rc = copy_in(c, COPY_HISTORY, &data, err);
+    free(data.p);
+    if (rc != EM_OK)
+        return rc;
+
+    latest_t l;
+    if ((rc = latest_build(&l, recs, n, set, err)) != EM_OK)
+        return rc;
+    arrays_t a = {.n = 10};
+    for (size_t k = 0; k <= l.mask; k++) {
+        if (l.id[k] == NULL)
+            continue;
+        const em__store_rec_t *r = &recs[l.idx[k]];
+        const em_status_t *s = &r->u.status;
+        a_str(&a.col[0], r->device_id);
+        a_i64(&a.col[1], r->time_ms);
         a_i64(&a.col[2], s->has);
         a_i64(&a.col[3], s->battery_level);
         a_i64(&a.col[4], s->power_mode);
@@ -1321,10 +1485,10 @@ static em_err_t batch_status(em__store_conn_t *c, const em__store_rec_t *recs, s
         a_str(&a.col[7], s->firmware_version);
         a_str(&a.col[8], s->errors_json);
         a_str(&a.col[9], s->extra_json);
-        rows++;
     }
-    em_err_t rc = rows > 0 ? run_arrays(c, ST_BATCH_STATUS, &a, NULL, err) : EM_OK;
+    rc = run_arrays(c, ST_BATCH_LATEST, &a, NULL, err);
     arrays_free(&a);
+    latest_free(&l);
     return rc;
 }
 
@@ -1363,29 +1527,33 @@ static em_err_t batch_rollups(em__store_conn_t *c, const em__store_rec_t *recs, 
 static em_err_t batch_telemetry(em__store_conn_t *c, const em__store_rec_t *recs, size_t n,
                                 const devset_t *set, em_error_t *err)
 {
-    arrays_t a = {.n = 12};
+    sbuf_t data = {0};
     size_t rows = 0;
     for (size_t i = 0; i < n; i++) {
         if (recs[i].kind != EM__REC_TELEMETRY || !devset_has(set, recs[i].device_id))
             continue;
         const em_telemetry_t *t = &recs[i].u.tel.t;
-        a_str(&a.col[0], recs[i].device_id);
-        a_i64(&a.col[1], t->timestamp_ms);
-        a_i64(&a.col[2], t->has);
-        a_i64(&a.col[3], t->battery);
-        a_dbl(&a.col[4], t->power_w);
-        a_dbl(&a.col[5], t->energy_wh);
-        a_dbl(&a.col[6], t->voltage_v);
-        a_dbl(&a.col[7], t->current_a);
-        a_dbl(&a.col[8], t->temperature);
-        a_dbl(&a.col[9], t->humidity);
-        a_dbl(&a.col[10], recs[i].u.tel.delta_wh);
-        a_bool(&a.col[11], recs[i].u.tel.reset);
+        cp_str(&data, true, recs[i].device_id);
+        cp_i64(&data, false, t->timestamp_ms);
+        cp_i64(&data, false, t->has);
+        cp_i64(&data, false, t->battery);
+        cp_dbl(&data, t->power_w);
+        cp_dbl(&data, t->energy_wh);
+        cp_dbl(&data, t->voltage_v);
+        cp_dbl(&data, t->current_a);
+        cp_dbl(&data, t->temperature);
+        cp_dbl(&data, t->humidity);
+        cp_dbl(&data, recs[i].u.tel.delta_wh);
+        cp_sep(&data, false);
+        sb_c(&data, recs[i].u.tel.reset ? 't' : 'f');
+        cp_row_end(&data);
         rows++;
     }
-    em_err_t rc = rows > 0 ? run_arrays(c, ST_BATCH_TELEMETRY, &a, NULL, err) : EM_OK;
-    arrays_free(&a);
-    if (rc == EM_OK && rows > 0)
+    if (rows == 0)
+        return EM_OK;
+    em_err_t rc = copy_in(c, COPY_TELEMETRY, &data, err);
+    free(data.p);
+    if (rc == EM_OK)
         rc = batch_rollups(c, recs, n, set, err);
     return rc;
 }

@@ -1012,7 +1012,7 @@ static void test_status_fields_roundtrip(void **state)
     s.signal_strength = -67;
     snprintf(s.firmware_version, sizeof(s.firmware_version), "1.2.3-rc.1");
     s.errors_json = "[\"sensor \\\"A\\\" drift\",\"low\\\\battery\"]";
-    s.extra_json = "{\"room\":\"salle de bains\",\"floor\":2}";
+    s.extra_json = "{\"room\":\"salle de bains\",\n\t\"floor\":2,\"path\":\"C:\\\\x\"}\r";
     OK(em_store_enqueue_status(fx->st, "dev-1", &s, E));
     flush(fx);
     status_copy_t c = {0};
