@@ -7,11 +7,14 @@
  * operation and its statements are prepared again.
  *
  * The hot path is write_batch: a batch of thousands of statuses or telemetry
- * samples is sent as a handful of statements whose parameters are PostgreSQL
- * arrays (unnest), so the cost per row is parsing, not a round trip. Device
- * rows touched by a batch are locked FOR KEY SHARE first: a concurrent
- * device_delete then waits for the batch and removes what it wrote, instead
- * of leaving history behind for a device that no longer exists.
+ * samples is one transaction of a handful of statements: history and
+ * telemetry rows go in with COPY, the latest statuses, rollup increments and
+ * events as statements whose parameters are PostgreSQL arrays (unnest), so
+ * the cost per row is parsing, not a round trip. The devices a batch writes
+ * are locked FOR KEY SHARE first (and rows of devices that do not exist are
+ * dropped then): a concurrent device_delete waits for the batch and removes
+ * what it wrote, instead of leaving history behind for a device that no
+ * longer exists.
  *
  * Identifiers are stored with COLLATE "C" so that ordering and keyset paging
  * ("ids > after") are bytewise, as in SQLite, whatever the database's locale.
@@ -30,8 +33,8 @@
 #include "store/store_internal.h"
 
 /* Session-level advisory lock key held while migrating ("emiot" in ASCII). */
-#define PG_MIGRATE_LOCK "435459485556"
-/* Longest array literal one batch statement may carry. */
+#define PG_MIGRATE_LOCK "435627323252"
+/* Longest array literal or COPY data one batch statement may carry. */
 #define PG_ARRAY_MAX ((size_t)256 * 1024 * 1024)
 
 /* ---------------------------------------------------------------------- */
