@@ -25,6 +25,7 @@
 #include "testutil.h"
 
 #define BODY_MAX (64 * 1024)
+#define REJECTED "emiot_messages_rejected_total{reason=\"validation\"}"
 
 static char body[BODY_MAX];
 
@@ -266,6 +267,37 @@ static void test_rejected_message_becomes_a_validation_event(void **state)
                      0);
 }
 
+static void test_validation_events_are_bounded_per_device(void **state)
+{
+    fx_t *f = *state;
+    start(f, NULL);
+    wait_connected(&f->d);
+    create_device(&f->d, "plug-008");
+    char file[EM_TEST_PATH_MAX];
+    snprintf(file, sizeof(file), "%s/bad.txt", f->d.dir);
+    FILE *fp = fopen(file, "w");
+    assert_non_null(fp);
+    for (int i = 0; i < 30; i++)
+        fprintf(fp, "{\"batteryLevel\":%d}\n", 200 + i);
+    fclose(fp);
+    double before = em_test_daemon_metric(&f->d, REJECTED);
+    assert_true(before >= 0);
+    publish_lines(&f->broker, "device/plug-008/status", file);
+    for (int i = 0; i < 300; i++) {
+        if (em_test_daemon_metric(&f->d, REJECTED) >= before + 30)
+            break;
+        em_test_sleep_ms(100);
+    }
+    assert_true(em_test_daemon_metric(&f->d, REJECTED) >= before + 30);
+    /* A clean stop commits every queued event: then count them. */
+    assert_int_equal(em_test_daemon_stop(&f->d), 0);
+    assert_int_equal(em_test_daemon_restart(&f->d), 0);
+    assert_int_equal(
+        req(&f->d, "GET", "/api/v1/events?kind=validation&device=plug-008&limit=1000", NULL), 200);
+    int n = count_of(body, "\"kind\":\"validation\"");
+    assert_true(n >= 1 && n <= 5);
+}
+
 static void test_restart_keeps_devices_groups_statuses_and_commands(void **state)
 {
     fx_t *f = *state;
@@ -446,6 +478,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_published_status_is_stored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_message_becomes_a_validation_event, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_validation_events_are_bounded_per_device, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_keeps_devices_groups_statuses_and_commands,
                                         setup, teardown),

@@ -152,9 +152,10 @@ int em_test_daemon_poll(em_test_daemon_t *d, const char *key, const char *path, 
  * em_test_daemon_request). Returns the HTTP status or -1. */
 int em_test_daemon_metrics(em_test_daemon_t *d, char *out, size_t size);
 
-/* The value of the first sample of metric name ("emiot_status_accepted_total";
- * with labels, the first line that has any), or -1 when absent or
- * unreachable. */
+/* The value of metric name: "emiot_status_accepted_total", or one sample
+ * with its labels exactly as emiotd writes them
+ * ("emiot_messages_rejected_total{reason=\"validation\"}"; a bare name of a
+ * labelled metric gives its first sample). -1 when absent or unreachable. */
 double em_test_daemon_metric(em_test_daemon_t *d, const char *name);
 
 /* True when DIR/emiotd.out contains needle. */
