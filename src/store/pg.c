@@ -535,8 +535,13 @@ static em_err_t pg_open(const char *url, const em_store_options_t *opts, em__sto
         return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
     }
     c->opts = *opts;
-    const char *const keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
-    const char *const vals[] = {url, "emiot", "UTF8", NULL};
+    /* Keywords before dbname are defaults the URL may override; those after
+     * it win. Without a connect timeout and keepalives, an unreachable
+     * server would hold a reconnect (and the store's lock) for minutes. */
+    const char *const keys[] = {
+        "connect_timeout", "keepalives_idle",           "keepalives_interval", "keepalives_count",
+        "dbname",          "fallback_application_name", "client_encoding",     NULL};
+    const char *const vals[] = {"10", "30", "10", "3", url, "emiot", "UTF8", NULL};
     c->pg = PQconnectdbParams(keys, vals, 1);
     em_err_t rc = EM_OK;
     if (c->pg == NULL) {
