@@ -1,5 +1,5 @@
 # emiot - the two commands of the README, and the developer's others.
-#   make run     install dependencies, build, start the demo (broker, agent, manager)
+#   make run     install dependencies, build, start the main job (broker, emiotd, 20 simulated devices)
 #   make test    install dependencies, build (gcc, and clang with ASan+UBSan), run every test
 #   make bench [W=W1]   benchmarks, one JSON line per figure
 #   make fuzz [FUZZ_SECONDS=30]   every libFuzzer target for a bounded time

@@ -4,8 +4,10 @@
 #ifndef EMIOT_EMIOT_H
 #define EMIOT_EMIOT_H
 
+#include "emiot/api.h"
 #include "emiot/clock.h"
 #include "emiot/command.h"
+#include "emiot/daemon.h"
 #include "emiot/device.h"
 #include "emiot/error.h"
 #include "emiot/export.h"
@@ -14,6 +16,7 @@
 #include "emiot/mqtt.h"
 #include "emiot/registry.h"
 #include "emiot/status.h"
+#include "emiot/store.h"
 #include "emiot/topic.h"
 #include "emiot/version.h"
 
