@@ -26,6 +26,16 @@
  *    em_store_stats().committed counts acknowledged records. With the default
  *    sync = full, a committed batch survives kill -9 and power loss.
  *
+ * Rules both backends keep (tests/integration/test_store.c pins them):
+ * reads of status history, telemetry and device rollups for an unknown device
+ * are EM_ERR_DEVICE_NOT_FOUND; the latest status is the newest by time, never
+ * replaced by an older one; rows with equal times come back in the order they
+ * were queued; expires_at_ms 0 means a command never expires; a response moves
+ * only a command addressed to the device that answers (else it is an orphan);
+ * command retention prunes by created_at_ms; a group rollup's average power
+ * is its total power over its power samples, and `devices` counts the members
+ * that reported.
+ *
  * Reads are synchronous. List functions call a callback once per row; the
  * row and every pointer in it are valid only during the callback. A callback
  * returning non-zero stops the listing (not an error).
