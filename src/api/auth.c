@@ -786,7 +786,7 @@ const char *em__api_bearer(const char *header, size_t *len)
     while (*p == ' ')
         p++;
     size_t n = 0;
-    while (p[n] != '\0' && n <= JWT_MAX) {
+    while (n <= JWT_MAX && p[n] != '\0') {
         unsigned char c = (unsigned char)p[n];
         if (c <= 0x20 || c >= 0x7F)
             break;

@@ -380,7 +380,9 @@ static void printable(const char *name, char *buf, size_t size)
     size_t i = 0;
     for (; name[i] != '\0' && i + 1 < size; i++) {
         unsigned char c = (unsigned char)name[i];
-        buf[i] = (c < 0x20 || c == 0x7F) ? '?' : (char)c;
+        buf[i] = name[i];
+        if (c < 0x20 || c == 0x7F)
+            buf[i] = '?';
     }
     buf[i] = '\0';
 }
@@ -554,7 +556,7 @@ void em__api_audit(em__api_req_t *r, const char *type, const char *device_id, co
     copy_str(ev.source, sizeof ev.source, r->source);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ev.message, sizeof ev.message, fmt, ap);
+    (void)vsnprintf(ev.message, sizeof ev.message, fmt, ap); /* cut when longer */
     va_end(ap);
     em_error_t err;
     em_error_clear(&err);

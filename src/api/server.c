@@ -34,6 +34,7 @@
 #define PATH_MAX_LEN     2048
 #define BUCKETS_MAX      65536
 #define FAIL_BUCKETS_MAX 65536
+#define BODY_LIMIT       ((size_t)EM_API_BODY_MAX)
 #define CONNECTIONS_MAX  10000 /* TLS connections open at once, per API */
 
 static const em__api_route_table_t *const route_tables[] = {
@@ -75,6 +76,37 @@ static bool is_loopback(const char *addr)
     return false;
 }
 
+/* Checks one listener (index i, for messages). */
+static em_err_t check_listener(const em_api_listener_t *l, size_t i, em_error_t *err)
+{
+    if (l->address == NULL || l->address[0] == '\0' || strlen(l->address) > 255)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "address",
+                            "listener %zu needs an address", i);
+    if (l->cert_file == NULL) {
+        if (!l->metrics_only || !is_loopback(l->address))
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "cert_file",
+                                "listener %zu: plain HTTP only on a loopback address and "
+                                "only for metrics",
+                                i);
+        if (l->client_auth != EM_CLIENT_AUTH_NONE)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_auth",
+                                "listener %zu: client certificates need TLS", i);
+    } else {
+        if (l->key_file == NULL)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "key_file",
+                                "listener %zu needs a key_file", i);
+        if (l->client_auth != EM_CLIENT_AUTH_NONE && l->client_ca_file == NULL)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_ca_file",
+                                "listener %zu asks for client certificates: it needs "
+                                "client_ca_file",
+                                i);
+    }
+    if ((unsigned)l->client_auth > EM_CLIENT_AUTH_REQUIRED)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_auth",
+                            "listener %zu: unknown client_auth", i);
+    return EM_OK;
+}
+
 /* Checks opts and fills defaults into out; the strings still point into the
  * caller's memory (copied by own_strings). */
 static em_err_t check_options(const em_api_options_t *in, em_api_options_t *out, em_error_t *err)
@@ -84,38 +116,15 @@ static em_err_t check_options(const em_api_options_t *in, em_api_options_t *out,
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "listeners",
                             "must be 1-%d listeners", EM_API_LISTENERS_MAX);
     for (size_t i = 0; i < in->nlisteners; i++) {
-        const em_api_listener_t *l = &in->listeners[i];
-        if (l->address == NULL || l->address[0] == '\0' || strlen(l->address) > 255)
-            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "address",
-                                "listener %zu needs an address", i);
-        if (l->cert_file == NULL) {
-            if (!l->metrics_only || !is_loopback(l->address))
-                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "cert_file",
-                                    "listener %zu: plain HTTP only on a loopback address and "
-                                    "only for metrics",
-                                    i);
-            if (l->client_auth != EM_CLIENT_AUTH_NONE)
-                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_auth",
-                                    "listener %zu: client certificates need TLS", i);
-        } else {
-            if (l->key_file == NULL)
-                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "key_file",
-                                    "listener %zu needs a key_file", i);
-            if (l->client_auth != EM_CLIENT_AUTH_NONE && l->client_ca_file == NULL)
-                return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_ca_file",
-                                    "listener %zu asks for client certificates: it needs "
-                                    "client_ca_file",
-                                    i);
-        }
-        if ((unsigned)l->client_auth > EM_CLIENT_AUTH_REQUIRED)
-            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_auth",
-                                "listener %zu: unknown client_auth", i);
+        em_err_t rc = check_listener(&in->listeners[i], i, err);
+        if (rc != EM_OK)
+            return rc;
     }
     if (out->max_body == 0)
         out->max_body = 65536;
-    if (out->max_body > EM_API_BODY_MAX)
+    if (out->max_body > BODY_LIMIT)
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "max_body",
-                            "must be at most %d bytes", EM_API_BODY_MAX);
+                            "must be at most %zu bytes", BODY_LIMIT);
     if (out->request_timeout_s == 0)
         out->request_timeout_s = 30;
     if (out->request_timeout_s < 1 || out->request_timeout_s > 3600)
@@ -685,8 +694,8 @@ static ev_ssize_t evhttp_body_cap(size_t max_body)
     size_t cap = max_body * 4;
     if (cap < 65536)
         cap = 65536;
-    if (cap > (size_t)4 * EM_API_BODY_MAX)
-        cap = (size_t)4 * EM_API_BODY_MAX;
+    if (cap > 4 * BODY_LIMIT)
+        cap = 4 * BODY_LIMIT;
     return (ev_ssize_t)cap;
 }
 
@@ -720,6 +729,7 @@ static em_err_t bind_listener(em_api_t *api, size_t i, em_error_t *err)
         return em_error_set(err, EM_ERR_IO, EM_SEV_HIGH, "address", "cannot listen on %s port %u",
                             o->address, (unsigned)o->port);
     struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
     socklen_t sl = sizeof ss;
     evutil_socket_t fd = evhttp_bound_socket_get_fd(l->sock);
     l->port = o->port;
