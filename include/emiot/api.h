@@ -22,6 +22,10 @@
  *
  * The API reads devices from the manager's registry and everything else from
  * the store; writes go to both (the store first). Neither is owned by the API.
+ *
+ * The program must ignore SIGPIPE (signal(SIGPIPE, SIG_IGN)): a client that
+ * hangs up while its answer is being written would otherwise kill the
+ * process. em_api_new logs a warning when SIGPIPE is not ignored.
  */
 #ifndef EMIOT_API_H
 #define EMIOT_API_H
