@@ -85,6 +85,7 @@ typedef struct em__api_listener {
 } em__api_listener_t;
 
 typedef struct em__auth_cache em__auth_cache_t;
+struct em__devcache;
 
 struct em_api {
     struct event_base *base;
@@ -107,8 +108,9 @@ struct em_api {
     unsigned char rnd[512]; /* random bytes for correlation ids, drawn in bulk */
     size_t rnd_used;        /* bytes of rnd already used */
     em__auth_cache_t *cache;
-    em__buckets_t *buckets;      /* per identity (actor) */
-    em__buckets_t *fail_buckets; /* failed authentications per client address */
+    em__buckets_t *buckets;        /* per identity (actor) */
+    em__buckets_t *fail_buckets;   /* failed authentications per client address */
+    struct em__devcache *devcache; /* stored device records (devcache.h); NULL: none */
 };
 
 /* What the server keeps per request beside what handlers see. */

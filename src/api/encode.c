@@ -18,6 +18,7 @@
 #include "api/api_internal.h"
 #include "emiot/clock.h"
 #include "emiot/command.h"
+#include "model/json_util.h"
 
 /* Adds item to obj under key; takes item over (also on failure). */
 static bool put(cJSON *obj, const char *key, cJSON *item)
@@ -50,7 +51,7 @@ cJSON *em__enc_time(int64_t ms)
     if (ms == 0)
         return cJSON_CreateNull();
     char buf[EM_TIME_STR_MAX];
-    size_t n = em_time_format(ms, buf, sizeof(buf));
+    size_t n = em__enc_time_text(ms, buf, sizeof(buf));
     if (n == 0 || n >= sizeof(buf))
         return cJSON_CreateNull();
     return cJSON_CreateString(buf);
@@ -546,4 +547,167 @@ void em__routes_answer_rows(em__api_req_t *r, em__routes_rows_t *w, em_err_t rc,
         em__api_reply(r, 200, w->arr, NULL);
     }
     w->arr = NULL;
+}
+
+/* ---- a device read, without a tree ------------------------------------- */
+
+/* Days since 1970-01-01 (>= 0) as a civil date (H. Hinnant's algorithm). */
+static void civil(int64_t days, unsigned *y, unsigned *m, unsigned *d)
+{
+    uint64_t z = (uint64_t)days + 719468;
+    uint64_t era = z / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (unsigned)(yoe + era * 400) + (*m <= 2);
+}
+
+static char *digits(char *p, unsigned v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        p[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return p + n;
+}
+
+/* 9999-12-31T23:59:59.999Z */
+#define FAST_TIME_MAX INT64_C(253402300799999)
+#define MS_PER_DAY    INT64_C(86400000)
+
+size_t em__enc_time_text(int64_t ms, char *buf, size_t size)
+{
+    /* Outside 1970-9999 (never a time the API stores), em_time_format. */
+    if (ms < 0 || ms > FAST_TIME_MAX || size < 25)
+        return em_time_format(ms, buf, size);
+    unsigned y, m, d;
+    civil(ms / MS_PER_DAY, &y, &m, &d);
+    unsigned r = (unsigned)(ms % MS_PER_DAY);
+    char *p = buf;
+    p = digits(p, y, 4);
+    *p++ = '-';
+    p = digits(p, m, 2);
+    *p++ = '-';
+    p = digits(p, d, 2);
+    *p++ = 'T';
+    p = digits(p, r / 3600000, 2);
+    *p++ = ':';
+    p = digits(p, r / 60000 % 60, 2);
+    *p++ = ':';
+    p = digits(p, r / 1000 % 60, 2);
+    *p++ = '.';
+    p = digits(p, r % 1000, 3);
+    *p++ = 'Z';
+    *p = '\0';
+    return (size_t)(p - buf);
+}
+
+/* A time as em__enc_time shows it: a string, or null for 0 (or one that
+ * cannot be written). */
+static void write_time(em__jw_t *w, int64_t ms)
+{
+    char ts[EM_TIME_STR_MAX];
+    size_t n = ms != 0 ? em__enc_time_text(ms, ts, sizeof(ts)) : 0;
+    if (n == 0 || n >= sizeof(ts))
+        em__jw_lit(w, "null");
+    else
+        em__jw_str(w, ts, n);
+}
+
+typedef struct group_writer {
+    em__jw_t *w;
+    size_t n;
+} group_writer_t;
+
+static int write_group(const char *name, size_t size, void *userdata)
+{
+    (void)size;
+    group_writer_t *g = userdata;
+    if (g->n++ > 0)
+        em__jw_lit(g->w, ",");
+    em__jw_str(g->w, name, strlen(name));
+    return 0;
+}
+
+em_err_t em__enc_device_answer(const em_store_device_t *dev, const em_registry_t *reg,
+                               const em_device_t *d, char *buf, size_t size, size_t *out_len)
+{
+    const em_status_t *st = &d->status;
+    /* Statuses carry errors and additionalInfo as JSON text; only cJSON
+     * spells them as the general path does (it reads and prints them). */
+    if (st->has != 0 && (((st->has & EM_STATUS_HAS_ERRORS) && st->errors_json != NULL) ||
+                         ((st->has & EM_STATUS_HAS_EXTRA) && st->extra_json != NULL)))
+        return EM_ERR_STATE;
+    em__jw_t w;
+    em__jw_init(&w, buf, size);
+    em__jw_lit(&w, "{\"success\":true,\"data\":{\"id\":");
+    em__jw_str(&w, dev->id, strlen(dev->id));
+    em__jw_lit(&w, ",\"name\":");
+    em__jw_str(&w, dev->name, strlen(dev->name));
+    em__jw_lit(&w, ",\"type\":");
+    const char *type = em_device_type_name(dev->type);
+    if (type != NULL)
+        em__jw_str(&w, type, strlen(type));
+    else
+        em__jw_lit(&w, "null");
+    em__jw_lit(&w, ",\"groups\":[");
+    group_writer_t g = {&w, 0};
+    em_registry_device_groups(reg, d, write_group, &g);
+    em__jw_lit(&w, "],\"config\":{");
+    /* em__enc_config's members, in its order; cJSON prints these whole
+     * numbers as integers. */
+    const em_device_config_t *cfg = &dev->config;
+    size_t start = w.len;
+    if (cfg->has & EM_CONFIG_HAS_REPORTING_INTERVAL) {
+        em__jw_lit(&w, "\"reportingInterval\":");
+        em__jw_i64(&w, (int64_t)cfg->reporting_interval);
+    }
+    if (cfg->has & EM_CONFIG_HAS_SLEEP_THRESHOLD) {
+        if (w.len != start)
+            em__jw_lit(&w, ",");
+        em__jw_lit(&w, "\"sleepThreshold\":");
+        em__jw_i64(&w, (int64_t)cfg->sleep_threshold);
+    }
+    if (cfg->has & EM_CONFIG_HAS_AUTO_WAKE) {
+        if (w.len != start)
+            em__jw_lit(&w, ",");
+        if (cfg->auto_wake)
+            em__jw_lit(&w, "\"autoWake\":true");
+        else
+            em__jw_lit(&w, "\"autoWake\":false");
+    }
+    if (cfg->has & EM_CONFIG_HAS_SECURITY_LEVEL) {
+        if (w.len != start)
+            em__jw_lit(&w, ",");
+        em__jw_lit(&w, "\"securityLevel\":");
+        em__jw_i64(&w, (int64_t)cfg->security_level);
+    }
+    if (dev->enabled)
+        em__jw_lit(&w, "},\"enabled\":true,\"status\":");
+    else
+        em__jw_lit(&w, "},\"enabled\":false,\"status\":");
+    if (st->has == 0) {
+        em__jw_lit(&w, "null");
+    } else if (!w.overflow) {
+        /* Written in place, NUL included (the next append overwrites it);
+         * without errors and additionalInfo its text is what cJSON would
+         * print: whole numbers and strings that need no escape. */
+        size_t n = 0;
+        em_err_t rc = em_status_encode(st, w.buf + w.len, w.size - w.len, &n);
+        if (rc == EM_ERR_BUFFER_TOO_SMALL)
+            w.overflow = true;
+        else if (rc != EM_OK)
+            return rc;
+        else
+            w.len += n;
+    }
+    em__jw_lit(&w, ",\"createdAt\":");
+    write_time(&w, dev->created_at_ms);
+    em__jw_lit(&w, ",\"updatedAt\":");
+    write_time(&w, dev->updated_at_ms);
+    em__jw_lit(&w, "}}");
+    return em__jw_finish(&w, out_len);
 }

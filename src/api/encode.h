@@ -61,6 +61,25 @@ cJSON *em__enc_event(const em_store_event_t *ev);
  * "low_power","sleep","critical","unknown"}}. */
 cJSON *em__enc_group_stats(const em_group_stats_t *s);
 
+/*
+ * The answer to GET /api/v1/devices/{id} for a device the registry holds:
+ * {"success":true,"data":<device>} with dev's stored fields and d's groups
+ * (from reg) and status, byte for byte what em__api_reply writes for
+ * em__enc_device(dev, <d's groups>, em__enc_status(&d->status)), written
+ * straight into buf (size bytes, NUL-terminated; *out_len its length without
+ * the NUL). Call it under the manager's lock. Errors: EM_ERR_BUFFER_TOO_SMALL;
+ * EM_ERR_STATE when d's status carries errors or additionalInfo (their JSON
+ * text is shown as cJSON prints it: take the general path).
+ */
+em_err_t em__enc_device_answer(const em_store_device_t *dev, const em_registry_t *reg,
+                               const em_device_t *d, char *buf, size_t size, size_t *out_len);
+
+/* ms as em_time_format writes it, into buf (size bytes); written by hand for
+ * 1970-9999 (em_time_format's snprintf costs more than the rest of a device
+ * answer), by em_time_format otherwise. Returns the length, 0 when it does
+ * not fit. */
+size_t em__enc_time_text(int64_t ms, char *buf, size_t size);
+
 /* ---- shared by the routes_*.c files ------------------------------------- */
 
 struct em__api_req;

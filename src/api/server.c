@@ -25,6 +25,7 @@
 #include <openssl/rand.h>
 
 #include "api/api_core.h"
+#include "api/devcache.h"
 #include "emiot/clock.h"
 #include "emiot/log.h"
 
@@ -783,7 +784,8 @@ em_api_t *em_api_new(struct event_base *base, const em_api_options_t *opts, em_s
     api->nstrs = ss.n;
     api->buckets = em__buckets_new(BUCKETS_MAX);
     api->fail_buckets = em__buckets_new(FAIL_BUCKETS_MAX);
-    if (api->buckets == NULL || api->fail_buckets == NULL) {
+    api->devcache = em__devcache_new();
+    if (api->buckets == NULL || api->fail_buckets == NULL || api->devcache == NULL) {
         em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
         em_api_free(api);
         return NULL;
@@ -826,6 +828,7 @@ void em_api_free(em_api_t *api)
     em__api_auth_cleanup(api);
     em__buckets_free(api->buckets);
     em__buckets_free(api->fail_buckets);
+    em__devcache_free(api->devcache);
     for (size_t i = 0; i < api->nstrs; i++)
         free(api->strs[i]);
     free(api);

@@ -795,6 +795,56 @@ static void test_device_delete_removes_it_from_store_and_manager(void **state)
                      EM_ERR_DEVICE_NOT_FOUND);
 }
 
+/* GET /devices/{id} keeps stored records in memory for a moment (the API's
+ * hottest route): every write through the API must be seen by the next read. */
+static void test_device_get_right_after_each_write_shows_it(void **state)
+{
+    (void)state;
+    create_device("fresh-001", "sensor", NULL);
+    cJSON *a = NULL;
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/fresh-001"), 200);
+    assert_string_equal(str_of(data(a), "name"), "Device fresh-001");
+    char created[64];
+    snprintf(created, sizeof(created), "%s", str_of(data(a), "createdAt"));
+    cJSON_Delete(a);
+
+    assert_int_equal(admin("PATCH", "{\"name\":\"Renamed\",\"config\":{\"autoWake\":true}}", &a,
+                           "/api/v1/devices/fresh-001"),
+                     200);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/fresh-001"), 200);
+    assert_string_equal(str_of(data(a), "name"), "Renamed");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(data(a), "config"), "autoWake")));
+    cJSON_Delete(a);
+
+    assert_int_equal(admin("PATCH", "{\"enabled\":false}", &a, "/api/v1/devices/fresh-001"), 200);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/fresh-001"), 200);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(data(a), "enabled")));
+    cJSON_Delete(a);
+    assert_int_equal(admin("PATCH", "{\"enabled\":true}", &a, "/api/v1/devices/fresh-001"), 200);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/fresh-001"), 200);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data(a), "enabled")));
+    cJSON_Delete(a);
+
+    assert_int_equal(admin("DELETE", NULL, &a, "/api/v1/devices/fresh-001"), 200);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, NULL, "/api/v1/devices/fresh-001"), 404);
+    /* The same id again is a new device: its own name and creation time. */
+    usleep(5000);
+    assert_int_equal(admin("POST", "{\"id\":\"fresh-001\",\"name\":\"Second\",\"type\":\"camera\"}",
+                           &a, "/api/v1/devices"),
+                     201);
+    cJSON_Delete(a);
+    assert_int_equal(admin("GET", NULL, &a, "/api/v1/devices/fresh-001"), 200);
+    assert_string_equal(str_of(data(a), "name"), "Second");
+    assert_string_equal(str_of(data(a), "type"), "camera");
+    assert_string_not_equal(str_of(data(a), "createdAt"), created);
+    cJSON_Delete(a);
+}
+
 /* ---- groups ----------------------------------------------------------- */
 
 static void test_groups_members_and_stats(void **state)
@@ -1431,6 +1481,7 @@ int main(void)
         cmocka_unit_test(test_device_list_filters_and_pages),
         cmocka_unit_test(test_device_disable_leaves_manager_and_enable_brings_it_back),
         cmocka_unit_test(test_device_delete_removes_it_from_store_and_manager),
+        cmocka_unit_test(test_device_get_right_after_each_write_shows_it),
         cmocka_unit_test(test_groups_members_and_stats),
         cmocka_unit_test(test_status_published_shows_in_status_and_history),
         cmocka_unit_test(test_large_status_is_shown_whole),
