@@ -354,6 +354,7 @@ void em__mqtt_on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
         return;
     }
     em__mqtt_outbox_limits(m, props);
+    em__mqtt_tls_buffer_writes(m);
     pthread_mutex_lock(&m->lock);
     m->state = EM__MQTT_CONNECTED;
     atomic_store_explicit(&m->negotiated, m->protocol, memory_order_release);
@@ -401,6 +402,9 @@ void em__mqtt_attempt_start(em_mqtt_t *m)
     m->connack_rc = -1;
     m->aborted = false;
     m->lowat_fd = -1; /* a new socket, perhaps with the old one's number */
+    m->read_more = false;
+    m->rx_busy = false;
+    m->rx_window_count = 0;
     em__mqtt_tls_diag_reset(m);
     int protocol;
     pthread_mutex_lock(&m->lock);
@@ -463,8 +467,20 @@ void em__mqtt_wake_always(em_mqtt_t *m)
 #define BATCH_ACKS_MAX 16
 #define BATCH_WAIT_MS  5
 
-/* Sets the socket's low-water mark for the acknowledgements awaited; returns
- * whether it is above one byte. m->lowat -1: the socket refused it. */
+/* The same for a busy stream of messages (a daemon ingesting statuses):
+ * woken for each message, the driver would pay a poll() and a read burst per
+ * message while the broker, on the other core, sends them one by one. Once
+ * the last window brought RX_BUSY_COUNT messages or more (2,000/s), poll
+ * waits for RX_LOWAT bytes (a dozen or more status messages) or RX_WAIT_MS,
+ * whichever comes first: at most that much latency, and only under load. */
+#define RX_LOWAT      4096
+#define RX_WAIT_MS    2
+#define RX_WINDOW_MS  50
+#define RX_BUSY_COUNT 100
+
+/* Sets the socket's low-water mark for the acknowledgements awaited and the
+ * stream of messages; returns whether it is above one byte. m->lowat -1:
+ * the socket refused it. */
 static bool set_lowat(em_mqtt_t *m, int fd, bool connecting)
 {
     if (fd == m->lowat_fd && m->lowat < 0)
@@ -473,6 +489,8 @@ static bool set_lowat(em_mqtt_t *m, int fd, bool connecting)
     if (acks > BATCH_ACKS_MAX)
         acks = BATCH_ACKS_MAX;
     int lowat = !connecting && acks >= 2 ? (int)acks * 4 : 1;
+    if (!connecting && m->rx_busy && lowat < RX_LOWAT)
+        lowat = RX_LOWAT;
     if (fd != m->lowat_fd || lowat != m->lowat) {
         m->lowat_fd = fd;
         m->lowat = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) == 0 ? lowat : -1;
@@ -480,9 +498,71 @@ static bool set_lowat(em_mqtt_t *m, int fd, bool connecting)
     return m->lowat > 1;
 }
 
+/* Counts the messages of a read burst into the current window; at the end
+ * of a window, decides whether the next one batches. */
+static void rx_account(em_mqtt_t *m, int packets)
+{
+    m->rx_window_count += (unsigned)packets;
+    int64_t now = em_mono_ms();
+    if (now - m->rx_window_ms >= RX_WINDOW_MS) {
+        m->rx_busy = m->rx_window_count >= RX_BUSY_COUNT;
+        m->rx_window_ms = now;
+        m->rx_window_count = 0;
+    }
+}
+
 static int set_cork(int fd, int on)
 {
     return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
+}
+
+/* Packets read per wake-up at most: enough to take what a busy broker sent
+ * since the last poll in one go, few enough that the writes queued meanwhile
+ * (PUBACKs, publishes) do not wait long. */
+#define READ_BURST 64
+
+/* True when OpenSSL holds received data (a decrypted record not fully read,
+ * or raw records read ahead): poll() cannot see it. */
+static bool tls_pending(em_mqtt_t *m)
+{
+    if (m->ssl_ctx == NULL)
+        return false;
+    SSL *ssl = mosquitto_ssl_get(m->mosq);
+    return ssl != NULL && SSL_has_pending(ssl) == 1;
+}
+
+/* Reads packets until none is complete or READ_BURST were read; *packets
+ * gets how many. libmosquitto reads one packet per mosquitto_loop_read (its
+ * max_packets is replaced by the number of messages in flight, and its loop
+ * stops at the EAGAIN that queueing a PUBACK leaves in errno), so a poll()
+ * per packet would cost a system call per message on top of the reads: here
+ * one poll() serves a burst. A packet read shows as a callback (message or
+ * acknowledgement); a read that brings none ends the burst. */
+static int read_burst(em_mqtt_t *m, int *packets)
+{
+    int n = 0;
+    m->read_more = false;
+    for (;;) {
+        unsigned before = m->rx_packets;
+        int rc = mosquitto_loop_read(m->mosq, 1);
+        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0) {
+            *packets = n;
+            return rc;
+        }
+        if (m->rx_packets == before)
+            break;
+        n += (int)(m->rx_packets - before);
+        if (n >= READ_BURST) {
+            m->read_more = true;
+            break;
+        }
+    }
+    /* A record read ahead, or the CONNACK that came with the last
+     * handshake message, waits in OpenSSL: read it without waiting. */
+    if (!m->read_more && tls_pending(m))
+        m->read_more = true;
+    *packets = n;
+    return MOSQ_ERR_SUCCESS;
 }
 
 /* What mosquitto_loop does, with poll() instead of select(): libmosquitto's
@@ -496,11 +576,15 @@ static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
     if (fd < 0)
         return MOSQ_ERR_NO_CONN;
     bool batching = set_lowat(m, fd, connecting);
-    if (batching && timeout_ms > BATCH_WAIT_MS)
-        timeout_ms = BATCH_WAIT_MS;
+    int batch_wait = m->rx_busy ? RX_WAIT_MS : BATCH_WAIT_MS;
+    if (batching && timeout_ms > batch_wait)
+        timeout_ms = batch_wait;
+    bool more = m->read_more;
+    if (more)
+        timeout_ms = 0;
     atomic_store_explicit(&m->polling, true, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
-    bool want_write = mosquitto_want_write(m->mosq);
+    bool want_write = mosquitto_want_write(m->mosq) || em__mqtt_tls_wpending(m);
     struct pollfd p[2] = {{fd, (short)(POLLIN | (want_write ? POLLOUT : 0)), 0},
                           {m->wake_fd, POLLIN, 0}};
     int n = poll(p, 2, timeout_ms);
@@ -514,40 +598,53 @@ static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
         }
     }
     int rc;
+    int packets = 0;
     /* During a TLS handshake, libmosquitto advances it from the read side
      * (mosquitto_loop does the same when the socket turns writable). Below
      * the low-water mark the socket may hold packets poll did not report:
      * they are read when poll gives up waiting. */
     if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) || (connecting && (p[0].revents & POLLOUT)) ||
-        (batching && n == 0)) {
-        rc = mosquitto_loop_read(m->mosq, 1);
+        (batching && n == 0) || more) {
+        rc = read_burst(m, &packets);
         if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
             return rc;
         /* A broker that coalesces its acknowledgements (Nagle's algorithm,
          * mosquitto's default) holds the next ones until this side ACKs the
          * last: with nothing to send back, the kernel would delay that ACK by
-         * up to 40 ms. While more acknowledgements are awaited, ACK at once. */
-        if (atomic_load_explicit(&m->inflight_count, memory_order_relaxed) > 0) {
+         * up to 40 ms. While more acknowledgements are awaited, ACK at once;
+         * the same while batching a busy stream of messages, whose next
+         * packets the broker holds until it sees this ACK. */
+        if (m->rx_busy || atomic_load_explicit(&m->inflight_count, memory_order_relaxed) > 0) {
             int one = 1;
             (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
         }
     }
+    rx_account(m, packets);
     /* The acknowledgements just read made room in the window (or the
      * connection is back): hand queued publishes over, then write them all. */
     em__mqtt_pump(m);
     if (mosquitto_want_write(m->mosq)) {
         /* libmosquitto writes each packet with its own write(), and with
          * TCP_NODELAY each would be a TCP segment of its own, carried
-         * through the stack and waking the broker one by one. When several
-         * publishes are ready, the socket is corked while they are written
-         * and uncorked at once: the same bytes leave now, in a few segments. */
-        bool corked = atomic_exchange_explicit(&m->handed, 0, memory_order_relaxed) >= 2 &&
-                      set_cork(fd, 1) == 0;
+         * through the loopback or the network stack and waking the broker
+         * one by one. When several packets are ready (publishes handed over,
+         * or the PUBACKs of the QoS 1 messages just read), the socket is
+         * corked while they are written and uncorked at once: the same bytes
+         * leave now, in a few segments. Over TLS the write buffer
+         * (em__mqtt_tls_buffer_writes) already makes them one write(). */
+        unsigned handed = atomic_exchange_explicit(&m->handed, 0, memory_order_relaxed);
+        bool corked = m->ssl_ctx == NULL && (handed >= 2 || packets >= 2) && set_cork(fd, 1) == 0;
         rc = mosquitto_loop_write(m->mosq, 1);
+        if (rc == MOSQ_ERR_SUCCESS && mosquitto_socket(m->mosq) == fd)
+            (void)em__mqtt_tls_flush(m);
         if (corked && mosquitto_socket(m->mosq) == fd)
             set_cork(fd, 0);
         if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0)
             return rc;
+    } else if (em__mqtt_tls_wpending(m)) {
+        /* What a full socket did not take last time, or what OpenSSL wrote
+         * on its own while reading (a TLS 1.3 KeyUpdate answer). */
+        (void)em__mqtt_tls_flush(m);
     }
     return mosquitto_loop_misc(m->mosq);
 }

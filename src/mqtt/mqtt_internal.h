@@ -125,6 +125,18 @@ struct em_mqtt {
     /* The socket's SO_RCVLOWAT as last set (driver only; fd -1: not set). */
     int lowat_fd;
     int lowat;
+    /* The last read stopped with data left to read that poll() may not
+     * report (a burst cut short, or TLS records OpenSSL already holds):
+     * the next poll does not wait. Driver only. */
+    bool read_more;
+    /* Messages and acknowledgements read (counted by their callbacks, which
+     * run in the driver): how a read burst knows a packet came. */
+    unsigned rx_packets;
+    /* Receive batching (driver.c): messages read in the current window, and
+     * whether the last window was busy enough to batch. */
+    int64_t rx_window_ms;
+    unsigned rx_window_count;
+    bool rx_busy;
 
     /* The current attempt, driver only. */
     int connack_rc; /* -1 until a CONNACK arrives */
@@ -166,6 +178,18 @@ struct em_mqtt {
  * protocol floor, CA, client certificate). Errors: EM_ERR_CONFIGURATION,
  * EM_ERR_NOMEM, EM_ERR_TLS. */
 SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *opts, em_error_t *err);
+
+/* Puts a buffer between OpenSSL and the socket of the current connection
+ * (after its handshake), so that the packets one round of writes produces
+ * leave in one write(). Without TLS, or when it cannot, does nothing. */
+void em__mqtt_tls_buffer_writes(em_mqtt_t *m);
+
+/* Whether the write buffer holds bytes not yet given to the socket. */
+bool em__mqtt_tls_wpending(em_mqtt_t *m);
+
+/* Writes the buffer out; returns false when some is left (the socket is
+ * full, or failed). */
+bool em__mqtt_tls_flush(em_mqtt_t *m);
 
 /* Resets m->tls before an attempt. */
 void em__mqtt_tls_diag_reset(em_mqtt_t *m);

@@ -437,6 +437,7 @@ void em__mqtt_on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
     (void)mosq;
     (void)props;
     em_mqtt_t *m = ud;
+    m->rx_packets++;
     /* libmosquitto goes on reading packets after this callback only while
      * errno is not EAGAIN: keep the callback from changing it. */
     int saved = errno;

@@ -107,6 +107,12 @@ SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *o, em_error
         return ctx_fail(ctx, err, EM_ERR_INTERNAL, NULL, "cannot set the TLS protocol floor", "");
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    /* libmosquitto reads a packet in three or four SSL_read calls (type,
+     * length, body). Without read-ahead OpenSSL reads each record with two
+     * read() calls (header, body); with it, one read() takes every record
+     * the socket holds and the calls are served from memory. poll() does not
+     * see what OpenSSL holds: the driver asks SSL_has_pending. */
+    SSL_CTX_set_read_ahead(ctx, 1);
 
     /* Trust: the given CA file and/or directory, or else the system store. */
     if (o->ca_path != NULL) {
@@ -169,6 +175,62 @@ SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *o, em_error
     SSL_CTX_set_info_callback(ctx, info_callback);
     ERR_clear_error();
     return ctx;
+}
+
+/* Write coalescing. libmosquitto writes each packet with its own SSL_write,
+ * and OpenSSL sends each record with its own write(): at QoS 1 that is a
+ * record, a system call and a TCP segment per PUBACK, each of which the
+ * broker must read and decrypt on its own. Once the handshake is done, a
+ * buffering BIO goes between OpenSSL and the socket; the driver flushes it
+ * after each round of writes (em__mqtt_tls_flush), so what one wake-up
+ * wrote leaves in one write(). OpenSSL flushes it itself after an alert
+ * (the close_notify of a disconnect follows the DISCONNECT out). */
+#define TLS_WBUF_SIZE (64 * 1024)
+
+void em__mqtt_tls_buffer_writes(em_mqtt_t *m)
+{
+    if (m->ssl_ctx == NULL)
+        return;
+    SSL *ssl = mosquitto_ssl_get(m->mosq);
+    BIO *sock = ssl != NULL ? SSL_get_wbio(ssl) : NULL;
+    /* Only over libmosquitto's socket BIO (not twice on one connection). */
+    if (sock == NULL || BIO_method_type(sock) != BIO_TYPE_SOCKET)
+        return;
+    BIO *buf = BIO_new(BIO_f_buffer());
+    if (buf == NULL)
+        return; /* unbuffered still works */
+    /* The socket BIO is also the read BIO: the chain takes a reference of
+     * its own, and SSL_set0_wbio drops the one the write side had. */
+    if (BIO_set_write_buffer_size(buf, TLS_WBUF_SIZE) != 1 || BIO_up_ref(sock) != 1) {
+        BIO_free(buf);
+        ERR_clear_error();
+        return;
+    }
+    BIO_push(buf, sock);
+    SSL_set0_wbio(ssl, buf);
+}
+
+bool em__mqtt_tls_wpending(em_mqtt_t *m)
+{
+    if (m->ssl_ctx == NULL)
+        return false;
+    SSL *ssl = mosquitto_ssl_get(m->mosq);
+    BIO *b = ssl != NULL ? SSL_get_wbio(ssl) : NULL;
+    return b != NULL && BIO_method_type(b) == BIO_TYPE_BUFFER && BIO_wpending(b) > 0;
+}
+
+bool em__mqtt_tls_flush(em_mqtt_t *m)
+{
+    if (!em__mqtt_tls_wpending(m))
+        return true;
+    BIO *b = SSL_get_wbio(mosquitto_ssl_get(m->mosq));
+    /* A socket that cannot take it all now keeps the rest in the buffer:
+     * the driver polls for POLLOUT and flushes again. */
+    if (BIO_flush(b) == 1)
+        return true;
+    if (!BIO_should_retry(b))
+        ERR_clear_error(); /* the socket failed: the next read reports it */
+    return false;
 }
 
 void em__mqtt_tls_diag_reset(em_mqtt_t *m)
