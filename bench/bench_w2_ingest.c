@@ -27,22 +27,27 @@
  * by thread: where the time goes.
  *
  * The publisher and the null subscriber are minimal MQTT 3.1.1 clients over a
- * plain socket: measuring instruments that cost the shared 2-core machine as
- * little as possible (the publisher writes many packets per write() and keeps
- * up to WINDOW QoS 1 publishes in flight; the subscriber reads in batches and
- * acknowledges a batch with one write()).
+ * plain socket or TLS (OpenSSL): measuring instruments that cost the shared
+ * 2-core machine as little as possible (the publisher writes many packets per
+ * write() and keeps up to WINDOW QoS 1 publishes in flight; the subscriber
+ * reads in batches and acknowledges a batch with one write()).
  *
  * usage: bench_w2_ingest MQTT_URL METRICS_URL|- [messages] [devices] [qos] [rounds]
- *   MQTT_URL     mqtt://HOST:PORT
+ *   MQTT_URL     mqtt://HOST:PORT, or mqtts://HOST:PORT (TLS 1.3 when the
+ *                broker offers it; the broker's certificate is verified against
+ *                the CA file EMIOT_BENCH_CA, or the system store, and HOST)
  *   METRICS_URL  http://HOST:PORT of emiotd's metrics listener; "-": null
  *                runs only
  *   defaults: 200000 messages, 1000 devices, QoS 1, 3 rounds
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -57,6 +62,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define MESSAGES_MAX   100000000L
 #define DEVICES_MAX    99999L
@@ -197,12 +205,77 @@ static void thread_acc_add(thread_acc_t *acc, const thread_cpu_t *before, size_t
 /* ---------------------------------------------------------------------- */
 /* Sockets                                                                 */
 
-static int write_all(int fd, const unsigned char *p, size_t n)
+/* A connection to the broker: a non-blocking socket, with TLS or without. */
+typedef struct conn {
+    int fd;
+    SSL *ssl; /* NULL: plain */
+} conn_t;
+
+#define IO_AGAIN (-2)
+
+static void conn_wait(const conn_t *c, short events)
+{
+    struct pollfd p = {c->fd, events, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+}
+
+/* One read: > 0 bytes, 0 end of stream, -1 error, IO_AGAIN nothing there
+ * (only when !block). */
+static ssize_t conn_read(const conn_t *c, void *buf, size_t n, bool block)
+{
+    for (;;) {
+        if (c->ssl == NULL) {
+            ssize_t r = read(c->fd, buf, n);
+            if (r >= 0)
+                return r;
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return -1;
+            if (!block)
+                return IO_AGAIN;
+            conn_wait(c, POLLIN);
+            continue;
+        }
+        int r = SSL_read(c->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+        if (r > 0)
+            return r;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+            return -1;
+        if (!block)
+            return IO_AGAIN;
+        conn_wait(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+    }
+}
+
+static int write_all(const conn_t *c, const unsigned char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
+        ssize_t w;
+        if (c->ssl == NULL) {
+            w = write(c->fd, p, n);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                conn_wait(c, POLLOUT);
+                continue;
+            }
+        } else {
+            /* SSL_MODE_ENABLE_PARTIAL_WRITE: each call may take part. */
+            int r = SSL_write(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+            if (r <= 0) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+                    return -1;
+                conn_wait(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+                continue;
+            }
+            w = r;
+        }
         if (w <= 0)
             return -1;
         p += w;
@@ -211,18 +284,27 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
-static int read_exact(int fd, unsigned char *p, size_t n)
+static int read_exact(const conn_t *c, unsigned char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t r = read(fd, p, n);
-        if (r < 0 && errno == EINTR)
-            continue;
+        ssize_t r = conn_read(c, p, n, true);
         if (r <= 0)
             return -1;
         p += r;
         n -= (size_t)r;
     }
     return 0;
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
 }
 
 /* SCHEME://HOST:PORT[/...] -> a connected TCP socket, or -1. */
@@ -259,11 +341,75 @@ static int tcp_connect(const char *url, const char *scheme)
     return fd;
 }
 
+/* The TLS context of the instruments (mqtts://): TLS 1.2 at least, the
+ * broker's certificate verified against EMIOT_BENCH_CA (or the system
+ * store). */
+static SSL_CTX *tls_ctx(void)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* One read() takes many records, as a client that reads in bulk would. */
+    SSL_CTX_set_read_ahead(ctx, 1);
+    const char *ca = getenv("EMIOT_BENCH_CA");
+    int ok = ca != NULL && *ca != '\0' ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
+                                       : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        fprintf(stderr, "cannot load the CA %s\n", ca != NULL ? ca : "(system store)");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* mqtt://HOST:PORT or mqtts://HOST:PORT -> a connection (non-blocking
+ * socket, TLS handshake done), or fd -1. */
+static conn_t mqtt_open(const char *url)
+{
+    conn_t c = {-1, NULL};
+    bool tls = strncmp(url, "mqtts://", 8) == 0;
+    c.fd = tcp_connect(url, tls ? "mqtts://" : "mqtt://");
+    if (c.fd < 0)
+        return c;
+    int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (tls) {
+        static SSL_CTX *ctx;
+        if (ctx == NULL)
+            ctx = tls_ctx();
+        const char *h = url + 8;
+        char host[256];
+        size_t hl = strcspn(h, ":/");
+        if (ctx == NULL || hl == 0 || hl >= sizeof(host) || (c.ssl = SSL_new(ctx)) == NULL) {
+            conn_close(&c);
+            return c;
+        }
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+        SSL_set_tlsext_host_name(c.ssl, host);
+        SSL_set1_host(c.ssl, host);
+        SSL_set_fd(c.ssl, c.fd);
+        if (SSL_connect(c.ssl) != 1) {
+            fprintf(stderr, "TLS handshake with %s failed: %s\n", url,
+                    ERR_reason_error_string(ERR_get_error()));
+            conn_close(&c);
+            return c;
+        }
+    }
+    int fl = fcntl(c.fd, F_GETFL);
+    if (fl < 0 || fcntl(c.fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        conn_close(&c);
+    return c;
+}
+
 /* ---------------------------------------------------------------------- */
 /* MQTT 3.1.1, the little of it the instruments need                      */
 
 /* CONNECT (clean session, no keepalive) and wait for CONNACK; 0 when accepted. */
-static int mqtt_connect(int fd, const char *role)
+static int mqtt_connect(const conn_t *fd, const char *role)
 {
     char id[32];
     int idlen = snprintf(id, sizeof(id), "w2-%s-%ld", role, (long)getpid());
@@ -286,7 +432,7 @@ static int mqtt_connect(int fd, const char *role)
 }
 
 /* SUBSCRIBE to filter at QoS 1; 0 once granted. */
-static int mqtt_subscribe(int fd, const char *filter)
+static int mqtt_subscribe(const conn_t *fd, const char *filter)
 {
     size_t flen = strlen(filter);
     unsigned char b[128], ack[5];
@@ -390,9 +536,9 @@ static long parse_packets(shared_t *sh, const unsigned char *buf, size_t len, un
 static int subscriber_main(const char *url, shared_t *sh)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int fd = tcp_connect(url, "mqtt://");
-    if (fd < 0 || mqtt_connect(fd, "null") != 0 ||
-        mqtt_subscribe(fd, PREFIX_NULL "+/status") != 0) {
+    conn_t c = mqtt_open(url);
+    if (c.fd < 0 || mqtt_connect(&c, "null") != 0 ||
+        mqtt_subscribe(&c, PREFIX_NULL "+/status") != 0) {
         atomic_store(&sh->ready, -1);
         return 1;
     }
@@ -405,14 +551,22 @@ static int subscriber_main(const char *url, shared_t *sh)
     size_t have = 0;
     int one = 1;
     for (;;) {
-        ssize_t r = read(fd, in + have, IN_MAX - have);
-        if (r < 0 && errno == EINTR)
-            continue;
+        ssize_t r = conn_read(&c, in + have, IN_MAX - have, true);
         if (r <= 0)
             return 0; /* the broker or the publisher went away */
+        /* SSL_read returns one record at a time (the broker writes one per
+         * packet): take every record already there before parsing. */
+        while (c.ssl != NULL && have + (size_t)r < IN_MAX) {
+            ssize_t more = conn_read(&c, in + have + r, IN_MAX - have - (size_t)r, false);
+            if (more == IO_AGAIN)
+                break;
+            if (more <= 0)
+                return 0;
+            r += more;
+        }
         /* The broker keeps Nagle's algorithm on (broker-conf.sh): ACK at
          * once, or a QoS 0 tail could wait for the delayed ACK (40 ms). */
-        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+        setsockopt(c.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
         have += (size_t)r;
         size_t outlen = 0;
         long used = parse_packets(sh, in, have, out, &outlen);
@@ -422,7 +576,7 @@ static int subscriber_main(const char *url, shared_t *sh)
         }
         memmove(in, in + used, have - (size_t)used);
         have -= (size_t)used;
-        if (outlen > 0 && write_all(fd, out, outlen) != 0)
+        if (outlen > 0 && write_all(&c, out, outlen) != 0)
             return 0;
         /* Read in batches, as W3's subscriber does: one wake-up per
          * millisecond at most while the stream is thin. */
@@ -435,7 +589,7 @@ static int subscriber_main(const char *url, shared_t *sh)
 /* The publisher                                                           */
 
 typedef struct publisher {
-    int fd;
+    conn_t c;
     int qos;
     long devices;
     unsigned char *out;
@@ -485,7 +639,7 @@ static int publish_run(publisher_t *pb, const char *prefix, long n, long round)
             len += encode_publish(pb, pb->out + len, prefix, sent, round, pb->next_id);
             sent++;
         }
-        if (len > 0 && write_all(pb->fd, pb->out, len) != 0) {
+        if (len > 0 && write_all(&pb->c, pb->out, len) != 0) {
             fprintf(stderr, "publisher: write failed\n");
             return -1;
         }
@@ -494,8 +648,8 @@ static int publish_run(publisher_t *pb, const char *prefix, long n, long round)
         /* Read the PUBACKs that have come; wait for some only when the
          * window is full or everything has been sent. */
         bool block = sent - acked >= WINDOW || sent == n;
-        ssize_t r = recv(pb->fd, pb->in + have, IN_MAX - have, block ? 0 : MSG_DONTWAIT);
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        ssize_t r = conn_read(&pb->c, pb->in + have, IN_MAX - have, block);
+        if (r == IO_AGAIN)
             continue;
         if (r <= 0) {
             fprintf(stderr, "publisher: the broker closed the connection\n");
@@ -529,7 +683,8 @@ static double metric_value(const char *url, const char *metric, char *buf)
         return -1;
     static const char req[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                               "Connection: close\r\n\r\n";
-    if (write_all(fd, (const unsigned char *)req, sizeof(req) - 1) != 0) {
+    const conn_t hc = {fd, NULL};
+    if (write_all(&hc, (const unsigned char *)req, sizeof(req) - 1) != 0) {
         close(fd);
         return -1;
     }
@@ -635,15 +790,15 @@ int main(int argc, char **argv)
         sleep_ms(1);
     int status = 1;
     char *mbuf = malloc(METRICS_MAX);
-    publisher_t pb = {.fd = -1, .qos = (int)qos, .devices = devices};
+    publisher_t pb = {.c = {-1, NULL}, .qos = (int)qos, .devices = devices};
     pb.out = malloc(OUT_MAX);
     pb.in = malloc(IN_MAX);
     if (atomic_load(&sh->ready) != 1 || mbuf == NULL || pb.out == NULL || pb.in == NULL) {
         fprintf(stderr, "the null subscriber did not start\n");
         goto out;
     }
-    pb.fd = tcp_connect(url, "mqtt://");
-    if (pb.fd < 0 || mqtt_connect(pb.fd, "pub") != 0)
+    pb.c = mqtt_open(url);
+    if (pb.c.fd < 0 || mqtt_connect(&pb.c, "pub") != 0)
         goto out;
     if (metrics != NULL && metric_value(metrics, metric, mbuf) < 0) {
         fprintf(stderr, "no metric %s at %s/metrics\n", metric, metrics);
@@ -779,8 +934,7 @@ int main(int argc, char **argv)
         printf("the null subscriber saw %ld messages under another prefix\n", foreign);
     status = (null_missed > 0 || (qos == 1 && lost_total > 0)) ? 1 : 0;
 out:
-    if (pb.fd >= 0)
-        close(pb.fd);
+    conn_close(&pb.c);
     kill(sub, SIGTERM);
     waitpid(sub, NULL, 0);
     free(pb.out);
