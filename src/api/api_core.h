@@ -111,6 +111,8 @@ struct em_api {
     em__buckets_t *buckets;        /* per identity (actor) */
     em__buckets_t *fail_buckets;   /* failed authentications per client address */
     struct em__devcache *devcache; /* stored device records (devcache.h); NULL: none */
+    char date[40];                 /* the Date header of answers (respond.c), for date_s */
+    int64_t date_s;                /* the second date was made for */
 };
 
 /* What the server keeps per request beside what handlers see. */

@@ -8,10 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h>
+#include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 
 #include "api/api_core.h"
@@ -58,6 +62,35 @@ static const char *reason_phrase(int status)
     }
 }
 
+/*
+ * The Date header evhttp adds to HTTP/1.1 answers, as it writes it
+ * (evutil_date_rfc1123: RFC 7231's IMF-fixdate of time()), made once a second
+ * instead of with gmtime and a printf for every answer. NULL when the time
+ * cannot be had (evhttp then writes its own).
+ */
+static const char *http_date(em_api_t *api)
+{
+    static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    if (api->date[0] == '\0' || (int64_t)now != api->date_s) {
+        struct tm tm;
+        if (gmtime_r(&now, &tm) == NULL || tm.tm_wday < 0 || tm.tm_wday > 6 || tm.tm_mon < 0 ||
+            tm.tm_mon > 11)
+            return NULL;
+        int n = snprintf(api->date, sizeof api->date, "%s, %02d %s %4d %02d:%02d:%02d GMT",
+                         days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], 1900 + tm.tm_year,
+                         tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (n < 0 || (size_t)n >= sizeof api->date) {
+            api->date[0] = '\0';
+            return NULL;
+        }
+        api->date_s = (int64_t)now;
+    }
+    return api->date;
+}
+
 void em__api_send(em__api_req_t *r, int status, const char *ctype, const char *body, size_t len)
 {
     em__api_call_t *call = (em__api_call_t *)r; /* r is the first member of its call */
@@ -78,6 +111,10 @@ void em__api_send(em__api_req_t *r, int status, const char *ctype, const char *b
         evhttp_add_header(h, "Retry-After", call->retry_after);
     if (call->allow != NULL)
         evhttp_add_header(h, "Allow", call->allow);
+    /* Where evhttp would put its own (it adds one only when there is none). */
+    const char *date = r->req->major == 1 && r->req->minor >= 1 ? http_date(r->api) : NULL;
+    if (date != NULL)
+        evhttp_add_header(h, "Date", date);
     if (body != NULL && len > 0)
         evbuffer_add(evhttp_request_get_output_buffer(r->req), body, len);
     struct evhttp_connection *conn = evhttp_request_get_connection(r->req);
@@ -89,6 +126,18 @@ void em__api_send(em__api_req_t *r, int status, const char *ctype, const char *b
     struct evbuffer *out = bev != NULL ? bufferevent_get_output(bev) : NULL;
     if (out != NULL && evbuffer_get_length(out) <= PULLUP_MAX)
         evbuffer_pullup(out, -1);
+    /* The bufferevent writes when epoll next reports the socket writable:
+     * another trip through the loop and, for a keep-alive connection, two
+     * epoll_ctl calls (writing on, reading off; then the other way round).
+     * Running its write callback now, in this loop iteration, sends the
+     * answer at once and lets evhttp start reading the next request before
+     * the loop applies its changes, which then cancel out. The event is
+     * pending (evhttp enabled writing), so activating it is what epoll would
+     * have done; a socket that cannot take the bytes yet is waited for as
+     * before. */
+    if (out != NULL && evbuffer_get_length(out) > 0 &&
+        event_pending(&bev->ev_write, EV_WRITE, NULL))
+        event_active(&bev->ev_write, EV_WRITE, 1);
 
     em_api_stats_t *s = &r->api->stats;
     if (status >= 100 && status < 600)

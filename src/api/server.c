@@ -206,6 +206,7 @@ typedef struct conn_state {
     size_t in_flight;
     bool nodelay; /* TCP_NODELAY set on its socket */
     bool over;    /* opened beyond CONNECTIONS_MAX: answered 503, then closed */
+    char source[EM_STORE_NAME_MAX + 1]; /* the client's "ip:port", "" until the first request */
 } conn_state_t;
 
 static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
@@ -327,35 +328,52 @@ static bool decode_capture(const char *s, size_t len, char *out)
 int em__api_path_match(const char *pattern, const char *path,
                        char caps[EM__API_CAPTURES_MAX][EM__API_CAPTURE_MAX + 1], size_t *ncaps)
 {
+    /* Every request is matched against every route (to tell 404 from 405),
+     * so this is one pass without library calls that leaves at the first
+     * byte that differs, and captures are decoded only once all matched. */
     const char *p = pattern, *s = path;
+    const char *cap[EM__API_CAPTURES_MAX];
+    size_t cap_len[EM__API_CAPTURES_MAX];
     size_t nc = 0;
-    bool bad = false;
     *ncaps = 0;
     if (*p != '/' || *s != '/')
         return 0;
     while (*p == '/' && *s == '/') {
         p++;
         s++;
-        const char *pe = strchr(p, '/');
-        const char *se = strchr(s, '/');
-        size_t plen = pe ? (size_t)(pe - p) : strlen(p);
-        size_t slen = se ? (size_t)(se - s) : strlen(s);
-        if (plen >= 2 && p[0] == '{' && p[plen - 1] == '}') {
-            if (slen == 0)
-                return 0;
-            if (nc >= EM__API_CAPTURES_MAX)
-                return 0;
-            if (!decode_capture(s, slen, caps[nc]))
-                bad = true;
-            nc++;
-        } else if (plen != slen || memcmp(p, s, plen) != 0) {
-            return 0;
+        if (*p == '{') {
+            const char *pe = p;
+            while (*pe != '\0' && *pe != '/')
+                pe++;
+            if (pe - p >= 2 && pe[-1] == '}') {
+                const char *se = s;
+                while (*se != '\0' && *se != '/')
+                    se++;
+                if (se == s || nc >= EM__API_CAPTURES_MAX)
+                    return 0;
+                cap[nc] = s;
+                cap_len[nc++] = (size_t)(se - s);
+                p = pe;
+                s = se;
+                continue;
+            }
         }
-        p += plen;
-        s += slen;
+        /* A literal segment: the same bytes up to the same end. */
+        while (*p != '\0' && *p != '/') {
+            if (*s != *p)
+                return 0;
+            p++;
+            s++;
+        }
+        if (*s != '\0' && *s != '/')
+            return 0;
     }
     if (*p != '\0' || *s != '\0')
         return 0;
+    bool bad = false;
+    for (size_t i = 0; i < nc; i++)
+        if (!decode_capture(cap[i], cap_len[i], caps[i]))
+            bad = true;
     *ncaps = nc;
     return bad ? -1 : 1;
 }
@@ -382,6 +400,21 @@ static const char *method_name(enum evhttp_cmd_type m)
     }
 }
 
+/* The length of each route's literal start (up to its first capture): one
+ * memcmp against the path rules out most routes before em__api_path_match
+ * walks them (every request is tried against every route). */
+#define ROUTE_TABLES (sizeof route_tables / sizeof route_tables[0])
+#define ROUTES_MAX   128 /* per table; routes beyond it are simply walked */
+static size_t route_prefix[ROUTE_TABLES][ROUTES_MAX];
+static pthread_once_t prefix_once = PTHREAD_ONCE_INIT;
+
+static void prefix_init(void)
+{
+    for (size_t t = 0; t < ROUTE_TABLES; t++)
+        for (size_t i = 0; i < route_tables[t]->count && i < ROUTES_MAX; i++)
+            route_prefix[t][i] = strcspn(route_tables[t]->routes[i].pattern, "{");
+}
+
 /* Finds the route for method and path. Returns it, or NULL with *status 404,
  * 405 (allow lists the methods) or 400 (a bad capture). */
 static const em__api_route_t *find_route(em__api_req_t *r, int method, const char *path,
@@ -392,10 +425,15 @@ static const em__api_route_t *find_route(em__api_req_t *r, int method, const cha
     size_t alen = 0;
     allow[0] = '\0';
     *status = 404;
-    for (size_t t = 0; t < sizeof route_tables / sizeof route_tables[0]; t++) {
+    pthread_once(&prefix_once, prefix_init);
+    size_t path_len = strlen(path);
+    for (size_t t = 0; t < ROUTE_TABLES; t++) {
         const em__api_route_table_t *tab = route_tables[t];
         for (size_t i = 0; i < tab->count; i++) {
             const em__api_route_t *rt = &tab->routes[i];
+            size_t pl = i < ROUTES_MAX ? route_prefix[t][i] : 0;
+            if (pl > path_len || memcmp(rt->pattern, path, pl) != 0)
+                continue; /* em__api_path_match would say 0 */
             char caps[EM__API_CAPTURES_MAX][EM__API_CAPTURE_MAX + 1];
             size_t nc = 0;
             int m = em__api_path_match(rt->pattern, path, caps, &nc);
@@ -643,11 +681,18 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     call.start_mono_ms = em_mono_ms();
     call.method_name = method_name(evhttp_request_get_command(req));
     make_cid(api, call.r.cid);
-    set_source(req, call.r.source, sizeof call.r.source);
     api->stats.requests++;
+    conn_state_t *cs = l->ctx != NULL ? conn_of(req) : NULL;
+    if (cs != NULL) {
+        /* A connection's address does not change: formatted once. */
+        if (cs->source[0] == '\0')
+            set_source(req, cs->source, sizeof cs->source);
+        memcpy(call.r.source, cs->source, sizeof call.r.source);
+    } else {
+        set_source(req, call.r.source, sizeof call.r.source);
+    }
 
     if (l->ctx != NULL) {
-        conn_state_t *cs = conn_of(req);
         if (cs == NULL) {
             /* A TLS listener whose TLS set-up failed for this connection:
              * answer nothing the client sent. */
