@@ -160,7 +160,15 @@ void em__api_send(em__api_req_t *r, int status, const char *ctype, const char *b
         break;
     }
 
-    if (em_log_enabled(EM_LOG_INFO)) {
+    /* Refusals, failures and writes are logged at info; answered reads at
+     * debug: a line per read is a write(2) and a few microseconds at
+     * thousands of reads a second (and more than a journal keeps), while
+     * /metrics counts them (emiot_api_responses_total) and the refusals are
+     * what an operator looks for. */
+    em_log_level_t level = status >= 400 || evhttp_request_get_command(r->req) != EVHTTP_REQ_GET
+                               ? EM_LOG_INFO
+                               : EM_LOG_DEBUG;
+    if (em_log_enabled(level)) {
         int64_t dur = em_mono_ms() - call->start_mono_ms;
         em_log_field_t f[5] = {
             EM_LOG_STR("method", call->method_name ? call->method_name : "?"),
@@ -169,7 +177,7 @@ void em__api_send(em__api_req_t *r, int status, const char *ctype, const char *b
             EM_LOG_INT("duration_ms", dur < 0 ? 0 : dur),
             EM_LOG_STR("actor", r->who.actor),
         };
-        em_log(EM_LOG_INFO, "api", r->cid, "request", f, 5);
+        em_log(level, "api", r->cid, "request", f, 5);
     }
 }
 

@@ -57,13 +57,25 @@ static size_t nsecret_watch;
 static bool secret_leaked;
 static size_t log_lines;
 
+/* The level of the last "request" line for each path of interest. */
+static const char *const watched_paths[] = {"/api/v1/whoami", "/api/v1/log-level-check",
+                                            "/api/v1/keys"};
+static int request_level[3] = {-1, -1, -1};
+
 static void log_sink(em_log_level_t level, const char *line, size_t len, void *ud)
 {
-    (void)level;
     (void)len;
     (void)ud;
     pthread_mutex_lock(&log_lock);
     log_lines++;
+    if (strstr(line, "\"msg\":\"request\"") != NULL) {
+        char want[64];
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(want, sizeof want, "\"path\":\"%s\"", watched_paths[i]);
+            if (strstr(line, want) != NULL)
+                request_level[i] = (int)level;
+        }
+    }
     for (size_t i = 0; i < nsecret_watch; i++)
         if (strstr(line, secret_watch[i]) != NULL)
             secret_leaked = true;
@@ -746,6 +758,55 @@ static void test_unknown_route_404_and_wrong_method_405(void **state)
     assert_error(400, "validation", "path:");
 }
 
+/* The level of the request line logged for watched path i, waiting up to
+ * 2 s for it (the server's thread logs it around the answer); -1 if none. */
+static int request_line_level(size_t i)
+{
+    int level = -1;
+    for (int k = 0; k < 200 && level < 0; k++) {
+        pthread_mutex_lock(&log_lock);
+        level = request_level[i];
+        pthread_mutex_unlock(&log_lock);
+        if (level < 0)
+            usleep(10000);
+    }
+    return level;
+}
+
+static void forget_request_lines(void)
+{
+    pthread_mutex_lock(&log_lock);
+    for (size_t i = 0; i < 3; i++)
+        request_level[i] = -1;
+    pthread_mutex_unlock(&log_lock);
+}
+
+static void test_reads_are_logged_at_debug_refusals_and_writes_at_info(void **state)
+{
+    (void)state;
+    em_log_set_level(EM_LOG_DEBUG);
+    forget_request_lines();
+    assert_int_equal(api("GET", "/api/v1/whoami", W.admin_key, NULL), 200);
+    assert_int_equal(api("GET", "/api/v1/log-level-check", W.admin_key, NULL), 404);
+    assert_int_equal(
+        api("POST", "/api/v1/keys", W.admin_key, "{\"name\":\"log-level\",\"role\":\"viewer\"}"),
+        201);
+    assert_int_equal(request_line_level(0), EM_LOG_DEBUG);
+    assert_int_equal(request_line_level(1), EM_LOG_INFO);
+    assert_int_equal(request_line_level(2), EM_LOG_INFO);
+
+    /* At info (the default), an answered read writes no line at all. */
+    em_log_set_level(EM_LOG_INFO);
+    forget_request_lines();
+    assert_int_equal(api("GET", "/api/v1/whoami", W.admin_key, NULL), 200);
+    assert_int_equal(api("GET", "/api/v1/log-level-check", W.admin_key, NULL), 404);
+    assert_int_equal(request_line_level(1), EM_LOG_INFO); /* logged after the read */
+    pthread_mutex_lock(&log_lock);
+    int read_level = request_level[0];
+    pthread_mutex_unlock(&log_lock);
+    assert_int_equal(read_level, -1);
+}
+
 /* ---- bodies ------------------------------------------------------------------ */
 
 static void test_oversized_body_is_413(void **state)
@@ -1153,6 +1214,7 @@ int main(void)
         cmocka_unit_test(test_key_role_above_the_creator_is_refused),
         cmocka_unit_test(test_device_key_reaches_only_its_own_device),
         cmocka_unit_test(test_unknown_route_404_and_wrong_method_405),
+        cmocka_unit_test(test_reads_are_logged_at_debug_refusals_and_writes_at_info),
         cmocka_unit_test(test_oversized_body_is_413),
         cmocka_unit_test(test_malformed_json_is_400),
         cmocka_unit_test(test_wrong_type_is_400_with_the_field),
