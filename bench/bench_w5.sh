@@ -17,7 +17,10 @@
 # Before measuring it checks with openssl s_client that the API negotiates
 # TLS 1.3 and refuses TLS 1.2, and that the mTLS listener refuses a client
 # without a certificate. With W5_PERF=1 one more wrk round runs under
-# `perf record -g` on emiotd and the top of the profile is printed.
+# `perf record -g` on emiotd and the top of the profile is printed. With
+# W5_CALLGRIND=1 a second emiotd runs under valgrind's callgrind for one more
+# wrk run and the instructions per request are printed (a figure the load of
+# the machine does not change); W5_CALLGRIND_OUT=FILE keeps the profile.
 set -euo pipefail
 BUILD=$(cd "${1:?usage: bench_w5.sh BUILD [rounds] [seconds]}" && pwd)
 ROUNDS=${2:-3}
@@ -52,24 +55,28 @@ key_file = $D/tls/server.key
 client_ca_file = $D/tls/ca.crt
 client_auth = required"
 
-# The device and the key.
-OUT=$(emiotd_api POST /api/v1/devices "{\"id\":\"$DEVICE\",\"name\":\"W5 device\",\"type\":\"sensor\"}")
-[ "$(tail -n1 <<<"$OUT")" = 201 ] || fail "creating the device: $OUT"
-OUT=$(emiotd_api POST /api/v1/keys "{\"name\":\"w5-bench\",\"role\":\"viewer\",\"ratePerMinute\":$RATE_PER_MIN}")
-[ "$(tail -n1 <<<"$OUT")" = 201 ] || fail "creating the key (ratePerMinute $RATE_PER_MIN): $OUT"
-KEY=$(head -n -1 <<<"$OUT" | jq -r '.data.key')
-[[ $KEY =~ ^iot_[0-9a-f]{48}$ ]] || fail "no key in the answer"
-# wrk takes the header from a script, so that the key stays off the command line.
-LUA="$WORK/auth.lua"
-printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$KEY" >"$LUA"
-chmod 600 "$LUA"
-printf 'Authorization: Bearer %s\n' "$KEY" >"$WORK/key.hdr"
-chmod 600 "$WORK/key.hdr"
-URL="https://127.0.0.1:$EMIOTD_PORT/api/v1/devices/$DEVICE"
-CODE=$(curl -sS -o "$WORK/get.json" -w '%{http_code}' --cacert "$EMIOTD_CA" \
-  --resolve "localhost:$EMIOTD_PORT:127.0.0.1" -H "@$WORK/key.hdr" \
-  "https://localhost:$EMIOTD_PORT/api/v1/devices/$DEVICE")
-[ "$CODE" = 200 ] || fail "GET $DEVICE with the key: $CODE $(cat "$WORK/get.json")"
+# The device and the key (setup_api: on the emiotd started last).
+setup_api() {
+  local out code
+  out=$(emiotd_api POST /api/v1/devices "{\"id\":\"$DEVICE\",\"name\":\"W5 device\",\"type\":\"sensor\"}")
+  [ "$(tail -n1 <<<"$out")" = 201 ] || fail "creating the device: $out"
+  out=$(emiotd_api POST /api/v1/keys "{\"name\":\"w5-bench\",\"role\":\"viewer\",\"ratePerMinute\":$RATE_PER_MIN}")
+  [ "$(tail -n1 <<<"$out")" = 201 ] || fail "creating the key (ratePerMinute $RATE_PER_MIN): $out"
+  KEY=$(head -n -1 <<<"$out" | jq -r '.data.key')
+  [[ $KEY =~ ^iot_[0-9a-f]{48}$ ]] || fail "no key in the answer"
+  # wrk takes the header from a script, so that the key stays off the command line.
+  LUA="$WORK/auth.lua"
+  printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$KEY" >"$LUA"
+  chmod 600 "$LUA"
+  printf 'Authorization: Bearer %s\n' "$KEY" >"$WORK/key.hdr"
+  chmod 600 "$WORK/key.hdr"
+  URL="https://127.0.0.1:$EMIOTD_PORT/api/v1/devices/$DEVICE"
+  code=$(curl -sS -o "$WORK/get.json" -w '%{http_code}' --cacert "$EMIOTD_CA" \
+    --resolve "localhost:$EMIOTD_PORT:127.0.0.1" -H "@$WORK/key.hdr" \
+    "https://localhost:$EMIOTD_PORT/api/v1/devices/$DEVICE")
+  [ "$code" = 200 ] || fail "GET $DEVICE with the key: $code $(cat "$WORK/get.json")"
+}
+setup_api
 echo "W5: GET /api/v1/devices/$DEVICE answers $(wc -c <"$WORK/get.json") bytes: $(cat "$WORK/get.json")" >&2
 
 # TLS 1.3 and nothing else; the mTLS listener wants a certificate.
@@ -194,5 +201,41 @@ if [ "${W5_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
   # Inclusive (children) costs: which calls the time goes to.
   perf report -i "$PERF_DATA" --children --sort symbol --stdio -g none 2>/dev/null |
     grep -v '^#' | grep '%' | head -60 >&2 || true
+fi
+# Instructions per request, which the load of a shared machine does not
+# change: a second emiotd under callgrind, the same device and key, wrk for
+# SECONDS (the connections opened and warmed before counting starts; the
+# handshakes of wrk's own 32 connections are taken out of the count).
+if [ "${W5_CALLGRIND:-0}" = 1 ] && command -v valgrind >/dev/null; then
+  emiotd_stop
+  CG="$WORK/callgrind"
+  mkdir -p "$CG/bin"
+  printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s/out "%s/emiotd" "$@"\n' \
+    "$CG" "$BUILD" >"$CG/bin/emiotd"
+  chmod +x "$CG/bin/emiotd"
+  emiotd_start "$WORK/emiotd-cg" "$CG/bin" "mqtt://127.0.0.1:$BROKER_PORT"
+  setup_api
+  # Under valgrind an answer takes milliseconds: wrk must not time out and
+  # reconnect (a handshake costs as much as ~50 requests).
+  wrk -t1 -c32 -d3s --timeout 60s -s "$LUA" "$URL" >/dev/null 2>&1 || true
+  Q0=$(metric emiot_api_requests_total)
+  callgrind_control -z "$EMIOTD_PID" >/dev/null
+  wrk -t1 -c32 -d"${SECS}s" --timeout 60s -s "$LUA" "$URL" >"$CG/wrk.txt" 2>&1 || true
+  callgrind_control -d "$EMIOTD_PID" >/dev/null
+  Q1=$(metric emiot_api_requests_total)
+  DUMP=$(ls -t "$CG"/out.* 2>/dev/null | head -n1)
+  if [ -n "$DUMP" ] && [ $((Q1 - Q0)) -gt 0 ]; then
+    callgrind_annotate --inclusive=yes "$DUMP" >"$CG/annotate.txt" 2>/dev/null || true
+    ir() { awk -v pat="$1" 'index($0, pat) {gsub(",", "", $1); print $1; exit}' "$CG/annotate.txt"; }
+    TOTAL_IR=$(ir "PROGRAM TOTALS")
+    HS_IR=$(ir "SSL_do_handshake [")
+    IPR=$(( (TOTAL_IR - ${HS_IR:-0}) / (Q1 - Q0) ))
+    echo "W5 (callgrind): $((Q1 - Q0)) requests, $TOTAL_IR instructions of emiotd, ${HS_IR:-0} of them in TLS handshakes: $IPR instructions per request" >&2
+    json get_instructions_per_request "$IPR" "instructions"
+    if [ -n "${W5_CALLGRIND_OUT:-}" ]; then cp "$DUMP" "$W5_CALLGRIND_OUT"; fi
+  else
+    echo "W5: callgrind produced no profile" >&2
+    RC=1
+  fi
 fi
 exit $RC
