@@ -84,7 +84,7 @@ typedef enum em_store_sync {
 
 typedef struct em_store_options {
     unsigned batch_max;         /* rows per transaction (default 2000, 1..100000) */
-    unsigned batch_interval_ms; /* longest wait before a batch commits (default 20, 1..10000) */
+    unsigned batch_interval_ms; /* longest wait before a batch commits (default 100, 1..10000) */
     size_t queue_max;           /* queued records before enqueue waits (default 65536) */
     em_store_sync_t sync;       /* default EM_STORE_SYNC_FULL */
     int busy_timeout_ms;        /* SQLite lock wait / PG statement timeout (default 5000) */

@@ -473,7 +473,7 @@ void em__mqtt_wake_always(em_mqtt_t *m)
  * the last window brought RX_BUSY_COUNT messages or more (2,000/s), poll
  * waits for RX_LOWAT bytes (a dozen or more status messages) or RX_WAIT_MS,
  * whichever comes first: at most that much latency, and only under load. */
-#define RX_LOWAT      4096
+#define RX_LOWAT      16384
 #define RX_WAIT_MS    2
 #define RX_WINDOW_MS  50
 #define RX_BUSY_COUNT 100

@@ -645,6 +645,18 @@ static void conn_free(em__store_conn_t *c)
     free(c);
 }
 
+/* Checkpoints every 16,384 pages (64 MiB of WAL) rather than SQLite's
+ * 1,000: an ingest batch dirties about one history index page per
+ * device, so with 1,000 devices the default checkpointed after nearly
+ * every batch, copying (and fsyncing) the same hot pages each time; a
+ * checkpoint copies only the newest version of a page, so spacing them
+ * copies each hot page once per many batches (W2: store writer 13-14 ->
+ * 11.6 us per status). After a checkpoint the WAL file is cut back to
+ * 64 MiB. */
+#define SQ_PRAGMAS_COMMON                                                                          \
+    " PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;"                 \
+    " PRAGMA wal_autocheckpoint=16384; PRAGMA journal_size_limit=67108864;"
+
 static em_err_t sq_open(const char *url, const em_store_options_t *opts, em__store_conn_t **out,
                         em_error_t *err)
 {
@@ -677,13 +689,10 @@ static em_err_t sq_open(const char *url, const em_store_options_t *opts, em__sto
     }
     sqlite3_extended_result_codes(c->db, 1);
     sqlite3_busy_timeout(c->db, opts->busy_timeout_ms);
-    const char *pragmas = opts->sync == EM_STORE_SYNC_FULL
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                                " PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
-                                " PRAGMA cache_size=-16384;"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                " PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
-                                " PRAGMA cache_size=-16384;";
+    const char *pragmas =
+        opts->sync == EM_STORE_SYNC_FULL
+            ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" SQ_PRAGMAS_COMMON
+            : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" SQ_PRAGMAS_COMMON;
     src = sqlite3_exec(c->db, pragmas, NULL, NULL, NULL);
     if (src != SQLITE_OK) {
         em_err_t e = db_error(c, src, "configure", err);

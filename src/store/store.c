@@ -606,7 +606,12 @@ void em_store_options_init(em_store_options_t *opts)
     }
     memset(opts, 0, sizeof(*opts));
     opts->batch_max = 2000;
-    opts->batch_interval_ms = 20;
+    /* 100 ms, not less: the writer's cost per row falls as rows per device
+     * per batch grow (each batch rewrites about one index page per device),
+     * and a status reaches the registry (what the API reads) at once; the
+     * store only records it. W2 over mqtts, QoS 1: 20 ms -> 100 ms took the
+     * writer from 11.6 to 9.3 us per status. A flush never waits for it. */
+    opts->batch_interval_ms = 100;
     opts->queue_max = 65536;
     opts->sync = EM_STORE_SYNC_FULL;
     opts->busy_timeout_ms = 5000;
@@ -863,6 +868,8 @@ static em_err_t write_with_retries(em_store_t *st, size_t n, uint64_t *orphans, 
 static void *writer_main(void *arg)
 {
     em_store_t *st = arg;
+    /* Named for top -H, perf and debuggers (at most 15 characters). */
+    pthread_setname_np(pthread_self(), "emiot-store");
     pthread_mutex_lock(&st->qlock);
     for (;;) {
         while (st->count == 0 && !st->closing) {
