@@ -234,6 +234,60 @@ static void test_answer_with_the_most_groups_fits_the_route_buffer(void **state)
     em_registry_free(f.reg);
 }
 
+static uint64_t next_rand(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Statuses the decoder would never make (out-of-range numbers and names,
+ * firmware bytes it refuses, odd times) are written as em_status_encode
+ * writes them all the same. */
+static void test_answer_for_random_statuses_matches_reference(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_init(&f, "random-status");
+    static const char fw_bytes[] = "0123456789.+_-abcXYZ \"\\/\x01\xc3";
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    for (int i = 0; i < 20000; i++) {
+        em_status_t st;
+        memset(&st, 0, sizeof(st));
+        st.has = (uint16_t)(next_rand(&x) & 0xFF & ~(EM_STATUS_HAS_ERRORS | EM_STATUS_HAS_EXTRA));
+        if (next_rand(&x) % 4 == 0)
+            st.has |= (uint16_t)(next_rand(&x) % 2 ? EM_STATUS_HAS_ERRORS : EM_STATUS_HAS_EXTRA);
+        if (st.has == 0)
+            st.has = EM_STATUS_HAS_BATTERY;
+        st.battery_level = (uint8_t)next_rand(&x);
+        st.power_mode = (uint8_t)(next_rand(&x) % 6);
+        st.connection = (uint8_t)(next_rand(&x) % 5);
+        st.signal_strength = (int16_t)next_rand(&x);
+        size_t n = next_rand(&x) % (EM_FIRMWARE_VERSION_MAX + 1);
+        for (size_t k = 0; k < n; k++)
+            st.firmware_version[k] = fw_bytes[next_rand(&x) % (sizeof(fw_bytes) - 1)];
+        st.firmware_version[n] = '\0';
+        switch (next_rand(&x) % 4) {
+        case 0:
+            st.last_seen_ms = (int64_t)(next_rand(&x) % UINT64_C(253402300800000));
+            break;
+        case 1:
+            st.last_seen_ms = T_2026;
+            break;
+        case 2:
+            st.last_seen_ms = -(int64_t)(next_rand(&x) % UINT64_C(100000000000000));
+            break;
+        default:
+            st.last_seen_ms = 0;
+            break;
+        }
+        em_registry_set_status(f.reg, f.d, &st);
+        assert_same(&f.dev, f.reg, f.d);
+    }
+    em_registry_free(f.reg);
+}
+
 static void test_answer_declines_a_status_with_errors(void **state)
 {
     (void)state;
@@ -356,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_answer_for_partial_statuses_matches_reference),
         cmocka_unit_test(test_answer_for_disabled_unknown_type_and_odd_times_matches_reference),
         cmocka_unit_test(test_answer_with_the_most_groups_fits_the_route_buffer),
+        cmocka_unit_test(test_answer_for_random_statuses_matches_reference),
         cmocka_unit_test(test_answer_declines_a_status_with_errors),
         cmocka_unit_test(test_answer_declines_a_status_with_additional_info),
         cmocka_unit_test(test_answer_reports_a_buffer_too_small),
