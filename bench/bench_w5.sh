@@ -18,6 +18,8 @@
 # TLS 1.3 and refuses TLS 1.2, and that the mTLS listener refuses a client
 # without a certificate. With W5_PERF=1 one more wrk round runs under
 # `perf record -g` on emiotd and the top of the profile is printed. With
+# W5_STATUS=1 the device first reports a status (DESIGN.md's example), so
+# that the answer carries one. With
 # W5_CALLGRIND=1 a second emiotd runs under valgrind's callgrind for one more
 # wrk run and the instructions per request are printed (a figure the load of
 # the machine does not change); W5_CALLGRIND_OUT=FILE keeps the profile.
@@ -75,6 +77,19 @@ setup_api() {
     --resolve "localhost:$EMIOTD_PORT:127.0.0.1" -H "@$WORK/key.hdr" \
     "https://localhost:$EMIOTD_PORT/api/v1/devices/$DEVICE")
   [ "$code" = 200 ] || fail "GET $DEVICE with the key: $code $(cat "$WORK/get.json")"
+  if [ "${W5_STATUS:-0}" = 1 ]; then
+    # The device reports DESIGN.md's status: the answer carries it.
+    mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -t "device/$DEVICE/status" \
+      -m '{"batteryLevel":75,"powerMode":"normal","connectionStatus":"online","firmwareVersion":"1.2.3","signalStrength":-67,"errors":[],"additionalInfo":{}}'
+    local i
+    for i in $(seq 1 50); do
+      curl -sS -o "$WORK/get.json" --cacert "$EMIOTD_CA" --resolve "localhost:$EMIOTD_PORT:127.0.0.1" \
+        -H "@$WORK/key.hdr" "https://localhost:$EMIOTD_PORT/api/v1/devices/$DEVICE"
+      [ "$(jq -r '.data.status.batteryLevel' "$WORK/get.json")" != 75 ] || break
+      sleep 0.1
+    done
+    [ "$(jq -r '.data.status.batteryLevel' "$WORK/get.json")" = 75 ] || fail "the device's status did not arrive"
+  fi
 }
 setup_api
 echo "W5: GET /api/v1/devices/$DEVICE answers $(wc -c <"$WORK/get.json") bytes: $(cat "$WORK/get.json")" >&2
