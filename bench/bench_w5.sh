@@ -28,7 +28,7 @@ BUILD=$(cd "${1:?usage: bench_w5.sh BUILD [rounds] [seconds]}" && pwd)
 ROUNDS=${2:-3}
 SECS=${3:-10}
 DEVICE=w5-dev-0001
-RATE_PER_MIN=${W5_RATE_PER_MIN:-1000000}
+RATE_PER_MIN=${W5_RATE_PER_MIN:-6000000}
 . "$(dirname "$0")/../scripts/lib.sh"
 . "$EMIOT_ROOT/bench/emiotd-lib.sh"
 

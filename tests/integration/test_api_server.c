@@ -847,6 +847,18 @@ static void test_wrong_type_is_400_with_the_field(void **state)
     assert_error(400, "validation", "expiresIn:");
 }
 
+/* A key may allow 100,000 requests a second (above W5's 20,000), no more. */
+static void test_key_rate_up_to_six_million_a_minute(void **state)
+{
+    (void)state;
+    assert_int_equal(api("POST", "/api/v1/keys", W.admin_key,
+                         "{\"name\":\"fast\",\"role\":\"viewer\",\"ratePerMinute\":6000000}"),
+                     201);
+    api("POST", "/api/v1/keys", W.admin_key,
+        "{\"name\":\"faster\",\"role\":\"viewer\",\"ratePerMinute\":6000001}");
+    assert_error(400, "validation", "ratePerMinute: must be an integer from 1 to 6000000");
+}
+
 static void test_unknown_field_is_400_with_the_field(void **state)
 {
     (void)state;
@@ -1218,6 +1230,7 @@ int main(void)
         cmocka_unit_test(test_oversized_body_is_413),
         cmocka_unit_test(test_malformed_json_is_400),
         cmocka_unit_test(test_wrong_type_is_400_with_the_field),
+        cmocka_unit_test(test_key_rate_up_to_six_million_a_minute),
         cmocka_unit_test(test_unknown_field_is_400_with_the_field),
         cmocka_unit_test(test_rate_limit_429_with_retry_after_then_recovers),
         cmocka_unit_test(test_mtls_listener_refuses_a_client_without_certificate),
