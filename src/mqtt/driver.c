@@ -354,7 +354,7 @@ void em__mqtt_on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
         return;
     }
     em__mqtt_outbox_limits(m, props);
-    em__mqtt_tls_buffer_writes(m);
+    em__mqtt_tls_buffer_io(m);
     pthread_mutex_lock(&m->lock);
     m->state = EM__MQTT_CONNECTED;
     atomic_store_explicit(&m->negotiated, m->protocol, memory_order_release);
@@ -521,16 +521,6 @@ static int set_cork(int fd, int on)
  * (PUBACKs, publishes) do not wait long. */
 #define READ_BURST 64
 
-/* True when OpenSSL holds received data (a decrypted record not fully read,
- * or raw records read ahead): poll() cannot see it. */
-static bool tls_pending(em_mqtt_t *m)
-{
-    if (m->ssl_ctx == NULL)
-        return false;
-    SSL *ssl = mosquitto_ssl_get(m->mosq);
-    return ssl != NULL && SSL_has_pending(ssl) == 1;
-}
-
 /* Reads packets until none is complete or READ_BURST were read; *packets
  * gets how many. libmosquitto reads one packet per mosquitto_loop_read (its
  * max_packets is replaced by the number of messages in flight, and its loop
@@ -557,9 +547,10 @@ static int read_burst(em_mqtt_t *m, int *packets)
             break;
         }
     }
-    /* A record read ahead, or the CONNACK that came with the last
-     * handshake message, waits in OpenSSL: read it without waiting. */
-    if (!m->read_more && tls_pending(m))
+    /* Records in the read buffer, or the rest of a record OpenSSL has
+     * decrypted: read them without waiting for poll(), which cannot see
+     * them. */
+    if (!m->read_more && em__mqtt_tls_rpending(m))
         m->read_more = true;
     *packets = n;
     return MOSQ_ERR_SUCCESS;
@@ -631,7 +622,7 @@ static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
          * or the PUBACKs of the QoS 1 messages just read), the socket is
          * corked while they are written and uncorked at once: the same bytes
          * leave now, in a few segments. Over TLS the write buffer
-         * (em__mqtt_tls_buffer_writes) already makes them one write(). */
+         * (em__mqtt_tls_buffer_io) already makes them one write(). */
         unsigned handed = atomic_exchange_explicit(&m->handed, 0, memory_order_relaxed);
         bool corked = m->ssl_ctx == NULL && (handed >= 2 || packets >= 2) && set_cork(fd, 1) == 0;
         rc = mosquitto_loop_write(m->mosq, 1);

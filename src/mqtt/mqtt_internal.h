@@ -179,10 +179,15 @@ struct em_mqtt {
  * EM_ERR_NOMEM, EM_ERR_TLS. */
 SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *opts, em_error_t *err);
 
-/* Puts a buffer between OpenSSL and the socket of the current connection
- * (after its handshake), so that the packets one round of writes produces
- * leave in one write(). Without TLS, or when it cannot, does nothing. */
-void em__mqtt_tls_buffer_writes(em_mqtt_t *m);
+/* Puts a read buffer and a write buffer between OpenSSL and the socket of the
+ * current connection (after its handshake): one read() per buffer-full of
+ * records, and the packets one round of writes produces leave in one write().
+ * Without TLS, or when it cannot, does nothing. */
+void em__mqtt_tls_buffer_io(em_mqtt_t *m);
+
+/* Whether OpenSSL or the read buffer holds received bytes (poll() cannot
+ * see them). */
+bool em__mqtt_tls_rpending(em_mqtt_t *m);
 
 /* Whether the write buffer holds bytes not yet given to the socket. */
 bool em__mqtt_tls_wpending(em_mqtt_t *m);

@@ -107,12 +107,6 @@ SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *o, em_error
         return ctx_fail(ctx, err, EM_ERR_INTERNAL, NULL, "cannot set the TLS protocol floor", "");
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
-    /* libmosquitto reads a packet in three or four SSL_read calls (type,
-     * length, body). Without read-ahead OpenSSL reads each record with two
-     * read() calls (header, body); with it, one read() takes every record
-     * the socket holds and the calls are served from memory. poll() does not
-     * see what OpenSSL holds: the driver asks SSL_has_pending. */
-    SSL_CTX_set_read_ahead(ctx, 1);
 
     /* Trust: the given CA file and/or directory, or else the system store. */
     if (o->ca_path != NULL) {
@@ -177,37 +171,82 @@ SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *o, em_error
     return ctx;
 }
 
-/* Write coalescing. libmosquitto writes each packet with its own SSL_write,
- * and OpenSSL sends each record with its own write(): at QoS 1 that is a
- * record, a system call and a TCP segment per PUBACK, each of which the
- * broker must read and decrypt on its own. Once the handshake is done, a
- * buffering BIO goes between OpenSSL and the socket; the driver flushes it
- * after each round of writes (em__mqtt_tls_flush), so what one wake-up
- * wrote leaves in one write(). OpenSSL flushes it itself after an alert
- * (the close_notify of a disconnect follows the DISCONNECT out). */
+/* Buffered reads and coalesced writes, installed once the handshake is done.
+ *
+ * Reads: libmosquitto reads a packet in three or four SSL_read calls (type,
+ * length, body), and OpenSSL reads each record with two read() calls (header,
+ * body): at QoS 1 a mosquitto broker sends a record per message, so that is
+ * two system calls per message. OpenSSL's read-ahead would take every record
+ * the socket holds in one read(), but it then moves the rest of its buffer to
+ * the front for each record it decrypts (to align the payload): kilobytes
+ * copied per message. A buffering BIO under OpenSSL does the same one read()
+ * per buffer-full and serves the small reads from memory by offset. poll()
+ * does not see what it holds: the driver asks em__mqtt_tls_rpending.
+ *
+ * Writes: libmosquitto writes each packet with its own SSL_write, and OpenSSL
+ * sends each record with its own write(): at QoS 1 that is a record, a system
+ * call and a TCP segment per PUBACK, each of which the broker must read and
+ * decrypt on its own. A buffering BIO between OpenSSL and the socket, flushed
+ * by the driver after each round of writes (em__mqtt_tls_flush), makes what
+ * one wake-up wrote leave in one write(). OpenSSL flushes it itself after an
+ * alert (the close_notify of a disconnect follows the DISCONNECT out). */
+#define TLS_RBUF_SIZE (64 * 1024)
 #define TLS_WBUF_SIZE (64 * 1024)
 
-void em__mqtt_tls_buffer_writes(em_mqtt_t *m)
+/* A buffering BIO over sock, taking a reference of its own to sock; NULL
+ * when it cannot (unbuffered still works). */
+static BIO *buffer_over(BIO *sock, bool reading)
+{
+    BIO *buf = BIO_new(BIO_f_buffer());
+    if (buf == NULL)
+        return NULL;
+    long ok = reading ? BIO_set_read_buffer_size(buf, TLS_RBUF_SIZE)
+                      : BIO_set_write_buffer_size(buf, TLS_WBUF_SIZE);
+    if (ok != 1 || BIO_up_ref(sock) != 1) {
+        BIO_free(buf);
+        ERR_clear_error();
+        return NULL;
+    }
+    BIO_push(buf, sock);
+    return buf;
+}
+
+void em__mqtt_tls_buffer_io(em_mqtt_t *m)
 {
     if (m->ssl_ctx == NULL)
         return;
     SSL *ssl = mosquitto_ssl_get(m->mosq);
-    BIO *sock = ssl != NULL ? SSL_get_wbio(ssl) : NULL;
-    /* Only over libmosquitto's socket BIO (not twice on one connection). */
-    if (sock == NULL || BIO_method_type(sock) != BIO_TYPE_SOCKET)
+    if (ssl == NULL)
         return;
-    BIO *buf = BIO_new(BIO_f_buffer());
-    if (buf == NULL)
-        return; /* unbuffered still works */
-    /* The socket BIO is also the read BIO: the chain takes a reference of
-     * its own, and SSL_set0_wbio drops the one the write side had. */
-    if (BIO_set_write_buffer_size(buf, TLS_WBUF_SIZE) != 1 || BIO_up_ref(sock) != 1) {
-        BIO_free(buf);
-        ERR_clear_error();
-        return;
+    /* libmosquitto gives OpenSSL one socket BIO for both directions; each
+     * buffer takes its own reference to it, and SSL_set0_rbio / _wbio drop
+     * the ones the two directions had. Only over that socket BIO, never
+     * twice on one connection. */
+    BIO *sock = SSL_get_wbio(ssl);
+    if (sock != NULL && BIO_method_type(sock) == BIO_TYPE_SOCKET) {
+        BIO *w = buffer_over(sock, false);
+        if (w != NULL)
+            SSL_set0_wbio(ssl, w);
     }
-    BIO_push(buf, sock);
-    SSL_set0_wbio(ssl, buf);
+    sock = SSL_get_rbio(ssl);
+    if (sock != NULL && BIO_method_type(sock) == BIO_TYPE_SOCKET) {
+        BIO *r = buffer_over(sock, true);
+        if (r != NULL)
+            SSL_set0_rbio(ssl, r);
+    }
+}
+
+bool em__mqtt_tls_rpending(em_mqtt_t *m)
+{
+    if (m->ssl_ctx == NULL)
+        return false;
+    SSL *ssl = mosquitto_ssl_get(m->mosq);
+    if (ssl == NULL)
+        return false;
+    if (SSL_has_pending(ssl) == 1)
+        return true;
+    BIO *b = SSL_get_rbio(ssl);
+    return b != NULL && BIO_method_type(b) == BIO_TYPE_BUFFER && BIO_pending(b) > 0;
 }
 
 bool em__mqtt_tls_wpending(em_mqtt_t *m)
