@@ -1,7 +1,7 @@
 /*
- * emiot - api_core.h: what the API server's own files share (server.c, tls.c,
- * auth.c, bucket.c, respond.c, metrics.c, routes_access.c). Route handlers in
- * other files use api_internal.h only.
+ * emiot - api_core.h: what the API server's own files share (server.c,
+ * server_request.c, tls.c, auth.c, bucket.c, respond.c, metrics.c,
+ * routes_access.c). Route handlers in other files use api_internal.h only.
  *
  * Everything here runs on the thread of the event loop the API was created on,
  * so nothing is locked.
@@ -195,7 +195,19 @@ void em__api_auth_forget_user(em_api_t *api, const char *name);
 /* The per-minute rate of an identity (its key's own rate, else the role's). */
 uint32_t em__api_rate_for(const em_api_t *api, const em__api_identity_t *who, uint32_t key_rate);
 
-/* ---- routing (server.c) ----------------------------------------------- */
+/* ---- the request pipeline (server_request.c) --------------------------- */
+
+/* Starts call for req arriving on l: zeroed, the request's times, method
+ * name and correlation id; counts the request. The source is the caller's. */
+void em__api_call_init(em__api_call_t *call, em__api_listener_t *l, struct evhttp_request *req);
+
+/* Serves call (made by em__api_call_init, its source set) arriving on l:
+ * path, health and metrics, route, authentication, rate limit, role,
+ * handler. It may leave the request unanswered only through a bug: the
+ * caller answers 500 then. */
+void em__api_serve(em__api_call_t *call, em__api_listener_t *l);
+
+/* ---- routing (server_request.c) --------------------------------------- */
 
 /*
  * Matches path (no query string) against pattern, percent-decoding each
