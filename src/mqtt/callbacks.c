@@ -94,6 +94,7 @@ void em__mqtt_on_message(struct mosquitto *mosq, void *ud, const struct mosquitt
     (void)mosq;
     em_mqtt_t *m = ud;
     m->rx_packets++;
+    m->rx_messages++;
     if (m->cbs.on_message == NULL || msg == NULL || msg->topic == NULL || msg->payloadlen < 0)
         return;
     static const unsigned char empty[1] = {0};

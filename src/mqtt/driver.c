@@ -405,6 +405,7 @@ void em__mqtt_attempt_start(em_mqtt_t *m)
     m->read_more = false;
     m->rx_busy = false;
     m->rx_window_count = 0;
+    m->rx_messages = 0;
     em__mqtt_tls_diag_reset(m);
     int protocol;
     pthread_mutex_lock(&m->lock);
@@ -498,11 +499,13 @@ static bool set_lowat(em_mqtt_t *m, int fd, bool connecting)
     return m->lowat > 1;
 }
 
-/* Counts the messages of a read burst into the current window; at the end
- * of a window, decides whether the next one batches. */
-static void rx_account(em_mqtt_t *m, int packets)
+/* Counts the messages read since the last call into the current window (not
+ * the acknowledgements: a stream of those has its own batching above); at the
+ * end of a window, decides whether the next one batches. */
+static void rx_account(em_mqtt_t *m)
 {
-    m->rx_window_count += (unsigned)packets;
+    m->rx_window_count += m->rx_messages;
+    m->rx_messages = 0;
     int64_t now = em_mono_ms();
     if (now - m->rx_window_ms >= RX_WINDOW_MS) {
         m->rx_busy = m->rx_window_count >= RX_BUSY_COUNT;
@@ -610,7 +613,7 @@ static int poll_once(em_mqtt_t *m, int timeout_ms, bool connecting)
             (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
         }
     }
-    rx_account(m, packets);
+    rx_account(m);
     /* The acknowledgements just read made room in the window (or the
      * connection is back): hand queued publishes over, then write them all. */
     em__mqtt_pump(m);

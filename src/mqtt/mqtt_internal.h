@@ -132,6 +132,7 @@ struct em_mqtt {
     /* Messages and acknowledgements read (counted by their callbacks, which
      * run in the driver): how a read burst knows a packet came. */
     unsigned rx_packets;
+    unsigned rx_messages; /* of which messages (on_message) */
     /* Receive batching (driver.c): messages read in the current window, and
      * whether the last window was busy enough to batch. */
     int64_t rx_window_ms;
