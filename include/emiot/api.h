@@ -69,13 +69,13 @@ typedef struct em_api_listener {
 typedef struct em_api_options {
     em_api_listener_t listeners[EM_API_LISTENERS_MAX];
     size_t nlisteners;
-    size_t max_body;         /* request body limit, default 65536, at most EM_API_BODY_MAX */
-    int request_timeout_s;   /* idle and read timeout per connection, default 30 */
-    const char *jwt_key_file; /* ES256 key (PEM); created with mode 0600 when missing */
-    const char *jwt_issuer;   /* default "emiotd" */
-    const char *jwt_audience; /* default "emiot-api" */
-    int jwt_ttl_s;            /* tokens issued by POST /api/v1/tokens, default 3600 */
-    uint32_t rate_per_min[5]; /* indexed by em_role_t; 0: defaults (device 60, others 1200) */
+    size_t max_body;            /* request body limit, default 65536, at most EM_API_BODY_MAX */
+    int request_timeout_s;      /* idle and read timeout per connection, default 30 */
+    const char *jwt_key_file;   /* ES256 key (PEM); created with mode 0600 when missing */
+    const char *jwt_issuer;     /* default "emiotd" */
+    const char *jwt_audience;   /* default "emiot-api" */
+    int jwt_ttl_s;              /* tokens issued by POST /api/v1/tokens, default 3600 */
+    uint32_t rate_per_min[5];   /* indexed by em_role_t; 0: defaults (device 60, others 1200) */
     uint32_t auth_fail_per_min; /* failed authentications per client address before 429 (20) */
     int command_ttl_s;          /* a command not answered after this expires (default 300) */
 } em_api_options_t;

@@ -44,7 +44,7 @@ extern "C" {
     X(NOT_CONNECTED, 19, "not_connected", "not connected to the broker")                           \
     X(IO, 20, "io", "input/output error")                                                          \
     X(BUFFER_TOO_SMALL, 21, "buffer_too_small", "output buffer too small")                         \
-    X(STATE, 22, "invalid_state", "operation not valid in the current state")                     \
+    X(STATE, 22, "invalid_state", "operation not valid in the current state")                      \
     X(NOT_FOUND, 23, "not_found", "no such object")
 
 typedef enum em_err {

@@ -100,8 +100,8 @@ EM_EXPORT void em_store_options_init(em_store_options_t *opts);
  * Errors: EM_ERR_CONFIGURATION (unknown scheme, bad option, schema newer than
  * this build), EM_ERR_IO (cannot open, connect or migrate), EM_ERR_NOMEM.
  */
-EM_EXPORT em_err_t em_store_open(const char *url, const em_store_options_t *opts,
-                                 em_store_t **out, em_error_t *err);
+EM_EXPORT em_err_t em_store_open(const char *url, const em_store_options_t *opts, em_store_t **out,
+                                 em_error_t *err);
 
 /* Commits what is queued, stops the writer and closes. Accepts NULL. */
 EM_EXPORT void em_store_close(em_store_t *st);
@@ -139,10 +139,10 @@ EM_EXPORT em_err_t em_store_device_get(em_store_t *st, const char *id, em_store_
                                        em_error_t *err);
 
 typedef struct em_store_device_filter {
-    const char *group;  /* NULL: any; else only members of this group */
-    int type;           /* -1: any; else an em_device_type_t */
-    const char *after;  /* NULL: from the start; else ids > after (keyset paging) */
-    unsigned limit;     /* 0: EM_STORE_PAGE_DEFAULT; at most EM_STORE_PAGE_MAX */
+    const char *group; /* NULL: any; else only members of this group */
+    int type;          /* -1: any; else an em_device_type_t */
+    const char *after; /* NULL: from the start; else ids > after (keyset paging) */
+    unsigned limit;    /* 0: EM_STORE_PAGE_DEFAULT; at most EM_STORE_PAGE_MAX */
 } em_store_device_filter_t;
 
 typedef int (*em_store_device_fn)(const em_store_device_t *dev, void *userdata);
@@ -216,19 +216,16 @@ EM_EXPORT em_err_t em_store_telemetry_list(em_store_t *st, const char *id,
                                            const em_store_range_t *r, em_store_telemetry_fn fn,
                                            void *userdata, em_error_t *err);
 
-typedef enum em_rollup {
-    EM_ROLLUP_HOUR = 0,
-    EM_ROLLUP_DAY = 1
-} em_rollup_t;
+typedef enum em_rollup { EM_ROLLUP_HOUR = 0, EM_ROLLUP_DAY = 1 } em_rollup_t;
 
 typedef struct em_store_rollup {
-    int64_t bucket_ms;   /* start of the UTC hour or day */
-    uint64_t samples;    /* telemetry samples in the bucket */
-    double energy_wh;    /* sum of energy deltas */
-    double power_avg_w;  /* mean of power_w over samples that had it (0 if none) */
+    int64_t bucket_ms;  /* start of the UTC hour or day */
+    uint64_t samples;   /* telemetry samples in the bucket */
+    double energy_wh;   /* sum of energy deltas */
+    double power_avg_w; /* mean of power_w over samples that had it (0 if none) */
     double power_max_w;
-    uint32_t resets;     /* counter resets seen */
-    uint32_t devices;    /* group rollups: devices that reported; 1 for a device */
+    uint32_t resets;  /* counter resets seen */
+    uint32_t devices; /* group rollups: devices that reported; 1 for a device */
 } em_store_rollup_t;
 
 typedef int (*em_store_rollup_fn)(const em_store_rollup_t *r, void *userdata);
@@ -305,9 +302,9 @@ EM_EXPORT em_err_t em_store_command_get(em_store_t *st, const char *request_id,
                                         em_store_command_fn fn, void *userdata, em_error_t *err);
 
 typedef struct em_store_command_filter {
-    const char *device_id; /* NULL: any */
-    const char *group;     /* NULL: any */
-    int state;             /* -1: any; else em_command_state_t */
+    const char *device_id;  /* NULL: any */
+    const char *group;      /* NULL: any */
+    int state;              /* -1: any; else em_command_state_t */
     em_store_range_t range; /* on created_at_ms; newest first when descending */
 } em_store_command_filter_t;
 EM_EXPORT em_err_t em_store_command_list(em_store_t *st, const em_store_command_filter_t *f,
@@ -316,9 +313,9 @@ EM_EXPORT em_err_t em_store_command_list(em_store_t *st, const em_store_command_
 /* ---- events (security, audit, device) ----------------------------------- */
 
 typedef enum em_event_kind {
-    EM_EVKIND_SECURITY = 0, /* authentication failure, rate limit, replay, tamper, ... */
-    EM_EVKIND_AUDIT = 1,    /* who changed what through the API */
-    EM_EVKIND_DEVICE = 2,   /* what devices reported on P<id>/event */
+    EM_EVKIND_SECURITY = 0,  /* authentication failure, rate limit, replay, tamper, ... */
+    EM_EVKIND_AUDIT = 1,     /* who changed what through the API */
+    EM_EVKIND_DEVICE = 2,    /* what devices reported on P<id>/event */
     EM_EVKIND_VALIDATION = 3 /* rejected device messages */
 } em_event_kind_t;
 
@@ -414,8 +411,8 @@ typedef struct em_store_api_key {
 EM_EXPORT em_err_t em_store_api_key_insert(em_store_t *st, const em_store_api_key_t *k,
                                            em_error_t *err); /* EM_ERR_EXISTS */
 /* EM_ERR_NOT_FOUND when unknown. */
-EM_EXPORT em_err_t em_store_api_key_get(em_store_t *st, const char *key_id,
-                                        em_store_api_key_t *out, em_error_t *err);
+EM_EXPORT em_err_t em_store_api_key_get(em_store_t *st, const char *key_id, em_store_api_key_t *out,
+                                        em_error_t *err);
 /* Sets revoked_at_ms (first revocation wins). EM_ERR_NOT_FOUND when unknown. */
 EM_EXPORT em_err_t em_store_api_key_revoke(em_store_t *st, const char *key_id, int64_t now_ms,
                                            em_error_t *err);

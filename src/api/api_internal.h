@@ -46,8 +46,9 @@ typedef struct em__api_identity {
     char name[EM_STORE_NAME_MAX + 1];     /* user name, key name, or JWT sub */
     char key_id[EM_STORE_KEY_ID_MAX + 1]; /* API key: its id; else "" */
     char device_id[EM_DEVICE_ID_MAX + 1]; /* role device: the device; else "" */
-    char actor[EM_STORE_NAME_MAX + 1];    /* for audit: "key:k_..", "user:NAME", "jwt:SUB", "device:ID" */
-    int64_t expires_at_ms;                /* JWT / key expiry, 0: none */
+    char actor[EM_STORE_NAME_MAX +
+               1];         /* for audit: "key:k_..", "user:NAME", "jwt:SUB", "device:ID" */
+    int64_t expires_at_ms; /* JWT / key expiry, 0: none */
 } em__api_identity_t;
 
 typedef struct em__api_req {
@@ -62,7 +63,7 @@ typedef struct em__api_req {
     size_t ncaptures;
     const char *body; /* NUL-terminated copy of the body (NULL when empty) */
     size_t body_len;
-    void *query;      /* struct evkeyvalq *, parsed query string */
+    void *query; /* struct evkeyvalq *, parsed query string */
     int64_t now_ms;
     bool answered;
 } em__api_req_t;
@@ -71,8 +72,9 @@ typedef void (*em__api_handler_fn)(em__api_req_t *r);
 
 /* Route flags. */
 #define EM__ROUTE_PUBLIC    (1u << 0) /* no authentication (healthz) */
-#define EM__ROUTE_DEVICE_OK (1u << 1) /* the device role may call it for its own {id} (capture 0) */
-#define EM__ROUTE_BODY      (1u << 2) /* a JSON body is expected */
+#define EM__ROUTE_DEVICE_OK (1u << 1) /* the device role may call it for its own {id} (capture 0)  \
+                                       */
+#define EM__ROUTE_BODY (1u << 2)      /* a JSON body is expected */
 
 typedef struct em__api_route {
     int method; /* EVHTTP_REQ_GET, _POST, _PUT, _PATCH, _DELETE */
@@ -143,8 +145,8 @@ bool em__api_query_time(em__api_req_t *r, const char *name, int64_t def, int64_t
 bool em__api_only_params(em__api_req_t *r, const char *const *allowed);
 
 /* Records an audit event (kind audit, the caller as actor, severity low). */
-void em__api_audit(em__api_req_t *r, const char *type, const char *device_id, const char *fmt,
-                   ...) __attribute__((format(printf, 4, 5)));
+void em__api_audit(em__api_req_t *r, const char *type, const char *device_id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- authentication (auth.c) --------------------------------------------- */
 

@@ -20,7 +20,7 @@
 static size_t slot_of(uint16_t mid, size_t cap)
 {
     /* Ids are handed out in sequence: a multiplicative hash spreads them. */
-    return ((uint32_t)mid * 2654435761u) & (cap - 1);
+    return (size_t)((uint32_t)mid * 2654435761u) & (cap - 1);
 }
 
 static bool grow(struct em__acks *a)

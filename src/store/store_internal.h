@@ -132,15 +132,13 @@ typedef struct em__store_backend {
                              em_error_t *err);
     em_err_t (*group_delete)(em__store_conn_t *c, const char *name, em_error_t *err);
     em_err_t (*group_list)(em__store_conn_t *c, em_store_group_fn fn, void *ud, em_error_t *err);
-    em_err_t (*member_add)(em__store_conn_t *c, const char *group, const char *id,
-                           em_error_t *err);
+    em_err_t (*member_add)(em__store_conn_t *c, const char *group, const char *id, em_error_t *err);
     em_err_t (*member_remove)(em__store_conn_t *c, const char *group, const char *id,
                               em_error_t *err);
-    em_err_t (*member_list)(em__store_conn_t *c, em_store_member_fn fn, void *ud,
-                            em_error_t *err);
+    em_err_t (*member_list)(em__store_conn_t *c, em_store_member_fn fn, void *ud, em_error_t *err);
 
-    em_err_t (*status_latest)(em__store_conn_t *c, const char *id, em_store_status_fn fn,
-                              void *ud, em_error_t *err);
+    em_err_t (*status_latest)(em__store_conn_t *c, const char *id, em_store_status_fn fn, void *ud,
+                              em_error_t *err);
     em_err_t (*status_history)(em__store_conn_t *c, const char *id, const em_store_range_t *r,
                                em_store_status_fn fn, void *ud, em_error_t *err);
     em_err_t (*telemetry_list)(em__store_conn_t *c, const char *id, const em_store_range_t *r,
@@ -152,14 +150,13 @@ typedef struct em__store_backend {
                              const em_store_range_t *r, em_store_rollup_fn fn, void *ud,
                              em_error_t *err);
 
-    em_err_t (*command_insert)(em__store_conn_t *c, const em_store_command_t *cmd,
-                               em_error_t *err);
+    em_err_t (*command_insert)(em__store_conn_t *c, const em_store_command_t *cmd, em_error_t *err);
     em_err_t (*command_set_state)(em__store_conn_t *c, const char *request_id,
                                   em_command_state_t state, int64_t now_ms, em_error_t *err);
     em_err_t (*command_expire)(em__store_conn_t *c, int64_t now_ms, size_t *expired,
                                em_error_t *err);
-    em_err_t (*command_get)(em__store_conn_t *c, const char *request_id,
-                            em_store_command_fn fn, void *ud, em_error_t *err);
+    em_err_t (*command_get)(em__store_conn_t *c, const char *request_id, em_store_command_fn fn,
+                            void *ud, em_error_t *err);
     em_err_t (*command_list)(em__store_conn_t *c, const em_store_command_filter_t *f,
                              em_store_command_fn fn, void *ud, em_error_t *err);
 
@@ -173,8 +170,7 @@ typedef struct em__store_backend {
     em_err_t (*user_delete)(em__store_conn_t *c, const char *name, em_error_t *err);
     em_err_t (*user_list)(em__store_conn_t *c, em_store_user_fn fn, void *ud, em_error_t *err);
 
-    em_err_t (*api_key_insert)(em__store_conn_t *c, const em_store_api_key_t *k,
-                               em_error_t *err);
+    em_err_t (*api_key_insert)(em__store_conn_t *c, const em_store_api_key_t *k, em_error_t *err);
     em_err_t (*api_key_get)(em__store_conn_t *c, const char *key_id, em_store_api_key_t *out,
                             em_error_t *err);
     em_err_t (*api_key_revoke)(em__store_conn_t *c, const char *key_id, int64_t now_ms,
