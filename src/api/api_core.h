@@ -1,7 +1,8 @@
 /*
  * emiot - api_core.h: what the API server's own files share (server.c,
- * server_request.c, tls.c, auth.c, bucket.c, respond.c, metrics.c,
- * routes_access.c). Route handlers in other files use api_internal.h only.
+ * server_request.c, tls.c, auth.c, auth_jwt.c, bucket.c, respond.c,
+ * metrics.c, routes_access.c). Route handlers in other files use
+ * api_internal.h only.
  *
  * Everything here runs on the thread of the event loop the API was created on,
  * so nothing is locked.
@@ -100,7 +101,7 @@ struct em_api {
     bool stopping;
     size_t active;
     int64_t started_mono_ms;
-    /* JWT signing key (auth.c) */
+    /* JWT signing key (auth_jwt.c) */
     unsigned char *jwt_priv_pem;
     int jwt_priv_len;
     unsigned char *jwt_pub_pem;
@@ -148,7 +149,10 @@ SSL_CTX *em__api_tls_ctx(const em_api_listener_t *l, em_error_t *err);
  * into cn (at least EM_STORE_NAME_MAX + 1 bytes). false when none. */
 bool em__api_tls_peer_cn(struct evhttp_request *req, char *cn, size_t size);
 
-/* ---- authentication (auth.c) ------------------------------------------- */
+/* ---- authentication (auth.c, auth_jwt.c) ------------------------------ */
+
+/* The longest credential a request may present, and so the longest JWT. */
+#define EM__API_JWT_MAX 4096
 
 /* Loads or creates the JWT key of opts->jwt_key_file into api.
  * EM_ERR_CONFIGURATION (permissions, not an ES256 key), EM_ERR_IO, EM_ERR_NOMEM. */
@@ -160,6 +164,15 @@ void em__api_auth_cleanup(em_api_t *api);
  * 429 when the client address failed too often) and returns false.
  */
 bool em__api_authenticate(em__api_req_t *r);
+
+/* True when s (len bytes) is an API key id: "k_" + 12 lower-case hex digits. */
+bool em__api_key_id_valid(const char *s, size_t len);
+
+/* The JWT half of em__api_auth_init / em__api_auth_cleanup (auth_jwt.c): loads
+ * or creates the key of opts->jwt_key_file into api (errors as
+ * em__api_auth_init's), and wipes and frees it (api's key may be unset). */
+em_err_t em__api_jwt_key_load(em_api_t *api, em_error_t *err);
+void em__api_jwt_key_free(em_api_t *api);
 
 /*
  * Verifies a JWT (ES256 with the API's key, iss, aud, exp, nbf, iat, sub,
