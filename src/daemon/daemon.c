@@ -7,6 +7,9 @@
  * (em_store_enqueue_*: the network thread never waits for a commit); a
  * connector thread connects to the broker in the background, so a broker
  * that is down at start delays nothing but MQTT.
+ *
+ * Loading the stored registry and queueing the manager's events for the
+ * store are daemon_store.c's; configuration reload is daemon_reload.c's.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,55 +34,10 @@
 
 #define MODULE "daemon"
 
-/* Validation events: at most VAL_PER_MIN per device per minute are stored,
- * the rest only counted; VAL_SLOTS devices are tracked at once. */
-#define VAL_PER_MIN 5
-#define VAL_SLOTS   1024
-
 #define CONNECT_TIMEOUT_MS 5000
 #define DRAIN_POLL_US      50000
 #define FLUSH_TIMEOUT_MS   30000
 #define FIRST_PRUNE_S      60
-
-typedef struct val_slot {
-    char id[EM_DEVICE_ID_MAX + 1];
-    int64_t window_ms;
-    unsigned count;
-} val_slot_t;
-
-struct em_daemon {
-    em_daemon_config_t cfg;      /* the settings in force (loop thread) */
-    em_daemon_config_t conn_cfg; /* the connector thread's copy (MQTT never reloads) */
-    em_daemon_hooks_t hooks;
-
-    struct event_base *base;
-    struct event *ev_term, *ev_int, *ev_hup, *ev_expire, *ev_prune, *ev_drain, *ev_stop;
-    em_store_t *store;
-    em_manager_t *mgr;
-    em_api_t *api;
-    bool listening; /* the manager callback is registered */
-
-    /* The connector thread. */
-    pthread_t connector;
-    bool connector_running;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool connector_stop;
-
-    /* The log file sink (log_fd < 0: the default stderr sink). */
-    pthread_mutex_t log_lock;
-    int log_fd;
-
-    /* Validation-event limiter (network thread; locked for the timer). */
-    pthread_mutex_t val_lock;
-    val_slot_t val[VAL_SLOTS];
-    uint64_t val_suppressed;
-    uint64_t enqueue_failures;
-
-    bool stopping;
-    int64_t drain_deadline_ms;
-    bool locks_ready;
-};
 
 /* ---- logging ----------------------------------------------------------- */
 
@@ -103,7 +61,7 @@ static void log_sink(em_log_level_t level, const char *line, size_t len, void *u
 
 /* Opens (or reopens, for log rotation) the log file named in cfg; "" goes
  * back to stderr. */
-static em_err_t open_log(em_daemon_t *d, const char *path, em_error_t *err)
+em_err_t em__daemon_open_log(em_daemon_t *d, const char *path, em_error_t *err)
 {
     int fd = -1;
     if (path[0] != '\0') {
@@ -122,251 +80,11 @@ static em_err_t open_log(em_daemon_t *d, const char *path, em_error_t *err)
     return EM_OK;
 }
 
-static void log_error(const char *msg, const em_error_t *e)
+void em__daemon_log_error(const char *msg, const em_error_t *e)
 {
     em_log_field_t f[] = {EM_LOG_STR("error", em_err_name(e->code)),
                           EM_LOG_STR("reason", e->message)};
     em_log(EM_LOG_ERROR, MODULE, NULL, msg, f, 2);
-}
-
-/* ---- manager events -> store ------------------------------------------- */
-
-/* True when a validation event for id may be stored now. */
-static bool val_allow(em_daemon_t *d, const char *id, int64_t now)
-{
-    uint32_t h = 2166136261u;
-    for (const char *c = id; *c != '\0'; c++)
-        h = (h ^ (unsigned char)*c) * 16777619u;
-    val_slot_t *s = &d->val[h % VAL_SLOTS];
-    bool ok;
-    pthread_mutex_lock(&d->val_lock);
-    if (strcmp(s->id, id) != 0 || now - s->window_ms >= 60000) {
-        /* A new minute, or another device takes the slot: a device that
-         * shares a slot with a noisy one may get a few more events through,
-         * never fewer. */
-        snprintf(s->id, sizeof(s->id), "%s", id);
-        s->window_ms = now;
-        s->count = 0;
-    }
-    ok = s->count < VAL_PER_MIN;
-    if (ok)
-        s->count++;
-    else
-        d->val_suppressed++;
-    pthread_mutex_unlock(&d->val_lock);
-    return ok;
-}
-
-static em_severity_t device_event_severity(const char *type)
-{
-    static const char *const high[] = {"tamper", "intrusion", "breach", "attack", "forced_open"};
-    for (size_t i = 0; i < sizeof(high) / sizeof(high[0]); i++) {
-        if (strstr(type, high[i]) != NULL)
-            return EM_SEV_HIGH;
-    }
-    return EM_SEV_LOW;
-}
-
-static em_err_t queue_device_event(em_daemon_t *d, em_event_kind_t kind, const char *type,
-                                   em_severity_t sev, const char *id, const char *message,
-                                   const char *details, int64_t now, em_error_t *e)
-{
-    em_store_event_t ev;
-    memset(&ev, 0, sizeof(ev));
-    ev.time_ms = now;
-    ev.kind = kind;
-    snprintf(ev.type, sizeof(ev.type), "%s", type);
-    ev.severity = sev;
-    if (id != NULL)
-        snprintf(ev.device_id, sizeof(ev.device_id), "%s", id);
-    snprintf(ev.source, sizeof(ev.source), "%s", "mqtt");
-    snprintf(ev.message, sizeof(ev.message), "%s", message != NULL ? message : "");
-    ev.details_json = details;
-    return em_store_enqueue_event(d->store, &ev, e);
-}
-
-static void on_manager_event(em_manager_t *mgr, const em_event_t *ev, void *userdata)
-{
-    (void)mgr;
-    em_daemon_t *d = userdata;
-    em_error_t e;
-    em_error_clear(&e);
-    em_err_t rc = EM_OK;
-    int64_t now = em_now_ms();
-    const char *id = ev->device != NULL ? ev->device->id : ev->device_id;
-
-    switch (ev->type) {
-    case EM_EVENT_STATUS:
-        if (id != NULL && ev->status != NULL)
-            rc = em_store_enqueue_status(d->store, id, ev->status, &e);
-        break;
-    case EM_EVENT_TELEMETRY:
-        if (id != NULL && ev->telemetry != NULL)
-            rc = em_store_enqueue_telemetry(d->store, id, ev->telemetry, ev->energy_delta_wh,
-                                            ev->counter_reset != 0, &e);
-        break;
-    case EM_EVENT_COMMAND_RESPONSE:
-        if (id != NULL && ev->response != NULL)
-            rc = em_store_enqueue_response(d->store, id, ev->response, now, &e);
-        break;
-    case EM_EVENT_COMMAND_ACKED:
-        if (ev->command != NULL)
-            rc = em_store_enqueue_command_state(d->store, ev->command->request_id,
-                                                EM_CMD_ACKNOWLEDGED, now, &e);
-        break;
-    case EM_EVENT_DEVICE_EVENT:
-        if (id != NULL && ev->device_event != NULL)
-            rc = queue_device_event(d, EM_EVKIND_DEVICE, ev->device_event->type,
-                                    device_event_severity(ev->device_event->type), id,
-                                    "the device reported an event", ev->device_event->details_json,
-                                    now, &e);
-        break;
-    case EM_EVENT_DEVICE_OFFLINE:
-        if (id != NULL)
-            rc = queue_device_event(d, EM_EVKIND_DEVICE, "offline", EM_SEV_MEDIUM, id,
-                                    "the device went offline", NULL, now, &e);
-        break;
-    case EM_EVENT_DEVICE_ONLINE:
-        if (id != NULL)
-            rc = queue_device_event(d, EM_EVKIND_DEVICE, "online", EM_SEV_LOW, id,
-                                    "the device is online", NULL, now, &e);
-        break;
-    case EM_EVENT_ERROR:
-        /* A rejected message from a known device id: a validation event
-         * (bounded, a device must not be able to flood the store). */
-        if (ev->error != NULL && ev->error->device_id[0] != '\0' &&
-            val_allow(d, ev->error->device_id, now)) {
-            char msg[EM_STORE_TEXT_MAX + 1];
-            snprintf(msg, sizeof(msg), "%s%s%s", ev->error->field,
-                     ev->error->field[0] != '\0' ? ": " : "", ev->error->message);
-            rc = queue_device_event(d, EM_EVKIND_VALIDATION, em_err_name(ev->error->code),
-                                    ev->error->severity, ev->error->device_id, msg, NULL, now, &e);
-        }
-        break;
-    case EM_EVENT_CONNECTED:
-        em_log(EM_LOG_INFO, MODULE, NULL, "the broker connection is up", NULL, 0);
-        break;
-    case EM_EVENT_DISCONNECTED:
-        em_log(EM_LOG_WARN, MODULE, NULL, "the broker connection is down; reconnecting", NULL, 0);
-        break;
-    default:
-        break;
-    }
-    if (rc != EM_OK) {
-        pthread_mutex_lock(&d->val_lock);
-        d->enqueue_failures++;
-        pthread_mutex_unlock(&d->val_lock);
-        em_log_field_t f[] = {
-            EM_LOG_STR("device", id != NULL ? id : ""), EM_LOG_INT("event", ev->type),
-            EM_LOG_STR("error", em_err_name(e.code)), EM_LOG_STR("reason", e.message)};
-        em_log(EM_LOG_ERROR, MODULE, NULL, "cannot queue a record for the store", f, 4);
-    }
-}
-
-/* ---- loading the registry --------------------------------------------- */
-
-typedef struct load_ctx {
-    em_daemon_t *d;
-    char last[EM_DEVICE_ID_MAX + 1];
-    size_t rows, registered, failed;
-} load_ctx_t;
-
-static int load_group(const char *name, size_t members, int64_t created_at_ms, void *userdata)
-{
-    (void)members;
-    (void)created_at_ms;
-    load_ctx_t *c = userdata;
-    em_error_t e;
-    em_err_t rc = em_manager_create_group(c->d->mgr, name, &e);
-    if (rc != EM_OK && rc != EM_ERR_EXISTS) {
-        c->failed++;
-        log_error("cannot load a group into the manager", &e);
-    }
-    return 0;
-}
-
-static int load_device(const em_store_device_t *dev, void *userdata)
-{
-    load_ctx_t *c = userdata;
-    snprintf(c->last, sizeof(c->last), "%s", dev->id);
-    c->rows++;
-    if (!dev->enabled)
-        return 0; /* a disabled device stays out of the registry: its messages are ignored */
-    em_error_t e;
-    em_err_t rc = em_manager_register_device(c->d->mgr, dev->id, dev->name, dev->type, &dev->config,
-                                             NULL, &e);
-    if (rc == EM_OK) {
-        c->registered++;
-    } else {
-        c->failed++;
-        log_error("cannot load a device into the manager", &e);
-    }
-    return 0;
-}
-
-static int load_member(const char *group, const char *id, void *userdata)
-{
-    load_ctx_t *c = userdata;
-    em_error_t e;
-    em_err_t rc = em_manager_add_to_group(c->d->mgr, id, group, &e);
-    /* Members that are disabled devices are not registered. */
-    if (rc != EM_OK && rc != EM_ERR_DEVICE_NOT_FOUND) {
-        c->failed++;
-        log_error("cannot load a group membership into the manager", &e);
-    }
-    return 0;
-}
-
-static int load_status(const char *id, const em_status_t *status, void *userdata)
-{
-    load_ctx_t *c = userdata;
-    em_manager_t *mgr = c->d->mgr;
-    em_manager_lock(mgr);
-    em_registry_t *reg = em_manager_registry(mgr);
-    em_device_t *dev = em_registry_get(reg, id);
-    if (dev != NULL) {
-        em_status_t copy;
-        if (em_status_copy(&copy, status) == EM_OK)
-            em_registry_set_status(reg, dev, &copy); /* takes copy's strings */
-        else
-            c->failed++;
-    }
-    em_manager_unlock(mgr);
-    return 0;
-}
-
-static em_err_t load_registry(em_daemon_t *d, em_error_t *err)
-{
-    load_ctx_t c;
-    memset(&c, 0, sizeof(c));
-    c.d = d;
-    em_err_t rc = em_store_group_list(d->store, load_group, &c, err);
-    for (;;) {
-        if (rc != EM_OK)
-            return rc;
-        em_store_device_filter_t f = {NULL, -1, c.last[0] != '\0' ? c.last : NULL,
-                                      EM_STORE_PAGE_MAX};
-        size_t count = 0;
-        /* Keyset paging: the next page starts after the last id seen. */
-        rc = em_store_device_list(d->store, &f, load_device, &c, &count, err);
-        if (rc != EM_OK || count < EM_STORE_PAGE_MAX)
-            break;
-    }
-    if (rc == EM_OK)
-        rc = em_store_member_list(d->store, load_member, &c, err);
-    if (rc == EM_OK) {
-        em_err_t s = em_store_status_latest(d->store, NULL, load_status, &c, err);
-        if (s != EM_OK && s != EM_ERR_DEVICE_NOT_FOUND)
-            rc = s;
-    }
-    if (rc != EM_OK)
-        return rc;
-    em_log_field_t f[] = {EM_LOG_INT("devices", (long long)c.rows),
-                          EM_LOG_INT("registered", (long long)c.registered),
-                          EM_LOG_INT("failed", (long long)c.failed)};
-    em_log(c.failed > 0 ? EM_LOG_WARN : EM_LOG_INFO, MODULE, NULL,
-           "loaded the stored devices into the manager", f, 3);
-    return EM_OK;
 }
 
 /* ---- data directory and bootstrap key ---------------------------------- */
@@ -572,7 +290,7 @@ static void on_expire(evutil_socket_t fd, short what, void *arg)
     em_error_t e;
     em_error_clear(&e);
     if (em_store_command_expire(d->store, em_now_ms(), &n, &e) != EM_OK)
-        log_error("cannot expire commands", &e);
+        em__daemon_log_error("cannot expire commands", &e);
     else if (n > 0) {
         em_log_field_t f[] = {EM_LOG_INT("expired", (long long)n)};
         em_log(EM_LOG_INFO, MODULE, NULL, "commands expired without an answer", f, 1);
@@ -602,7 +320,7 @@ static void on_prune(evutil_socket_t fd, short what, void *arg)
     em_error_t e;
     em_error_clear(&e);
     if (em_store_prune(d->store, &r, em_now_ms(), &deleted, &e) != EM_OK) {
-        log_error("retention: cannot prune the store", &e);
+        em__daemon_log_error("retention: cannot prune the store", &e);
     } else {
         em_log_field_t f[] = {EM_LOG_INT("deleted", (long long)deleted)};
         em_log(deleted > 0 ? EM_LOG_INFO : EM_LOG_DEBUG, MODULE, NULL,
@@ -655,7 +373,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         em_error_t e;
         em_error_clear(&e);
         if (em_daemon_reload(d, &e) != EM_OK)
-            log_error("reload failed; the running settings stay", &e);
+            em__daemon_log_error("reload failed; the running settings stay", &e);
         return;
     }
     begin_stop(d, sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -736,7 +454,7 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
     d->locks_ready = true;
 
     em_log_set_level(d->cfg.log_level);
-    rc = open_log(d, d->cfg.log_file, err);
+    rc = em__daemon_open_log(d, d->cfg.log_file, err);
     if (rc == EM_OK) {
         em_log_field_t f[] = {EM_LOG_STR("version", em_version()),
                               EM_LOG_STR("config", d->cfg.path),
@@ -754,7 +472,7 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
             rc = err != NULL && err->code != EM_OK ? err->code : EM_ERR_NOMEM;
     }
     if (rc == EM_OK)
-        rc = load_registry(d, err);
+        rc = em__daemon_load_registry(d, err);
     if (rc == EM_OK) {
         /* After loading: registering the stored devices is not news. */
         rc = em_manager_on(
@@ -764,7 +482,7 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
                 EM_EVENT_MASK(EM_EVENT_DEVICE_EVENT) | EM_EVENT_MASK(EM_EVENT_DEVICE_OFFLINE) |
                 EM_EVENT_MASK(EM_EVENT_DEVICE_ONLINE) | EM_EVENT_MASK(EM_EVENT_ERROR) |
                 EM_EVENT_MASK(EM_EVENT_CONNECTED) | EM_EVENT_MASK(EM_EVENT_DISCONNECTED),
-            on_manager_event, d);
+            em__daemon_on_manager_event, d);
         if (rc == EM_OK)
             d->listening = true;
         else
@@ -798,7 +516,7 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
     }
     if (rc != EM_OK) {
         if (err != NULL)
-            log_error("emiotd cannot start", err);
+            em__daemon_log_error("emiotd cannot start", err);
         em_daemon_free(d);
         return rc;
     }
@@ -838,16 +556,17 @@ em_err_t em_daemon_run(em_daemon_t *d, em_error_t *err)
     bool was_connected = em_manager_is_connected(d->mgr);
     /* Also stops a transport that is reconnecting. */
     if (em_manager_disconnect(d->mgr, &e) != EM_OK && was_connected)
-        log_error("the broker did not acknowledge every command before the disconnect", &e);
+        em__daemon_log_error("the broker did not acknowledge every command before the disconnect",
+                             &e);
     if (d->listening) {
-        em_manager_off(d->mgr, on_manager_event, d);
+        em_manager_off(d->mgr, em__daemon_on_manager_event, d);
         d->listening = false;
     }
     em_api_free(d->api);
     d->api = NULL;
     em_error_clear(&e);
     if (em_store_flush(d->store, FLUSH_TIMEOUT_MS, &e) != EM_OK) {
-        log_error("the store could not commit everything queued", &e);
+        em__daemon_log_error("the store could not commit everything queued", &e);
         rc = em_error_set(err, EM_ERR_IO, EM_SEV_CRITICAL, NULL,
                           "the store could not commit everything queued: %s", e.message);
     }
@@ -868,7 +587,7 @@ void em_daemon_free(em_daemon_t *d)
     stop_connector(d);
     if (d->mgr != NULL) {
         if (d->listening)
-            em_manager_off(d->mgr, on_manager_event, d);
+            em_manager_off(d->mgr, em__daemon_on_manager_event, d);
         (void)em_manager_disconnect(d->mgr, NULL);
     }
     em_api_free(d->api);
@@ -902,154 +621,4 @@ int em_daemon_exit_code(em_err_t code)
     if (code == EM_ERR_CONFIGURATION)
         return EM_DAEMON_EXIT_CONFIG;
     return EM_DAEMON_EXIT_FAILURE;
-}
-
-/* ---- reload ------------------------------------------------------------ */
-
-/* Appends name to list (comma separated, bounded). */
-static void note(char *list, size_t size, const char *name)
-{
-    size_t len = strlen(list);
-    if (len + strlen(name) + 3 >= size)
-        return;
-    snprintf(list + len, size - len, "%s%s", len > 0 ? ", " : "", name);
-}
-
-#define SAME_STR(f) (strcmp(a->f, b->f) == 0)
-#define SAME(f)     (a->f == b->f)
-
-/* Names the settings that differ between a and b and need a restart. */
-static void restart_only_changes(const em_daemon_config_t *a, const em_daemon_config_t *b,
-                                 char *list, size_t size)
-{
-    list[0] = '\0';
-    if (!SAME_STR(data_dir))
-        note(list, size, "daemon.data_dir");
-    if (!SAME_STR(bootstrap_key_file) || !SAME(bootstrap_key_print))
-        note(list, size, "daemon.bootstrap_key_*");
-    if (!SAME_STR(mqtt_url) || !SAME_STR(mqtt_ca_file) || !SAME_STR(mqtt_ca_path) ||
-        !SAME_STR(mqtt_cert_file) || !SAME_STR(mqtt_key_file) || !SAME_STR(mqtt_username) ||
-        !SAME_STR(mqtt_password_env) || !SAME_STR(mqtt_password_file) ||
-        !SAME_STR(mqtt_client_id) || !SAME(mqtt_allow_plain) || !SAME(mqtt_keepalive_s) ||
-        !SAME(mqtt_reconnect_min_s) || !SAME(mqtt_reconnect_max_s) || !SAME(mqtt_protocol))
-        note(list, size, "mqtt connection");
-    if (!SAME(status_interval_s) || !SAME(offline_check_s) || !SAME(command_rate_count) ||
-        !SAME(command_rate_window_s) || !SAME(command_qos) || !SAME(max_devices))
-        note(list, size, "mqtt manager settings");
-    if (!SAME_STR(store_url) || !SAME_STR(store_url_env) || !SAME_STR(store_url_file) ||
-        memcmp(&a->store, &b->store, sizeof(a->store)) != 0)
-        note(list, size, "store");
-    if (!SAME(request_timeout_s) || !SAME(command_ttl_s) || !SAME_STR(jwt_key_file) ||
-        !SAME_STR(jwt_issuer) || !SAME_STR(jwt_audience) || !SAME(jwt_ttl_s))
-        note(list, size, "api (timeouts, ttl, jwt)");
-    bool listeners_same = SAME(nlisteners);
-    for (size_t i = 0; listeners_same && i < a->nlisteners; i++) {
-        const em_daemon_listener_t *x = &a->listeners[i], *y = &b->listeners[i];
-        listeners_same = strcmp(x->name, y->name) == 0 && strcmp(x->address, y->address) == 0 &&
-                         x->port == y->port && x->metrics_only == y->metrics_only &&
-                         x->client_auth == y->client_auth &&
-                         (x->cert_file[0] != '\0') == (y->cert_file[0] != '\0');
-    }
-    if (!listeners_same)
-        note(list, size, "listeners (names, addresses, ports, client_auth, TLS on/off)");
-}
-
-#undef SAME_STR
-#undef SAME
-
-em_err_t em_daemon_reload(em_daemon_t *d, em_error_t *err)
-{
-    if (d == NULL || d->cfg.path[0] == '\0')
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL,
-                            "the daemon has no configuration file to reload");
-    em_log_field_t fp[] = {EM_LOG_STR("config", d->cfg.path)};
-    em_log(EM_LOG_INFO, MODULE, NULL, "SIGHUP: reloading the configuration", fp, 1);
-    em_daemon_config_t *nc = malloc(sizeof(*nc));
-    em_daemon_config_t *merged = malloc(sizeof(*merged));
-    if (nc == NULL || merged == NULL) {
-        free(nc);
-        free(merged);
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
-    }
-    em_err_t rc = em_daemon_config_load(nc, d->cfg.path, err);
-    if (rc == EM_OK)
-        rc = em_daemon_config_check(nc, err);
-    if (rc != EM_OK) {
-        free(nc);
-        free(merged);
-        return rc;
-    }
-
-    /* merged: the running settings with the reloadable ones from nc. */
-    *merged = d->cfg;
-    char restart[512];
-    restart_only_changes(&d->cfg, nc, restart, sizeof(restart));
-    bool listeners_same = strstr(restart, "listeners") == NULL;
-    if (listeners_same) {
-        for (size_t i = 0; i < nc->nlisteners; i++) {
-            memcpy(merged->listeners[i].cert_file, nc->listeners[i].cert_file,
-                   sizeof(nc->listeners[i].cert_file));
-            memcpy(merged->listeners[i].key_file, nc->listeners[i].key_file,
-                   sizeof(nc->listeners[i].key_file));
-            memcpy(merged->listeners[i].client_ca_file, nc->listeners[i].client_ca_file,
-                   sizeof(nc->listeners[i].client_ca_file));
-        }
-    }
-    merged->max_body = nc->max_body;
-    memcpy(merged->rate_per_min, nc->rate_per_min, sizeof(merged->rate_per_min));
-    merged->auth_fail_per_min = nc->auth_fail_per_min;
-
-    em_api_options_t ao;
-    em_daemon_config_api_options(merged, &ao);
-    rc = em_api_reload(d->api, &ao, err);
-    if (rc == EM_OK && strcmp(nc->topic_prefix, d->cfg.topic_prefix) != 0)
-        rc = em_manager_set_topic_prefix(d->mgr, nc->topic_prefix, err);
-    if (rc == EM_OK && strcmp(nc->log_file, d->cfg.log_file) != 0)
-        rc = open_log(d, nc->log_file, err);
-    else if (rc == EM_OK && nc->log_file[0] != '\0')
-        (void)open_log(d, nc->log_file, NULL); /* reopen: the file may have been rotated */
-    if (rc != EM_OK) {
-        free(nc);
-        free(merged);
-        return rc;
-    }
-    memcpy(merged->topic_prefix, nc->topic_prefix, sizeof(merged->topic_prefix));
-    memcpy(merged->log_file, nc->log_file, sizeof(merged->log_file));
-    merged->log_level = nc->log_level;
-    merged->shutdown_timeout_s = nc->shutdown_timeout_s;
-    merged->command_expiry_s = nc->command_expiry_s;
-    merged->retention_interval_s = nc->retention_interval_s;
-    merged->status_history_days = nc->status_history_days;
-    merged->telemetry_days = nc->telemetry_days;
-    merged->rollup_hour_days = nc->rollup_hour_days;
-    merged->rollup_day_days = nc->rollup_day_days;
-    merged->events_days = nc->events_days;
-    merged->commands_days = nc->commands_days;
-    em_log_set_level(merged->log_level);
-
-    bool prune_changed = d->cfg.retention_interval_s != merged->retention_interval_s;
-    d->cfg = *merged;
-    if (prune_changed && d->ev_prune != NULL) {
-        /* Re-armed now: waiting out the old interval could take an hour. */
-        struct timeval tv = {d->cfg.retention_interval_s, 0};
-        evtimer_add(d->ev_prune, &tv);
-    }
-    free(nc);
-    free(merged);
-
-    em_log_field_t f[] = {EM_LOG_STR("log_level", em_log_level_name(d->cfg.log_level)),
-                          EM_LOG_INT("rate_viewer", d->cfg.rate_per_min[EM_ROLE_VIEWER]),
-                          EM_LOG_INT("rate_operator", d->cfg.rate_per_min[EM_ROLE_OPERATOR]),
-                          EM_LOG_INT("rate_admin", d->cfg.rate_per_min[EM_ROLE_ADMIN]),
-                          EM_LOG_INT("rate_device", d->cfg.rate_per_min[EM_ROLE_DEVICE]),
-                          EM_LOG_INT("max_body", (long long)d->cfg.max_body)};
-    em_log(EM_LOG_INFO, MODULE, NULL,
-           "configuration reloaded: log, API limits and certificates, retention, topic prefix", f,
-           6);
-    if (restart[0] != '\0') {
-        em_log_field_t fr[] = {EM_LOG_STR("unchanged_until_restart", restart)};
-        em_log(EM_LOG_WARN, MODULE, NULL,
-               "some changed settings apply only after a restart; they are not in force", fr, 1);
-    }
-    return EM_OK;
 }
