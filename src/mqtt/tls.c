@@ -190,8 +190,8 @@ SSL_CTX *em__mqtt_tls_ctx_new(em_mqtt_t *m, const em_mqtt_options_t *o, em_error
  * by the driver after each round of writes (em__mqtt_tls_flush), makes what
  * one wake-up wrote leave in one write(). OpenSSL flushes it itself after an
  * alert (the close_notify of a disconnect follows the DISCONNECT out). */
-#define TLS_RBUF_SIZE (64 * 1024)
-#define TLS_WBUF_SIZE (64 * 1024)
+#define TLS_RBUF_SIZE 65536L
+#define TLS_WBUF_SIZE 65536L
 
 /* A buffering BIO over sock, taking a reference of its own to sock; NULL
  * when it cannot (unbuffered still works). */
