@@ -533,6 +533,7 @@ static em_err_t tx_end(em__store_conn_t *c, em_err_t rc, em_error_t *err)
 static em_err_t lookup_pk(em__store_conn_t *c, enum stmt_id id, const char *key, em_err_t notfound,
                           const char *what, sqlite3_int64 *pk, em_error_t *err)
 {
+    *pk = 0; /* defined on every path, found or not */
     sqlite3_stmt *s = stmt(c, id, err);
     if (s == NULL) {
         return EM_ERR_IO;
@@ -663,8 +664,10 @@ static em_err_t sq_open(const char *url, const em_store_options_t *opts, em__sto
     *out = NULL;
     const char *path = NULL;
     em_err_t rc = url_path(url, &path, err);
-    if (rc != EM_OK) {
-        return rc;
+    if (rc != EM_OK || path == NULL) {
+        return rc != EM_OK ? rc
+                           : em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_MEDIUM, "store",
+                                          "the sqlite URL needs a file path");
     }
     /* Create the file ourselves so that it is 0600 from its first byte,
      * whatever the umask; SQLite would use 0644. */
@@ -745,6 +748,10 @@ static em_err_t sq_migrate(em__store_conn_t *c, int *version, em_error_t *err)
         }
         int v = 0;
         rc = read_version(c, &v, err);
+        if (rc == EM_OK && v < 0) {
+            rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "store",
+                              "the database records a negative schema version (%d)", v);
+        }
         if (rc == EM_OK && v > EM__STORE_SCHEMA_VERSION) {
             rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "store",
                               "the database schema (version %d) is newer than this build (%d)", v,
@@ -754,7 +761,7 @@ static em_err_t sq_migrate(em__store_conn_t *c, int *version, em_error_t *err)
             *version = v;
             return tx_end(c, EM_OK, err);
         }
-        if (rc == EM_OK) {
+        if (rc == EM_OK && v < MIGRATION_COUNT) {
             src = sqlite3_exec(c->db, migrations[v], NULL, NULL, NULL);
             if (src != SQLITE_OK) {
                 rc = db_error(c, src, "migrate", err);
@@ -846,7 +853,7 @@ static void cache_put(em__store_conn_t *c, const char *id, sqlite3_int64 pk)
                     return;
                 }
             } else {
-                for (size_t i = 0; i < c->cache_cap; i++) {
+                for (size_t i = 0; c->cache != NULL && i < c->cache_cap; i++) {
                     if (c->cache[i].id[0] != '\0') {
                         *cache_slot(n, ncap, c->cache[i].id) = c->cache[i];
                     }
@@ -856,6 +863,9 @@ static void cache_put(em__store_conn_t *c, const char *id, sqlite3_int64 pk)
                 c->cache_cap = ncap;
             }
         }
+    }
+    if (c->cache == NULL) {
+        return; /* cleared with no table to refill */
     }
     pk_entry_t *e = cache_slot(c->cache, c->cache_cap, id);
     if (e->id[0] == '\0') {
