@@ -70,11 +70,12 @@ typedef struct em__api_req {
 
 typedef void (*em__api_handler_fn)(em__api_req_t *r);
 
-/* Route flags. */
-#define EM__ROUTE_PUBLIC    (1u << 0) /* no authentication (healthz) */
-#define EM__ROUTE_DEVICE_OK (1u << 1) /* the device role may call it for its own {id} (capture 0)  \
-                                       */
-#define EM__ROUTE_BODY (1u << 2)      /* a JSON body is expected */
+/* Route flags. EM__ROUTE_PUBLIC: no authentication (healthz).
+ * EM__ROUTE_DEVICE_OK: the device role may call it for its own {id}
+ * (capture 0). EM__ROUTE_BODY: a JSON body is expected. */
+#define EM__ROUTE_PUBLIC    (1u << 0)
+#define EM__ROUTE_DEVICE_OK (1u << 1)
+#define EM__ROUTE_BODY      (1u << 2)
 
 typedef struct em__api_route {
     int method; /* EVHTTP_REQ_GET, _POST, _PUT, _PATCH, _DELETE */
