@@ -82,6 +82,20 @@ static int name_lookup(const char *const *names, size_t n, const char *name)
     return -1;
 }
 
+/* Parses name against a name table into *out (an enum's int value). */
+static em_err_t name_parse(const char *const *names, size_t n, const char *name, int *out)
+{
+    if (name == NULL || out == NULL) {
+        return EM_ERR_INVALID_ARGUMENT;
+    }
+    int i = name_lookup(names, n, name);
+    if (i < 0) {
+        return EM_ERR_VALIDATION;
+    }
+    *out = i;
+    return EM_OK;
+}
+
 const char *em_command_state_name(em_command_state_t s)
 {
     if ((unsigned)s >= COUNT_OF(command_state_names)) {
@@ -92,15 +106,13 @@ const char *em_command_state_name(em_command_state_t s)
 
 em_err_t em_command_state_parse(const char *name, em_command_state_t *out)
 {
-    if (name == NULL || out == NULL) {
-        return EM_ERR_INVALID_ARGUMENT;
+    int i = 0;
+    em_err_t rc = name_parse(command_state_names, COUNT_OF(command_state_names), name,
+                             out != NULL ? &i : NULL);
+    if (rc == EM_OK) {
+        *out = (em_command_state_t)i;
     }
-    int i = name_lookup(command_state_names, COUNT_OF(command_state_names), name);
-    if (i < 0) {
-        return EM_ERR_VALIDATION;
-    }
-    *out = (em_command_state_t)i;
-    return EM_OK;
+    return rc;
 }
 
 const char *em_event_kind_name(em_event_kind_t k)
@@ -113,15 +125,13 @@ const char *em_event_kind_name(em_event_kind_t k)
 
 em_err_t em_event_kind_parse(const char *name, em_event_kind_t *out)
 {
-    if (name == NULL || out == NULL) {
-        return EM_ERR_INVALID_ARGUMENT;
+    int i = 0;
+    em_err_t rc =
+        name_parse(event_kind_names, COUNT_OF(event_kind_names), name, out != NULL ? &i : NULL);
+    if (rc == EM_OK) {
+        *out = (em_event_kind_t)i;
     }
-    int i = name_lookup(event_kind_names, COUNT_OF(event_kind_names), name);
-    if (i < 0) {
-        return EM_ERR_VALIDATION;
-    }
-    *out = (em_event_kind_t)i;
-    return EM_OK;
+    return rc;
 }
 
 const char *em_role_name(em_role_t r)
@@ -134,15 +144,12 @@ const char *em_role_name(em_role_t r)
 
 em_err_t em_role_parse(const char *name, em_role_t *out)
 {
-    if (name == NULL || out == NULL) {
-        return EM_ERR_INVALID_ARGUMENT;
+    int i = 0;
+    em_err_t rc = name_parse(role_names, COUNT_OF(role_names), name, out != NULL ? &i : NULL);
+    if (rc == EM_OK) {
+        *out = (em_role_t)i;
     }
-    int i = name_lookup(role_names, COUNT_OF(role_names), name);
-    if (i < 0) {
-        return EM_ERR_VALIDATION;
-    }
-    *out = (em_role_t)i;
-    return EM_OK;
+    return rc;
 }
 
 /* ---- rollups ---------------------------------------------------------- */
