@@ -14,6 +14,7 @@ PACKAGES=(
   procps curl jq
   libevent-dev libsqlite3-dev sqlite3 libpq-dev postgresql libjwt-dev
   libcurl4-openssl-dev wrk python3 python3-jwt python3-cryptography
+  libp11-dev softhsm2 opensc
 )
 
 missing=()

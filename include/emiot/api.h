@@ -36,7 +36,9 @@
 
 #include "emiot/error.h"
 #include "emiot/export.h"
+#include "emiot/keystore.h"
 #include "emiot/manager.h"
+#include "emiot/pki.h"
 #include "emiot/store.h"
 
 #ifdef __cplusplus
@@ -45,6 +47,7 @@ extern "C" {
 
 struct event_base;
 typedef struct em_api em_api_t;
+typedef struct em_dynsec em_dynsec_t; /* dynsec.h */
 
 #define EM_API_LISTENERS_MAX 8
 #define EM_API_KEY_LEN       52 /* "iot_" + 48 hex digits */
@@ -71,13 +74,27 @@ typedef struct em_api_options {
     size_t nlisteners;
     size_t max_body;            /* request body limit, default 65536, at most EM_API_BODY_MAX */
     int request_timeout_s;      /* idle and read timeout per connection, default 30 */
-    const char *jwt_key_file;   /* ES256 key (PEM); created with mode 0600 when missing */
+    const char *jwt_key_file;   /* ES256 key, created (mode 0600) when missing: a keystore file
+                                   sealed with keystore, or plain PEM when keystore is NULL */
     const char *jwt_issuer;     /* default "emiotd" */
     const char *jwt_audience;   /* default "emiot-api" */
     int jwt_ttl_s;              /* tokens issued by POST /api/v1/tokens, default 3600 */
     uint32_t rate_per_min[5];   /* indexed by em_role_t; 0: defaults (device 60, others 1200) */
     uint32_t auth_fail_per_min; /* failed authentications per client address before 429 (20) */
     int command_ttl_s;          /* a command not answered after this expires (default 300) */
+
+    /* Device identity (docs/SECURITY.md). Each may be NULL / 0 for the default. */
+    const em_keystore_secret_t *keystore; /* seals the JWT key; NULL: a plain 0600 PEM */
+    em_pki_t *pki;               /* the CA that signs enrollment CSRs; NULL: no enrollment */
+    const char *client_crl_file; /* CRL checked for client certificates (NULL: the CA's when
+                                    pki is set, else none) */
+    int device_token_ttl_s;      /* device JWTs from challenge-response, default 86400 */
+    int nonce_ttl_s;             /* challenge nonces, default 300 (1..300) */
+    size_t nonces_max;           /* outstanding nonces, default 10000 */
+    int enroll_token_ttl_s;      /* default lifetime of an enrollment token, 86400 */
+    int enroll_token_ttl_max_s;  /* the longest one may ask for, default 30 days */
+    int device_cert_days;        /* validity of certificates issued at enrollment, 365 */
+    em_dynsec_t *dynsec;         /* provisions MQTT passwords; NULL: not offered */
 } em_api_options_t;
 
 /* Fills opts with the defaults above and no listener. */

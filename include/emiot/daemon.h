@@ -12,8 +12,9 @@
  *   address = 0.0.0.0
  *   port = 8443
  *
- * Sections: [daemon], [mqtt], [store], [retention], [api] and any number (at
- * most EM_API_LISTENERS_MAX) of [listener NAME]. A section may be opened
+ * Sections: [daemon], [mqtt], [store], [retention], [api], [keystore],
+ * [pki], [dynsec] and any number (at most EM_API_LISTENERS_MAX) of
+ * [listener NAME]. A section may be opened
  * again; a key may be set once. A value runs to the end of the line (there
  * are no trailing comments) and may be wrapped in double quotes to keep
  * leading or trailing spaces. Paths must be absolute. Parsing is strict: an
@@ -138,6 +139,37 @@ typedef struct em_daemon_config {
     int jwt_ttl_s;                             /* 3600 */
     uint32_t rate_per_min[5];   /* by em_role_t: viewer, operator, admin 1200; device 60 */
     uint32_t auth_fail_per_min; /* 20 */
+
+    /* [keystore]: the secret that seals the JWT key (and opens the CA key).
+     * At most one of passphrase_env, passphrase_file and key_file; with none,
+     * key_file defaults to DATA/keystore.key, created at the first start. */
+    char keystore_passphrase_env[EM_DAEMON_NAME_MAX + 1];
+    char keystore_passphrase_file[EM_DAEMON_PATH_MAX + 1];
+    char keystore_key_file[EM_DAEMON_PATH_MAX + 1];
+    char pkcs11_module[EM_DAEMON_PATH_MAX + 1]; /* an HSM holds the CA key ("" none) */
+    char pkcs11_pin_env[EM_DAEMON_NAME_MAX + 1];
+    char pkcs11_pin_file[EM_DAEMON_PATH_MAX + 1];
+
+    /* [pki] */
+    char pki_dir[EM_DAEMON_PATH_MAX + 1];      /* the CA directory: enrollment ("" none) */
+    char pki_ca_file[EM_DAEMON_PATH_MAX + 1];  /* trusted for device certificates (default:
+                                                  DIR/ca.crt) */
+    char pki_crl_file[EM_DAEMON_PATH_MAX + 1]; /* default DIR/crl.pem */
+    int device_cert_days;                      /* 365 */
+    int enroll_token_ttl_s;                    /* 86400 */
+    int enroll_token_ttl_max_s;                /* 2592000 */
+    int device_token_ttl_s;                    /* 86400 */
+    int nonce_ttl_s;                           /* 300 */
+    size_t nonces_max;                         /* 10000 */
+
+    /* [dynsec]: MQTT passwords through mosquitto's dynamic-security plugin */
+    char dynsec_url[EM_MQTT_URL_MAX + 1]; /* "": not used */
+    char dynsec_ca_file[EM_DAEMON_PATH_MAX + 1];
+    char dynsec_cert_file[EM_DAEMON_PATH_MAX + 1];
+    char dynsec_key_file[EM_DAEMON_PATH_MAX + 1];
+    char dynsec_username[EM_DAEMON_TEXT_MAX + 1];
+    char dynsec_password_env[EM_DAEMON_NAME_MAX + 1];
+    char dynsec_password_file[EM_DAEMON_PATH_MAX + 1];
 
     em_daemon_listener_t listeners[EM_API_LISTENERS_MAX];
     size_t nlisteners;

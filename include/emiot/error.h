@@ -45,7 +45,9 @@ extern "C" {
     X(IO, 20, "io", "input/output error")                                                          \
     X(BUFFER_TOO_SMALL, 21, "buffer_too_small", "output buffer too small")                         \
     X(STATE, 22, "invalid_state", "operation not valid in the current state")                      \
-    X(NOT_FOUND, 23, "not_found", "no such object")
+    X(NOT_FOUND, 23, "not_found", "no such object")                                                \
+    X(CRYPTO, 24, "crypto", "a cryptographic check failed (wrong key, bad signature, tampering)")  \
+    X(CERTIFICATE, 25, "certificate", "certificate refused (trust, validity, revocation, usage)")
 
 typedef enum em_err {
 #define EM__ERR_ENUM(name, value, type_name, desc) EM_ERR_##name = (value),

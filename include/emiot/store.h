@@ -424,6 +424,72 @@ typedef int (*em_store_api_key_fn)(const em_store_api_key_t *k, void *userdata);
 EM_EXPORT em_err_t em_store_api_key_list(em_store_t *st, em_store_api_key_fn fn, void *userdata,
                                          em_error_t *err);
 
+/* ---- device identity (schema version 2) ---------------------------------- */
+
+/*
+ * A one-time enrollment token as stored: never the token itself. The token is
+ * "enr_" + 48 hex digits; token_id is "e_" + its first 12 hex digits (the
+ * public handle) and hash is SHA-256 over the whole token string.
+ */
+typedef struct em_store_enroll_token {
+    char token_id[EM_STORE_KEY_ID_MAX + 1];
+    char device_id[EM_DEVICE_ID_MAX + 1];
+    char owner[EM_STORE_NAME_MAX + 1]; /* who created it (actor) */
+    unsigned char hash[32];
+    int64_t created_at_ms;
+    int64_t expires_at_ms;
+    int64_t used_at_ms; /* 0: not used yet */
+} em_store_enroll_token_t;
+
+/* EM_ERR_EXISTS when token_id or hash is taken. */
+EM_EXPORT em_err_t em_store_enroll_token_insert(em_store_t *st, const em_store_enroll_token_t *t,
+                                                em_error_t *err);
+
+/*
+ * Uses the token whose hash is hash, atomically: when it was not used, sets
+ * used_at_ms = now_ms. *out receives the record as it was before the call
+ * (out->used_at_ms != 0: it had been used already, and nothing changed). The
+ * caller checks the expiry and the device. A token is used by any
+ * presentation, successful or not: it never works twice.
+ * Errors: EM_ERR_NOT_FOUND (no such token).
+ */
+EM_EXPORT em_err_t em_store_enroll_token_use(em_store_t *st, const unsigned char hash[32],
+                                             int64_t now_ms, em_store_enroll_token_t *out,
+                                             em_error_t *err);
+
+typedef int (*em_store_enroll_token_fn)(const em_store_enroll_token_t *t, void *userdata);
+/* The tokens of device_id (NULL: all), oldest first. */
+EM_EXPORT em_err_t em_store_enroll_token_list(em_store_t *st, const char *device_id,
+                                              em_store_enroll_token_fn fn, void *userdata,
+                                              em_error_t *err);
+
+#define EM_STORE_CERT_PEM_MAX 8192
+
+/* A device's certificate as registered with emiotd (at enrollment, or when a
+ * device first proves a CA-issued certificate). */
+typedef struct em_store_device_cert {
+    char device_id[EM_DEVICE_ID_MAX + 1];
+    char serial[41]; /* hex */
+    char sha256[65]; /* fingerprint of the DER, hex */
+    char pem[EM_STORE_CERT_PEM_MAX + 1];
+    int64_t not_after_ms;
+    int64_t created_at_ms;
+} em_store_device_cert_t;
+
+/* Registers a certificate. EM_ERR_DEVICE_NOT_FOUND, EM_ERR_EXISTS (same
+ * device and serial). */
+EM_EXPORT em_err_t em_store_device_cert_insert(em_store_t *st, const em_store_device_cert_t *c,
+                                               em_error_t *err);
+/* The device's newest registered certificate (by created_at_ms, then insertion).
+ * EM_ERR_NOT_FOUND when it has none, EM_ERR_DEVICE_NOT_FOUND. */
+EM_EXPORT em_err_t em_store_device_cert_latest(em_store_t *st, const char *device_id,
+                                               em_store_device_cert_t *out, em_error_t *err);
+typedef int (*em_store_device_cert_fn)(const em_store_device_cert_t *c, void *userdata);
+/* The device's certificates, oldest first. EM_ERR_DEVICE_NOT_FOUND. */
+EM_EXPORT em_err_t em_store_device_cert_list(em_store_t *st, const char *device_id,
+                                             em_store_device_cert_fn fn, void *userdata,
+                                             em_error_t *err);
+
 /* ---- maintenance ------------------------------------------------------ */
 
 typedef struct em_store_retention {

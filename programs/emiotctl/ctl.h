@@ -82,6 +82,11 @@ extern const ctl_cmd_t ctl_devices_cmds[];
 extern const ctl_cmd_t ctl_groups_cmds[];
 extern const ctl_cmd_t ctl_commands_cmds[];
 extern const ctl_cmd_t ctl_admin_cmds[];
+extern const ctl_cmd_t ctl_identity_cmds[]; /* devices enroll-token, devices certificates */
+extern const ctl_cmd_t ctl_mqttcred_cmds[]; /* devices mqtt-credentials */
+extern const ctl_cmd_t ctl_pki_cmds[];      /* pki ... (local CA directory) */
+extern const ctl_cmd_t ctl_broker_cmds[];   /* broker config */
+extern const ctl_cmd_t ctl_keystore_cmds[]; /* keystore seal, open, rekey */
 
 /* ---- main.c: errors and argument parsing ---------------------------------- */
 

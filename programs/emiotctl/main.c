@@ -72,8 +72,9 @@ static const char exit_help[] =
     "7 invalid input (400, 409, 413, or refused before sending),\n"
     "8 rate limited (429), 9 server error (5xx).\n";
 
-static const ctl_cmd_t *const areas[] = {ctl_devices_cmds, ctl_groups_cmds, ctl_commands_cmds,
-                                         ctl_admin_cmds};
+static const ctl_cmd_t *const areas[] = {ctl_devices_cmds, ctl_identity_cmds, ctl_mqttcred_cmds,
+                                         ctl_groups_cmds,  ctl_commands_cmds, ctl_admin_cmds,
+                                         ctl_pki_cmds,     ctl_broker_cmds,   ctl_keystore_cmds};
 #define N_AREAS (sizeof(areas) / sizeof(areas[0]))
 
 void ctl_err(const char *code, const char *fmt, ...)

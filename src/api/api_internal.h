@@ -96,6 +96,8 @@ extern const em__api_route_table_t em__api_routes_groups;   /* groups, members, 
 extern const em__api_route_table_t em__api_routes_commands; /* commands */
 extern const em__api_route_table_t em__api_routes_events;   /* events */
 extern const em__api_route_table_t em__api_routes_access;   /* keys, users, tokens, whoami */
+extern const em__api_route_table_t em__api_routes_identity; /* enrollment, challenge-response */
+extern const em__api_route_table_t em__api_routes_mqttcred; /* dynsec MQTT passwords */
 
 /* ---- answering (respond.c) --------------------------------------------- */
 

@@ -24,8 +24,9 @@
 #define PATH_MAX_LEN     2048
 
 static const em__api_route_table_t *const route_tables[] = {
-    &em__api_routes_devices, &em__api_routes_groups, &em__api_routes_commands,
-    &em__api_routes_events,  &em__api_routes_access,
+    &em__api_routes_devices,  &em__api_routes_groups, &em__api_routes_commands,
+    &em__api_routes_events,   &em__api_routes_access, &em__api_routes_identity,
+    &em__api_routes_mqttcred,
 };
 
 /* ---- routing ------------------------------------------------------------ */
