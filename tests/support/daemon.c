@@ -181,7 +181,7 @@ static int write_config(em_test_daemon_t *d, const char *extra)
         "port = %d\n"
         "cert_file = %s/server.crt\n"
         "key_file = %s/server.key\n"
-        "client_ca_file = %s/ca.crt\n"
+        "client_ca_file = %s\n"
         "client_auth = optional\n"
         "\n"
         "[listener metrics]\n"
@@ -191,7 +191,7 @@ static int write_config(em_test_daemon_t *d, const char *extra)
         "\n"
         "%s\n",
         d->data_dir, live[i].parts.mqtt, d->store_url[0] != '\0' ? "url_env = " STORE_ENV "\n" : "",
-        d->port, d->tls_dir, d->tls_dir, d->tls_dir, d->metrics_port, extra != NULL ? extra : "");
+        d->port, d->tls_dir, d->tls_dir, d->client_ca, d->metrics_port, extra != NULL ? extra : "");
     int rc = -1;
     if (n > 0 && n < EM_TEST_DAEMON_TEXT_MAX * 2)
         rc = write_file(d->config, text, (size_t)n);
@@ -246,6 +246,12 @@ int em_test_daemon_init(em_test_daemon_t *d, em_test_broker_t *broker,
     snprintf(d->url, sizeof(d->url), "https://localhost:%d", d->port);
     snprintf(d->metrics_url, sizeof(d->metrics_url), "http://127.0.0.1:%d", d->metrics_port);
     d->no_wait = opts != NULL && opts->no_wait;
+    int cn = snprintf(d->client_ca, sizeof(d->client_ca), "%s",
+                      opts != NULL && opts->client_ca_file != NULL ? opts->client_ca_file : d->ca);
+    if (cn < 0 || (size_t)cn >= sizeof(d->client_ca)) {
+        fprintf(stderr, "em_test_daemon: client CA path too long\n");
+        return -1;
+    }
     if (opts != NULL && opts->store_url != NULL) {
         int n = snprintf(d->store_url, sizeof(d->store_url), "%s", opts->store_url);
         if (n < 0 || (size_t)n >= sizeof(d->store_url)) {

@@ -60,6 +60,10 @@ typedef struct em_test_daemon_options {
     /* Return as soon as the process runs, without waiting for /healthz (for
      * tests of start-up failures; see em_test_daemon_wait_exit). */
     bool no_wait;
+    /* The CA (PEM file) the API listener verifies client certificates with,
+     * instead of DIR/tls/ca.crt (e.g. an emiot CA directory's ca.crt). NULL:
+     * DIR/tls/ca.crt. The server certificate stays DIR/tls/server.crt. */
+    const char *client_ca_file;
 } em_test_daemon_options_t;
 
 typedef struct em_test_daemon {
@@ -78,6 +82,7 @@ typedef struct em_test_daemon {
     char admin_key[EM_TEST_DAEMON_KEY_MAX]; /* the bootstrap admin key ("" if unknown) */
     char store_url[1024];                   /* copy of options.store_url ("" for SQLite) */
     bool no_wait;                           /* copy of options.no_wait */
+    char client_ca[EM_TEST_PATH_MAX];       /* the listener's client CA */
 } em_test_daemon_t;
 
 /* Makes the directory, the certificates and the configuration (MQTT from
