@@ -88,6 +88,8 @@ typedef struct em_api_options {
     em_pki_t *pki;               /* the CA that signs enrollment CSRs; NULL: no enrollment */
     const char *client_crl_file; /* CRL checked for client certificates (NULL: the CA's when
                                     pki is set, else none) */
+    const char *device_ca_file;  /* CA of device certificates in challenge-response (NULL:
+                                    the pki's ca.crt; neither: challenge-response refused) */
     int device_token_ttl_s;      /* device JWTs from challenge-response, default 86400 */
     int nonce_ttl_s;             /* challenge nonces, default 300 (1..300) */
     size_t nonces_max;           /* outstanding nonces, default 10000 */

@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "emiot/api.h"
+#include "emiot/dynsec.h"
 #include "emiot/error.h"
 #include "emiot/export.h"
 #include "emiot/log.h"
@@ -227,6 +228,9 @@ EM_EXPORT void em_daemon_config_manager_options(const em_daemon_config_t *cfg,
                                                 em_manager_options_t *out);
 EM_EXPORT void em_daemon_config_api_options(const em_daemon_config_t *cfg, em_api_options_t *out);
 EM_EXPORT void em_daemon_config_retention(const em_daemon_config_t *cfg, em_store_retention_t *out);
+/* The dynsec client's options ([dynsec]; meaningful when dynsec_url is set). */
+EM_EXPORT void em_daemon_config_dynsec_options(const em_daemon_config_t *cfg,
+                                               em_dynsec_options_t *out);
 
 /*
  * True when secret (len bytes) must not be used: empty or only white space,

@@ -26,11 +26,12 @@
 #include "daemon/config_internal.h"
 #include "daemon/daemon_internal.h"
 #include "emiot/daemon.h"
+#include "emiot/pki.h"
 
 /* ---- the key table ----------------------------------------------------- */
 
-static const char *const k_section_names[EM__SEC_COUNT] = {"daemon",    "mqtt", "store",
-                                                           "retention", "api",  "listener"};
+static const char *const k_section_names[EM__SEC_COUNT] = {
+    "daemon", "mqtt", "store", "retention", "api", "listener", "keystore", "pki", "dynsec"};
 
 typedef enum kind {
     K_PATH,        /* absolute path, at most size - 1 bytes */
@@ -130,6 +131,37 @@ static const key_def_t k_keys[] = {
     {EM__SEC_API, "rate_admin", K_U32, C(rate_per_min[EM_ROLE_ADMIN]), 1, 1000000, NULL},
     {EM__SEC_API, "rate_device", K_U32, C(rate_per_min[EM_ROLE_DEVICE]), 1, 1000000, NULL},
     {EM__SEC_API, "auth_fail_per_min", K_U32, C(auth_fail_per_min), 1, 100000, NULL},
+
+    {EM__SEC_KEYSTORE, "passphrase_env", K_ENVNAME, C(keystore_passphrase_env), NOLIM},
+    {EM__SEC_KEYSTORE, "passphrase_file", K_PATH, C(keystore_passphrase_file), NOLIM},
+    {EM__SEC_KEYSTORE, "key_file", K_PATH, C(keystore_key_file), NOLIM},
+    {EM__SEC_KEYSTORE, "passphrase", K_REFUSED, 0, 0, 0, 0,
+     "a passphrase is never written in the configuration: use passphrase_env or passphrase_file"},
+    {EM__SEC_KEYSTORE, "pkcs11_module", K_PATH, C(pkcs11_module), NOLIM},
+    {EM__SEC_KEYSTORE, "pkcs11_pin_env", K_ENVNAME, C(pkcs11_pin_env), NOLIM},
+    {EM__SEC_KEYSTORE, "pkcs11_pin_file", K_PATH, C(pkcs11_pin_file), NOLIM},
+    {EM__SEC_KEYSTORE, "pkcs11_pin", K_REFUSED, 0, 0, 0, 0,
+     "a PIN is never written in the configuration: use pkcs11_pin_env or pkcs11_pin_file"},
+
+    {EM__SEC_PKI, "dir", K_PATH, C(pki_dir), NOLIM},
+    {EM__SEC_PKI, "ca_file", K_PATH, C(pki_ca_file), NOLIM},
+    {EM__SEC_PKI, "crl_file", K_PATH, C(pki_crl_file), NOLIM},
+    {EM__SEC_PKI, "device_cert_days", K_INT, C(device_cert_days), 1, EM_PKI_DAYS_MAX, NULL},
+    {EM__SEC_PKI, "enroll_token_ttl", K_INT, C(enroll_token_ttl_s), 1, 31 * 86400, NULL},
+    {EM__SEC_PKI, "enroll_token_ttl_max", K_INT, C(enroll_token_ttl_max_s), 1, 365 * 86400, NULL},
+    {EM__SEC_PKI, "device_token_ttl", K_INT, C(device_token_ttl_s), 60, 7 * 86400, NULL},
+    {EM__SEC_PKI, "nonce_ttl", K_INT, C(nonce_ttl_s), 1, 300, NULL},
+    {EM__SEC_PKI, "nonces_max", K_SIZE, C(nonces_max), 1, 1000000, NULL},
+
+    {EM__SEC_DYNSEC, "url", K_MQTT_URL, C(dynsec_url), NOLIM},
+    {EM__SEC_DYNSEC, "ca_file", K_PATH, C(dynsec_ca_file), NOLIM},
+    {EM__SEC_DYNSEC, "cert_file", K_PATH, C(dynsec_cert_file), NOLIM},
+    {EM__SEC_DYNSEC, "key_file", K_PATH, C(dynsec_key_file), NOLIM},
+    {EM__SEC_DYNSEC, "username", K_TEXT, C(dynsec_username), NOLIM},
+    {EM__SEC_DYNSEC, "password_env", K_ENVNAME, C(dynsec_password_env), NOLIM},
+    {EM__SEC_DYNSEC, "password_file", K_PATH, C(dynsec_password_file), NOLIM},
+    {EM__SEC_DYNSEC, "password", K_REFUSED, 0, 0, 0, 0,
+     "a password is never written in the configuration: use password_env or password_file"},
 
     {EM__SEC_LISTENER, "address", K_ADDRESS, L(address), NOLIM},
     {EM__SEC_LISTENER, "port", K_U16, L(port), 1, 65535, NULL},

@@ -111,31 +111,13 @@ static em_err_t check_ca(const char *what, const char *ca, em_error_t *err)
 
 static em_err_t check_mqtt_password(const em_daemon_config_t *cfg, em_error_t *err)
 {
-    char pw[EM_MQTT_PASSWORD_MAX + 1] = "";
-    em_err_t rc = EM_OK;
-    if (cfg->mqtt_password_env[0] != '\0') {
-        const char *v = getenv(cfg->mqtt_password_env);
-        if (v == NULL)
-            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "mqtt.password_env",
-                                "[mqtt] password_env: the environment variable %s is not set",
-                                cfg->mqtt_password_env);
-        if (em_daemon_secret_is_placeholder(v, strlen(v)))
-            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "mqtt.password_env",
-                                "[mqtt] password_env: the password in %s is empty or a "
-                                "placeholder: set a real one",
-                                cfg->mqtt_password_env);
+    if (cfg->mqtt_password_env[0] == '\0' && cfg->mqtt_password_file[0] == '\0')
         return EM_OK;
-    }
-    if (cfg->mqtt_password_file[0] != '\0') {
-        rc = em__config_read_secret_file("[mqtt] password_file", cfg->mqtt_password_file, pw,
-                                         sizeof(pw), err);
-        if (rc == EM_OK && em_daemon_secret_is_placeholder(pw, strlen(pw)))
-            rc = em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "mqtt.password_file",
-                              "[mqtt] password_file: the password in %s is empty or a "
-                              "placeholder: set a real one",
-                              cfg->mqtt_password_file);
-        OPENSSL_cleanse(pw, sizeof(pw));
-    }
+    char pw[EM_MQTT_PASSWORD_MAX + 1];
+    em_err_t rc = em__config_read_secret(
+        cfg->mqtt_password_env[0] != '\0' ? "[mqtt] password_env" : "[mqtt] password_file",
+        cfg->mqtt_password_env, cfg->mqtt_password_file, pw, sizeof(pw), err);
+    OPENSSL_cleanse(pw, sizeof(pw));
     return rc;
 }
 

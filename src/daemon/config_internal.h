@@ -21,7 +21,7 @@
 #include "emiot/export.h"
 
 /* The rows of the key table (config.c checks it at compile time). */
-#define EM__CONFIG_NKEYS 63
+#define EM__CONFIG_NKEYS 88
 
 /* The section a key belongs to; [listener NAME] sections share one. */
 typedef enum em__config_section {
@@ -32,6 +32,9 @@ typedef enum em__config_section {
     EM__SEC_RETENTION,
     EM__SEC_API,
     EM__SEC_LISTENER,
+    EM__SEC_KEYSTORE,
+    EM__SEC_PKI,
+    EM__SEC_DYNSEC,
     EM__SEC_COUNT
 } em__config_section_t;
 
@@ -95,5 +98,28 @@ em_err_t em__config_secret_file_private(const char *what, const char *path, em_e
  */
 em_err_t em__config_read_secret_file(const char *what, const char *path, char *buf, size_t size,
                                      em_error_t *err);
+
+/* The longest secret read by em__config_read_secret callers (passwords, PINs). */
+#define EM__CONFIG_SECRET_MAX 1024
+
+/*
+ * Reads a secret from the environment variable env (when not empty) or the
+ * secret file file, into buf (size bytes, NUL-terminated). Refuses an unset
+ * variable, an unreadable or too open file, a value that does not fit, and an
+ * empty or placeholder secret (em_daemon_secret_is_placeholder); buf is then
+ * wiped. what names the key in messages, which never hold the secret.
+ * Errors: EM_ERR_CONFIGURATION.
+ */
+em_err_t em__config_read_secret(const char *what, const char *env, const char *file, char *buf,
+                                size_t size, em_error_t *err);
+
+/* ---- --check-config of [keystore], [pki], [dynsec] (config_check_identity.c) */
+
+/* The keystore secret can be read (the key file may be missing: it is made at
+ * the first start), the HSM's module loads and takes the PIN, the CA directory
+ * opens with them (which proves the passphrase), the CA and CRL files load,
+ * the dynsec password can be read. Errors: EM_ERR_CONFIGURATION and the
+ * libraries' errors, each naming the key. */
+em_err_t em__config_check_identity(const em_daemon_config_t *cfg, em_error_t *err);
 
 #endif /* EMIOT_DAEMON_CONFIG_INTERNAL_H */

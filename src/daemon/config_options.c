@@ -57,6 +57,13 @@ void em_daemon_config_init(em_daemon_config_t *cfg)
     cfg->rate_per_min[EM_ROLE_ADMIN] = 1200;
     cfg->rate_per_min[EM_ROLE_DEVICE] = 60;
     cfg->auth_fail_per_min = 20;
+
+    cfg->device_cert_days = 365;
+    cfg->enroll_token_ttl_s = 86400;
+    cfg->enroll_token_ttl_max_s = 30 * 86400;
+    cfg->device_token_ttl_s = 86400;
+    cfg->nonce_ttl_s = 300;
+    cfg->nonces_max = 10000;
 }
 
 /* ---- options for the library ------------------------------------------ */
@@ -127,6 +134,36 @@ void em_daemon_config_api_options(const em_daemon_config_t *cfg, em_api_options_
         out->rate_per_min[r] = cfg->rate_per_min[r];
     out->auth_fail_per_min = cfg->auth_fail_per_min;
     out->command_ttl_s = cfg->command_ttl_s;
+    /* The keystore secret, the CA and the dynsec client are the daemon's
+     * objects: em_daemon_new sets those pointers once it has made them. */
+    out->client_crl_file = or_null(cfg->pki_crl_file);
+    out->device_ca_file = or_null(cfg->pki_ca_file);
+    out->device_token_ttl_s = cfg->device_token_ttl_s;
+    out->nonce_ttl_s = cfg->nonce_ttl_s;
+    out->nonces_max = cfg->nonces_max;
+    out->enroll_token_ttl_s = cfg->enroll_token_ttl_s;
+    out->enroll_token_ttl_max_s = cfg->enroll_token_ttl_max_s;
+    out->device_cert_days = cfg->device_cert_days;
+}
+
+void em_daemon_config_dynsec_options(const em_daemon_config_t *cfg, em_dynsec_options_t *out)
+{
+    /* As em_dynsec_options_init would, without a link to the dynsec client
+     * for a program that only reads configurations. */
+    memset(out, 0, sizeof(*out));
+    out->timeout_ms = 5000;
+    em_mqtt_options_init(&out->mqtt);
+    out->mqtt.url = cfg->dynsec_url;
+    out->mqtt.ca_file = or_null(cfg->dynsec_ca_file);
+    out->mqtt.cert_file = or_null(cfg->dynsec_cert_file);
+    out->mqtt.key_file = or_null(cfg->dynsec_key_file);
+    out->mqtt.username = or_null(cfg->dynsec_username);
+    out->mqtt.password_env = or_null(cfg->dynsec_password_env);
+    out->mqtt.password_file = or_null(cfg->dynsec_password_file);
+    out->mqtt.client_id_prefix = "emiotd-dynsec-";
+    out->mqtt.allow_plain = cfg->mqtt_allow_plain;
+    out->mqtt.clean_session = true;
+    out->topic_prefix = cfg->topic_prefix;
 }
 
 void em_daemon_config_retention(const em_daemon_config_t *cfg, em_store_retention_t *out)

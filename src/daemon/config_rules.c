@@ -135,6 +135,107 @@ static em_err_t check_store_and_daemon(em__config_parser_t *p)
     return EM_OK;
 }
 
+/* The first of names (keys of section sec) that is set: its line, and its name in *which. */
+static unsigned first_set(em__config_parser_t *p, em__config_section_t sec,
+                          const char *const *names, const char **which)
+{
+    for (size_t i = 0; names[i] != NULL; i++) {
+        unsigned l = em__config_key_line(p, sec, names[i]);
+        if (l != 0) {
+            *which = names[i];
+            return l;
+        }
+    }
+    *which = names[0];
+    return p->line;
+}
+
+/* [keystore], [pki], [dynsec]. */
+static em_err_t check_identity(em__config_parser_t *p)
+{
+    const em_daemon_config_t *cfg = p->cfg;
+    const char *which;
+    unsigned l;
+    p->sec = EM__SEC_KEYSTORE;
+    int sources = (cfg->keystore_passphrase_env[0] != '\0') +
+                  (cfg->keystore_passphrase_file[0] != '\0') + (cfg->keystore_key_file[0] != '\0');
+    if (sources > 1) {
+        static const char *const names[] = {"key_file", "passphrase_file", NULL};
+        l = first_set(p, EM__SEC_KEYSTORE, names, &which);
+        return em__config_fail_at(
+            p, l, which, "passphrase_env, passphrase_file and key_file exclude each other");
+    }
+    bool pin = cfg->pkcs11_pin_env[0] != '\0' || cfg->pkcs11_pin_file[0] != '\0';
+    if (cfg->pkcs11_pin_env[0] != '\0' && cfg->pkcs11_pin_file[0] != '\0')
+        return em__config_fail_at(p, em__config_key_line(p, EM__SEC_KEYSTORE, "pkcs11_pin_file"),
+                                  "pkcs11_pin_file",
+                                  "pkcs11_pin_env and pkcs11_pin_file exclude each other");
+    if (pin != (cfg->pkcs11_module[0] != '\0')) {
+        static const char *const names[] = {"pkcs11_module", "pkcs11_pin_env", "pkcs11_pin_file",
+                                            NULL};
+        l = first_set(p, EM__SEC_KEYSTORE, names, &which);
+        return em__config_fail_at(p, l, which,
+                                  "pkcs11_module needs a PIN (pkcs11_pin_env or pkcs11_pin_file)");
+    }
+
+    p->sec = EM__SEC_PKI;
+    if (cfg->pki_dir[0] == '\0' && cfg->pki_crl_file[0] != '\0' && cfg->pki_ca_file[0] == '\0')
+        return em__config_fail_at(p, em__config_key_line(p, EM__SEC_PKI, "crl_file"), "crl_file",
+                                  "needs dir or ca_file (the CA the CRL belongs to)");
+    if (cfg->enroll_token_ttl_s > cfg->enroll_token_ttl_max_s)
+        return em__config_fail_at(p, em__config_key_line(p, EM__SEC_PKI, "enroll_token_ttl"),
+                                  "enroll_token_ttl", "must be at most enroll_token_ttl_max");
+
+    p->sec = EM__SEC_DYNSEC;
+    bool url = cfg->dynsec_url[0] != '\0';
+    bool pw_env = cfg->dynsec_password_env[0] != '\0';
+    bool pw_file = cfg->dynsec_password_file[0] != '\0';
+    bool any = pw_env || pw_file || cfg->dynsec_username[0] != '\0' ||
+               cfg->dynsec_ca_file[0] != '\0' || cfg->dynsec_cert_file[0] != '\0' ||
+               cfg->dynsec_key_file[0] != '\0';
+    if (!url && any) {
+        static const char *const names[] = {
+            "username", "password_env", "password_file", "ca_file", "cert_file", "key_file", NULL};
+        l = first_set(p, EM__SEC_DYNSEC, names, &which);
+        return em__config_fail_at(p, l, which, "[dynsec] needs url");
+    }
+    if (url) {
+        if (pw_env && pw_file)
+            return em__config_fail_at(p, em__config_key_line(p, EM__SEC_DYNSEC, "password_file"),
+                                      "password_file",
+                                      "password_env and password_file exclude each other");
+        if (cfg->dynsec_username[0] == '\0' || !(pw_env || pw_file))
+            return em__config_fail_at(p, em__config_key_line(p, EM__SEC_DYNSEC, "url"), "url",
+                                      "needs username and password_env or password_file (the "
+                                      "plugin's administrator)");
+        bool cert = cfg->dynsec_cert_file[0] != '\0';
+        if (cert != (cfg->dynsec_key_file[0] != '\0'))
+            return em__config_fail_at(
+                p, em__config_key_line(p, EM__SEC_DYNSEC, cert ? "cert_file" : "key_file"),
+                cert ? "key_file" : "cert_file", "cert_file and key_file go together");
+        if (strncmp(cfg->dynsec_url, "mqtt://", 7) == 0 && !cfg->mqtt_allow_plain)
+            return em__config_fail_at(
+                p, em__config_key_line(p, EM__SEC_DYNSEC, "url"), "url",
+                "plain mqtt:// needs [mqtt] allow_plain = true (loopback brokers only)");
+    }
+    p->sec = EM__SEC_NONE;
+    return EM_OK;
+}
+
+/* dst = dir + "/" + name, unless dst is set or dir is empty. */
+static em_err_t default_in_dir(em__config_parser_t *p, char *dst, size_t size, const char *dir,
+                               const char *name, const char *key)
+{
+    if (dst[0] != '\0' || dir[0] == '\0')
+        return EM_OK;
+    int n = snprintf(dst, size, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= size) {
+        p->sec = EM__SEC_PKI;
+        return em__config_fail_at(p, em__config_key_line(p, EM__SEC_PKI, key), key, "is too long");
+    }
+    return EM_OK;
+}
+
 /* path = data_dir + "/" + name, unless already set. */
 static em_err_t default_in_data_dir(em__config_parser_t *p, char *path, size_t size,
                                     const char *name)
@@ -166,5 +267,19 @@ em_err_t em__config_finish(em__config_parser_t *p)
                                  "bootstrap-admin.key");
     if (rc == EM_OK)
         rc = default_in_data_dir(p, cfg->jwt_key_file, sizeof(cfg->jwt_key_file), "jwt.key");
+    if (rc == EM_OK)
+        rc = check_identity(p);
+    /* No passphrase configured: a key file in the data directory, made at the
+     * first start, seals the keys (never a default secret). */
+    if (rc == EM_OK && cfg->keystore_passphrase_env[0] == '\0' &&
+        cfg->keystore_passphrase_file[0] == '\0')
+        rc = default_in_data_dir(p, cfg->keystore_key_file, sizeof(cfg->keystore_key_file),
+                                 "keystore.key");
+    if (rc == EM_OK)
+        rc = default_in_dir(p, cfg->pki_ca_file, sizeof(cfg->pki_ca_file), cfg->pki_dir, "ca.crt",
+                            "dir");
+    if (rc == EM_OK)
+        rc = default_in_dir(p, cfg->pki_crl_file, sizeof(cfg->pki_crl_file), cfg->pki_dir,
+                            "crl.pem", "dir");
     return rc;
 }

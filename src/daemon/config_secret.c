@@ -163,6 +163,38 @@ em_err_t em__config_read_secret_file(const char *what, const char *path, char *b
     return rc;
 }
 
+em_err_t em__config_read_secret(const char *what, const char *env, const char *file, char *buf,
+                                size_t size, em_error_t *err)
+{
+    em_err_t rc;
+    buf[0] = '\0';
+    if (env != NULL && env[0] != '\0') {
+        const char *v = getenv(env);
+        if (v == NULL)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
+                                "%s: the environment variable %s is not set", what, env);
+        size_t n = strlen(v);
+        if (n >= size)
+            return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
+                                "%s: the value of %s is longer than %zu bytes", what, env,
+                                size - 1);
+        memcpy(buf, v, n + 1);
+    } else if (file != NULL && file[0] != '\0') {
+        if ((rc = em__config_read_secret_file(what, file, buf, size, err)) != EM_OK)
+            return rc;
+    } else {
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
+                            "%s: no environment variable or file is configured", what);
+    }
+    if (em_daemon_secret_is_placeholder(buf, strlen(buf))) {
+        OPENSSL_cleanse(buf, size);
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
+                            "%s: the secret in %s is empty or a placeholder: set a real one", what,
+                            env != NULL && env[0] != '\0' ? env : file);
+    }
+    return EM_OK;
+}
+
 /* Refuses a URL whose password (any of them) is a placeholder. */
 static em_err_t check_url_passwords(const char *url, em_error_t *err)
 {
