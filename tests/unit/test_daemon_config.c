@@ -497,6 +497,69 @@ static void test_mqtt_rules(void **state)
                  ":3:", "at least reconnect_min", NULL);
 }
 
+static void test_identity_rules(void **state)
+{
+    (void)state;
+    expect_error("[keystore]\npassphrase_env = P\nkey_file = /k\n" LISTENER,
+                 ":3:", "[keystore] key_file", "exclude each other", NULL);
+    expect_error("[keystore]\npassphrase = s3cret-value-here\n" LISTENER,
+                 ":2:", "never written in the configuration", NULL);
+    expect_error("[keystore]\npkcs11_pin = 1234\n" LISTENER, ":2:", "pkcs11_pin_env", NULL);
+    expect_error("[keystore]\npkcs11_module = /m.so\n" LISTENER, ":2:", "needs a PIN", NULL);
+    expect_error("[keystore]\npkcs11_pin_env = PIN\n" LISTENER, ":2:", "needs a PIN", NULL);
+    expect_error(
+        "[keystore]\npkcs11_module = /m.so\npkcs11_pin_env = A\npkcs11_pin_file = /p\n" LISTENER,
+        ":4:", "exclude each other", NULL);
+    expect_error("[pki]\ncrl_file = /crl.pem\n" LISTENER, ":2:", "needs dir or ca_file", NULL);
+    expect_error("[pki]\nenroll_token_ttl = 7200\nenroll_token_ttl_max = 3600\n" LISTENER,
+                 ":2:", "at most enroll_token_ttl_max", NULL);
+    expect_error("[pki]\nnonce_ttl = 301\n" LISTENER, ":2:", "nonce_ttl", NULL);
+    expect_error("[pki]\ndevice_token_ttl = 10\n" LISTENER, ":2:", "device_token_ttl", NULL);
+    expect_error("[dynsec]\nusername = admin\n" LISTENER, ":2:", "[dynsec] needs url", NULL);
+    expect_error("[dynsec]\nurl = mqtts://127.0.0.1:8884\n" LISTENER,
+                 ":2:", "needs username and password", NULL);
+    expect_error("[dynsec]\nurl = mqtt://127.0.0.1:1884\nusername = a\npassword_env = P\n" LISTENER,
+                 ":2:", "allow_plain", NULL);
+    expect_error("[dynsec]\npassword = hunter2-long\n" LISTENER, ":2:", "password_env", NULL);
+}
+
+static void test_identity_defaults_follow_the_data_and_ca_directories(void **state)
+{
+    (void)state;
+    em_daemon_config_t *c = cfg_new();
+    em_error_t err;
+    assert_int_equal(parse(c,
+                           "[daemon]\ndata_dir = /srv/emiot\n[pki]\ndir = /srv/ca\n"
+                           "[dynsec]\nurl = mqtts://127.0.0.1:8884\nusername = admin\n"
+                           "password_file = /etc/emiot/dynsec.pw\n" LISTENER,
+                           &err),
+                     EM_OK);
+    assert_string_equal(c->keystore_key_file, "/srv/emiot/keystore.key");
+    assert_string_equal(c->pki_ca_file, "/srv/ca/ca.crt");
+    assert_string_equal(c->pki_crl_file, "/srv/ca/crl.pem");
+    assert_int_equal(c->device_cert_days, 365);
+    assert_int_equal(c->device_token_ttl_s, 86400);
+    assert_int_equal(c->nonce_ttl_s, 300);
+    em_api_options_t ao;
+    em_daemon_config_api_options(c, &ao);
+    assert_string_equal(ao.device_ca_file, "/srv/ca/ca.crt");
+    assert_string_equal(ao.client_crl_file, "/srv/ca/crl.pem");
+    assert_int_equal(ao.device_token_ttl_s, 86400);
+    assert_null(ao.pki); /* the daemon's own objects */
+    em_dynsec_options_t dso;
+    em_daemon_config_dynsec_options(c, &dso);
+    assert_string_equal(dso.mqtt.url, "mqtts://127.0.0.1:8884");
+    assert_string_equal(dso.mqtt.username, "admin");
+    assert_string_equal(dso.mqtt.password_file, "/etc/emiot/dynsec.pw");
+    assert_string_equal(dso.topic_prefix, "device/");
+
+    /* A passphrase replaces the key file; no CA directory, no defaults. */
+    assert_int_equal(parse(c, "[keystore]\npassphrase_env = EMIOT_KS\n" LISTENER, &err), EM_OK);
+    assert_string_equal(c->keystore_key_file, "");
+    assert_string_equal(c->pki_ca_file, "");
+    free(c);
+}
+
 static void test_bootstrap_key_none_without_print_is_refused(void **state)
 {
     (void)state;
@@ -986,6 +1049,8 @@ int main(void)
         cmocka_unit_test(test_listener_rules),
         cmocka_unit_test(test_at_most_eight_listeners),
         cmocka_unit_test(test_mqtt_rules),
+        cmocka_unit_test(test_identity_rules),
+        cmocka_unit_test(test_identity_defaults_follow_the_data_and_ca_directories),
         cmocka_unit_test(test_bootstrap_key_none_without_print_is_refused),
         cmocka_unit_test(test_limits_size_line_and_nul),
         cmocka_unit_test(test_invalid_arguments),
