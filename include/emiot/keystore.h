@@ -23,6 +23,10 @@
  * Bytes 0..59 are the GCM additional data: any change to the header, the
  * ciphertext or the tag is detected. Files are written atomically (a
  * temporary file, fsync, rename) with mode 0600.
+ * The KDF gives 64 bytes (scrypt over the passphrase and salt, or HKDF-SHA256
+ * with the key file's 32 bytes as key, the salt, and info "emiot-keystore
+ * v1"): the first 32 are the AES key; the key check is the first 16 bytes of
+ * SHA-256("emiot-keystore-check" || the last 32).
  *
  * Private keys are referred to by a string: a path to a keystore file, or a
  * PKCS#11 URI ("pkcs11:token=emiot;object=ca-key", RFC 7512: the attributes
@@ -165,6 +169,11 @@ EM_EXPORT void em_pkcs11_free(em_pkcs11_t *p);
  * keystore file (secret required). When allow_plain is true, ref may also be
  * an unencrypted PEM private key file (mode 0600 or stricter). The caller owns
  * *out (EVP_PKEY_free; for an HSM key, before em_pkcs11_free).
+ * An HSM key is an ordinary EVP_PKEY whose private operations run in the
+ * token: EVP_DigestSign, X509_sign, X509_REQ_sign and X509_CRL_sign accept it
+ * as they are (tested: SoftHSM2, libp11 0.4.12, OpenSSL 3.0, EC P-256). Its
+ * public half encodes (i2d_PUBKEY, X509_set_pubkey); its private half never
+ * leaves the token.
  * Errors: EM_ERR_NOT_FOUND (no such file, no such key in the token),
  * EM_ERR_CONFIGURATION (a URI without hsm, a file without secret, a plain key
  * where none is allowed, a key file readable by others), EM_ERR_AUTHENTICATION
