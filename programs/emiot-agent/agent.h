@@ -5,7 +5,13 @@
  *           no I/O, deterministic for a given seed and sequence of calls)
  * device.c  one device = one MQTT client: announces itself, publishes status
  *           and telemetry, answers commands
- * main.c    options, the timer loop, signals, clean shutdown
+ * main.c    options, the timer loop, signals, clean shutdown; hands the
+ *           subcommands "enroll" and "token" to enroll.c
+ * enroll.c  enrollment (key and CSR made here, certificate from emiotd)
+ * token.c   device tokens (challenge-response)
+ * identity.c what enroll and token share: bounded file reads, files written
+ *           safely, PEM certificates, option checks
+ * https.c   the requests those two make to emiotd's HTTPS API
  *
  * Names here are agent_*: the program is not the library, and only the
  * library's public headers (include/emiot) are used.
@@ -17,6 +23,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <openssl/x509.h>
+#include <sys/types.h>
 
 #include "emiot/command.h"
 #include "emiot/device.h"
@@ -193,5 +204,136 @@ bool agent_device_acked(agent_device_t *d, int mid);
 
 /* Disconnects and frees the client; the device can then be discarded. */
 void agent_device_cleanup(agent_device_t *d);
+
+/* ---- enroll.c, https.c: enrollment and device tokens ------------------- */
+
+/* Exit codes of `emiot-agent enroll` and `emiot-agent token` (--help and
+ * docs/AGENT.md document them; scripts rely on them). */
+enum {
+    AGENT_EXIT_OK = 0,
+    AGENT_EXIT_FAILURE = 1, /* local: files, keys, memory */
+    AGENT_EXIT_USAGE = 2,   /* bad command line */
+    AGENT_EXIT_CONNECT = 3, /* cannot reach the API, or TLS failed */
+    AGENT_EXIT_REFUSED = 4, /* 401, 403: token, nonce, certificate or device refused */
+    AGENT_EXIT_INVALID = 5, /* 400, 409, 413, 415, 422: the server found the request invalid */
+    AGENT_EXIT_SERVER = 6   /* 5xx, 429, 404, or an answer that does not check out */
+};
+
+#define AGENT_ANSWER_MAX ((size_t)256 * 1024) /* bytes of one answer from the API */
+
+/* `emiot-agent enroll ...` and `emiot-agent token ...`: argv[0] is the
+ * subcommand's name. Return the exit status. */
+int agent_enroll_main(int argc, char **argv);
+int agent_token_main(int argc, char **argv);
+
+/* Prints "program: message" on stderr. */
+void agent_fail(const char *program, const char *fmt, ...) EM_PRINTF(2, 3);
+
+typedef struct agent_https {
+    void *curl;          /* CURL * */
+    char *base;          /* the API URL without trailing slashes */
+    const char *program; /* for messages: "emiot-agent enroll" */
+    bool global;         /* curl_global_init was called */
+} agent_https_t;
+
+/* The answer to a successful request: 2xx with a JSON object in "data". */
+typedef struct agent_answer {
+    long status;
+    char *body; /* NUL-terminated; wiped when cleaned up */
+    size_t len;
+    cJSON *json;
+    const cJSON *data; /* inside json */
+} agent_answer_t;
+
+/* True for an https:// URL (at most 2048 characters, no spaces or control
+ * characters). */
+bool agent_https_url_ok(const char *url);
+
+/* Sets up a client of api_url (https:// only) trusting only ca_file, TLS 1.3
+ * only. Returns AGENT_EXIT_OK, or an exit status after printing why (a bad
+ * URL is AGENT_EXIT_USAGE). On failure nothing is left to clean up. */
+int agent_https_init(agent_https_t *h, const char *program, const char *api_url,
+                     const char *ca_file);
+
+/* POSTs body (JSON) to path ("/api/v1/enroll"). Returns AGENT_EXIT_OK with
+ * ans filled (a 2xx answer whose "data" is an object), or the exit status
+ * for what went wrong after printing it (server messages sanitised). The
+ * request text is wiped after sending; ans (only on success) must be
+ * released with agent_answer_cleanup. */
+int agent_https_post(agent_https_t *h, const char *path, const cJSON *body, agent_answer_t *ans);
+
+void agent_https_cleanup(agent_https_t *h);
+void agent_answer_cleanup(agent_answer_t *a);
+
+/* The exit status for an HTTP status that is not 2xx. */
+int agent_exit_for_status(long status);
+
+/* cJSON_Delete after wiping every string of the tree. Accepts NULL. */
+void agent_json_free(cJSON *j);
+
+/* The string member name of o, or NULL. */
+const char *agent_json_str(const cJSON *o, const char *name);
+
+/* ---- identity.c: what enroll and token share ---------------------------- */
+
+/* The "Exit status:" section of both subcommands' --help. */
+extern const char agent_exit_codes_help[];
+
+/* Prints "program: msg[ arg]" and the --help hint; returns
+ * AGENT_EXIT_USAGE. */
+int agent_usage_error(const char *program, const char *msg, const char *arg);
+
+/* The usage error for getopt_long's ':' (missing value) or '?'. */
+int agent_option_error(const char *program, int c, char **argv);
+
+/* -1 when --api (may be NULL) is given and an https:// URL; else the usage
+ * error's exit status. */
+int agent_check_api(const char *program, const char *api);
+
+/* -1 when --id (may be NULL) is given and a valid device id; else the usage
+ * error's exit status. */
+int agent_check_id(const char *program, const char *id);
+
+/* Reads the regular file path (at most max bytes) into a NUL-terminated
+ * buffer *out of *out_len bytes, to be released with agent_free_secret (it
+ * may hold a key or a token). what names the option in messages. Prints why
+ * and returns false on failure. */
+bool agent_read_file(const char *program, const char *what, const char *path, size_t max,
+                     char **out, size_t *out_len);
+
+/* Wipes len bytes of buf and frees it. Accepts NULL. */
+void agent_free_secret(char *buf, size_t len);
+
+/* A file being written: first under a temporary name beside its final one
+ * (".NAME.tmp-XXXXXX", created exclusively), then moved into place. */
+typedef struct agent_staged {
+    const char *path; /* final name; NULL: this slot is unused */
+    char tmp[PATH_MAX];
+    int fd;
+    bool committed;
+} agent_staged_t;
+
+/* Creates st's temporary file for path with mode. Prints why and returns
+ * false on failure (st is then unused). */
+bool agent_staged_open(const char *program, agent_staged_t *st, const char *path, mode_t mode);
+
+/* Writes len bytes and syncs them. Prints why and returns false on failure. */
+bool agent_staged_write(const char *program, agent_staged_t *st, const void *data, size_t len);
+
+/* Moves the temporary file into place: with force replacing a file that
+ * exists; without, atomically refusing to (EEXIST). Prints why and returns
+ * false on failure. */
+bool agent_staged_commit(const char *program, agent_staged_t *st, bool force);
+
+/* Removes the temporary file, and with rollback the final one when it was
+ * committed. Safe on an unused slot. */
+void agent_staged_abort(agent_staged_t *st, bool rollback);
+
+/* OpenSSL's latest queued error as text (static buffer); clears the queue. */
+const char *agent_ssl_reason(void);
+
+/* The certificates of a PEM text (at least one), or NULL. The caller frees
+ * them with sk_X509_pop_free(certs, X509_free). */
+STACK_OF(X509) * agent_parse_certs(const char *pem, size_t len);
 
 #endif /* EMIOT_AGENT_H */

@@ -121,6 +121,8 @@ static void usage(FILE *out)
     fprintf(
         out,
         "Usage: " PROGRAM " --url URL (--id ID | --simulate N) [options]\n"
+        "       " PROGRAM " enroll ...   get this device's certificate (enroll --help)\n"
+        "       " PROGRAM " token ...    get a device JWT by challenge-response (token --help)\n"
         "Plays one emiot device, or N simulated ones, over MQTT.\n"
         "\n"
         "Connection:\n"
@@ -636,6 +638,11 @@ int main(int argc, char **argv)
     sigset_t sigs;
     int status, sig = 0;
 
+    /* The subcommands are programs of their own, with their own options. */
+    if (argc > 1 && strcmp(argv[1], "enroll") == 0)
+        return agent_enroll_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "token") == 0)
+        return agent_token_main(argc - 1, argv + 1);
     status = parse_args(argc, argv, &a);
     if (status >= 0)
         return status;
