@@ -15,8 +15,19 @@
  * characters), generated here, handed to the caller once, never stored or
  * logged by emiot.
  *
- * Calls block (at most the timeout) and may be made from any one thread at a
- * time.
+ * Clients emiot creates carry the text name "emiot device <id>"; a client of
+ * the same name that lacks it (the plugin's administrator, an account made
+ * by hand) is never changed, disabled or deleted by emiot.
+ *
+ * Work factor: mosquitto 2.0's plugin hashes passwords set through its
+ * control API with PBKDF2-SHA512 and a fixed 101 iterations (it ignores any
+ * "iterations" given). That is why these passwords are 256 random bits, which
+ * no work factor would protect better; the administrator's password, chosen
+ * by a person, gets a strong iteration count in the plugin's configuration
+ * file (emiotctl broker config), which the plugin honours.
+ *
+ * Each call blocks (at most timeout_ms per round trip to the broker; a call
+ * makes two or three) and calls are serialised, so any thread may call.
  */
 #ifndef EMIOT_DYNSEC_H
 #define EMIOT_DYNSEC_H
@@ -43,8 +54,15 @@ typedef struct em_dynsec_options {
 
 EM_EXPORT void em_dynsec_options_init(em_dynsec_options_t *opts);
 
-/* Connects (waits at most timeout_ms). Strings are copied. Errors: those of
- * em_mqtt_new and EM_ERR_CONNECTION, EM_ERR_AUTHENTICATION, EM_ERR_TIMEOUT. */
+/* Connects (waits at most timeout_ms), then checks with one harmless command
+ * that the plugin answers this account. Strings are copied. The connection is
+ * kept up (reconnecting by itself) until em_dynsec_free. Errors: those of
+ * em_mqtt_new and em_mqtt_connect (EM_ERR_CONNECTION, EM_ERR_TLS,
+ * EM_ERR_AUTHENTICATION for a wrong administrator password, ...),
+ * EM_ERR_CONFIGURATION (bad topic_prefix or timeout_ms), EM_ERR_TIMEOUT (the
+ * plugin did not answer: not loaded on this listener, or an MQTT 3.1.1
+ * account without the rights), EM_ERR_PERMISSION_DENIED (the broker refused
+ * the account the plugin's control topic), EM_ERR_PROTOCOL. */
 EM_EXPORT em_err_t em_dynsec_new(const em_dynsec_options_t *opts, em_dynsec_t **out,
                                  em_error_t *err);
 EM_EXPORT void em_dynsec_free(em_dynsec_t *d);
@@ -53,15 +71,20 @@ EM_EXPORT void em_dynsec_free(em_dynsec_t *d);
  * Creates (or replaces) device_id's role and client with a new password,
  * written to password (at least EM_DYNSEC_PASSWORD_LEN + 1 bytes; wipe it
  * after use). The device's existing sessions are disconnected by the plugin
- * when its password changes. Errors: EM_ERR_VALIDATION (not a device id),
- * EM_ERR_BUFFER_TOO_SMALL, EM_ERR_PROTOCOL (the plugin refused: its reason in
- * err->message), EM_ERR_TIMEOUT, EM_ERR_NOT_CONNECTED.
+ * when its password changes. The client ends up enabled, with that role
+ * only and in no group. On failure password is "". Errors: EM_ERR_VALIDATION
+ * (not a device id), EM_ERR_BUFFER_TOO_SMALL, EM_ERR_EXISTS (the broker has a
+ * client of that name that emiot did not create), EM_ERR_PROTOCOL (the plugin
+ * refused: its reason in err->message), EM_ERR_PERMISSION_DENIED,
+ * EM_ERR_TIMEOUT, EM_ERR_NOT_CONNECTED (not connected, or the connection was
+ * lost before the answer: the change may or may not have been made).
  */
 EM_EXPORT em_err_t em_dynsec_provision(em_dynsec_t *d, const char *device_id, char *password,
                                        size_t size, em_error_t *err);
 
 /* Deletes device_id's client and role (its sessions end). EM_ERR_NOT_FOUND
- * when it has none; otherwise as em_dynsec_provision. */
+ * when it has neither (a client of that name emiot did not create is left
+ * alone and counts as none); otherwise as em_dynsec_provision. */
 EM_EXPORT em_err_t em_dynsec_remove(em_dynsec_t *d, const char *device_id, em_error_t *err);
 
 /* Disables or enables device_id's client (a disabled device is refused at
