@@ -22,6 +22,7 @@
 #include "api/api_internal.h"
 #include "api/devcache.h"
 #include "api/encode.h"
+#include "api/mqttcred.h"
 #include "emiot/clock.h"
 
 static const char *const no_params[] = {NULL};
@@ -681,6 +682,11 @@ static void update_device(em__api_req_t *r)
                   name != NULL ? " name" : "", type_s != NULL ? " type" : "",
                   has_config ? " config" : "",
                   has_enabled ? (upd.enabled ? " enabled" : " disabled") : "");
+    /* A device's MQTT password (dynamic-security) follows its enabled flag;
+     * a failure there is a security event, not a failed update. */
+    if (old.enabled != upd.enabled)
+        em__mqttcred_device_changed(r, upd.id,
+                                    upd.enabled ? EM__MQTTCRED_ENABLED : EM__MQTTCRED_DISABLED);
     cJSON *d = device_json(r, &upd);
     if (d != NULL)
         em__api_reply(r, 200, d, NULL);
@@ -709,6 +715,9 @@ static void delete_device(em__api_req_t *r)
      * (a disabled one): nothing to undo. */
     (void)em_manager_remove_device(r->mgr, id, NULL);
     em__api_audit(r, "device_deleted", id, "device %s deleted", id);
+    /* Its MQTT password goes with it (as for a disable, a failure is a
+     * security event and the deletion stands). */
+    em__mqttcred_device_changed(r, id, EM__MQTTCRED_DELETED);
     em__api_reply(r, 200, NULL, NULL);
 }
 

@@ -426,6 +426,70 @@ static void provision(const char *id, char *pw)
 
 /* ---- set-up ---------------------------------------------------------------- */
 
+static void *loop_main(void *arg)
+{
+    fixture_t *fx = arg;
+    event_base_loop(fx->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+/* The API in this process: a SQLite store, a manager (not connected: these
+ * routes do not need it), and two APIs on one event loop thread, one with
+ * the dynsec handle and one without. */
+static int api_setup(fixture_t *fx)
+{
+    char url[EM_TEST_PATH_MAX + 16], cert[EM_TEST_PATH_MAX], key[EM_TEST_PATH_MAX],
+        jwt[EM_TEST_PATH_MAX], jwt2[EM_TEST_PATH_MAX];
+    snprintf(url, sizeof url, "sqlite:%s/store.db", em_test_broker_dir(&fx->b));
+    em_error_t err;
+    em_error_clear(&err);
+    em_store_options_t so;
+    em_store_options_init(&so);
+    so.batch_interval_ms = 5;
+    if (em_store_open(url, &so, &fx->store, &err) != EM_OK) {
+        fprintf(stderr, "store: %s\n", err.message);
+        return -1;
+    }
+    fx->mgr = em_manager_new(NULL, &err);
+    if (fx->mgr == NULL)
+        return -1;
+    bool created = false;
+    if (em_api_bootstrap(fx->store, fx->admin_key, sizeof fx->admin_key, &created, &err) != EM_OK ||
+        !created)
+        return -1;
+    if (evthread_use_pthreads() != 0 || (fx->base = event_base_new()) == NULL)
+        return -1;
+    em_test_broker_path(&fx->b, "server.crt", cert, sizeof cert);
+    em_test_broker_path(&fx->b, "server.key", key, sizeof key);
+    em_test_broker_path(&fx->b, "jwt.pem", jwt, sizeof jwt);
+    em_test_broker_path(&fx->b, "jwt2.pem", jwt2, sizeof jwt2);
+    em_api_options_t ao;
+    em_api_options_init(&ao);
+    ao.listeners[0].address = "127.0.0.1";
+    ao.listeners[0].port = 0;
+    ao.listeners[0].cert_file = cert;
+    ao.listeners[0].key_file = key;
+    ao.listeners[0].client_auth = EM_CLIENT_AUTH_NONE;
+    ao.nlisteners = 1;
+    ao.jwt_key_file = jwt;
+    ao.dynsec = fx->d;
+    fx->api = em_api_new(fx->base, &ao, fx->store, fx->mgr, &err);
+    ao.jwt_key_file = jwt2;
+    ao.dynsec = NULL;
+    fx->api_plain = em_api_new(fx->base, &ao, fx->store, fx->mgr, &err);
+    if (fx->api == NULL || fx->api_plain == NULL) {
+        fprintf(stderr, "api: %s\n", err.message);
+        return -1;
+    }
+    snprintf(fx->url, sizeof fx->url, "https://localhost:%u", em_api_port(fx->api, 0));
+    snprintf(fx->url_plain, sizeof fx->url_plain, "https://localhost:%u",
+             em_api_port(fx->api_plain, 0));
+    if (pthread_create(&fx->loop, NULL, loop_main, fx) != 0)
+        return -1;
+    fx->loop_running = true;
+    return 0;
+}
+
 static int group_setup(void **state)
 {
     fixture_t *fx = calloc(1, sizeof *fx);
@@ -452,7 +516,7 @@ static int group_setup(void **state)
         fprintf(stderr, "em_dynsec_new: %s\n", e.message);
         return -1;
     }
-    return 0;
+    return api_setup(fx);
 }
 
 static int group_teardown(void **state)
@@ -940,6 +1004,370 @@ static void test_broker_down_is_not_connected_and_the_client_comes_back(void **s
     assert_int_equal(pub("down-1", pw, "device/down-1/status", "{}"), 0);
 }
 
+/* ---- the API ------------------------------------------------------------------ */
+
+/*
+ * One HTTPS request with curl to base (the fixture's url or url_plain),
+ * pinned to the test CA; key (may be NULL) goes in a header file, never on
+ * the command line. The body of the answer is parsed into *out (when out is
+ * not NULL). Returns the HTTP status, -1 when no answer came.
+ */
+static int http(const char *base, const char *key, const char *method, const char *path,
+                const char *body, cJSON **out)
+{
+    fixture_t *fx = fx_global;
+    unsigned n = ++fx->seq;
+    char hdr[EM_TEST_PATH_MAX], bodyf[EM_TEST_PATH_MAX], outf[EM_TEST_PATH_MAX],
+        codef[EM_TEST_PATH_MAX], url[EM_TEST_PATH_MAX];
+    path_in(hdr, sizeof hdr, "req-%u.hdr", n);
+    path_in(bodyf, sizeof bodyf, "req-%u.body", n);
+    path_in(outf, sizeof outf, "req-%u.out", n);
+    path_in(codef, sizeof codef, "req-%u.code", n);
+    snprintf(url, sizeof url, "%s%s", base, path);
+    char line[512];
+    int ln = snprintf(line, sizeof line, "Content-Type: application/json\n%s%s%s",
+                      key != NULL ? "Authorization: Bearer " : "", key != NULL ? key : "",
+                      key != NULL ? "\n" : "");
+    assert_true(ln > 0 && (size_t)ln < sizeof line);
+    assert_int_equal(write_file(hdr, line), 0);
+    if (body != NULL)
+        assert_int_equal(write_file(bodyf, body), 0);
+    char hdr_arg[EM_TEST_PATH_MAX + 2], body_arg[EM_TEST_PATH_MAX + 2];
+    snprintf(hdr_arg, sizeof hdr_arg, "@%s", hdr);
+    snprintf(body_arg, sizeof body_arg, "@%s", bodyf);
+    const char *argv[24];
+    int a = 0;
+    argv[a++] = "curl";
+    argv[a++] = "-s";
+    argv[a++] = "--max-time";
+    argv[a++] = "30";
+    argv[a++] = "--cacert";
+    argv[a++] = em_test_broker_ca(&fx->b);
+    argv[a++] = "-X";
+    argv[a++] = method;
+    argv[a++] = "-H";
+    argv[a++] = hdr_arg;
+    argv[a++] = "-o";
+    argv[a++] = outf;
+    argv[a++] = "-w";
+    argv[a++] = "%{http_code}";
+    if (body != NULL) {
+        argv[a++] = "--data-binary";
+        argv[a++] = body_arg;
+    }
+    argv[a++] = url;
+    argv[a] = NULL;
+    pid_t pid = em_test_spawn(argv, codef);
+    int rc = pid > 0 ? em_test_wait(pid, 40000) : -1;
+    if (rc == -1 && pid > 0)
+        em_test_stop(pid);
+    int status = -1;
+    char *code = read_all(codef);
+    if (rc == 0 && code != NULL) {
+        long v = strtol(code, NULL, 10);
+        if (v > 0 && v < 600)
+            status = (int)v;
+    }
+    free(code);
+    char *text = read_all(outf);
+    if (out != NULL)
+        *out = text != NULL ? cJSON_Parse(text) : NULL;
+    free(text);
+    unlink(hdr);
+    unlink(bodyf);
+    unlink(outf);
+    unlink(codef);
+    return status;
+}
+
+static const char *str_of(const cJSON *obj, const char *key)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+static void assert_error_code(cJSON *answer, const char *code)
+{
+    assert_non_null(answer);
+    const char *c = str_of(answer, "errorCode");
+    if (c == NULL || strcmp(c, code) != 0) {
+        char *t = cJSON_PrintUnformatted(answer);
+        fprintf(stderr, "expected %s, got %s\n", code, t != NULL ? t : "?");
+        free(t);
+    }
+    assert_non_null(c);
+    assert_string_equal(c, code);
+}
+
+static void api_create_device(const char *id)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"id\":\"%s\",\"name\":\"Device %s\",\"type\":\"sensor\"}", id,
+             id);
+    assert_int_equal(
+        http(fx_global->url, fx_global->admin_key, "POST", "/api/v1/devices", body, NULL), 201);
+}
+
+static void api_set_enabled(const char *id, bool enabled)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/api/v1/devices/%s", id);
+    assert_int_equal(http(fx_global->url, fx_global->admin_key, "PATCH", path,
+                          enabled ? "{\"enabled\":true}" : "{\"enabled\":false}", NULL),
+                     200);
+}
+
+/* POST .../mqtt-credentials with the admin key; the password into pw. */
+static void api_issue(const char *id, char *pw)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/api/v1/devices/%s/mqtt-credentials", id);
+    cJSON *a = NULL;
+    assert_int_equal(http(fx_global->url, fx_global->admin_key, "POST", path, NULL, &a), 201);
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(a, "data");
+    assert_string_equal(str_of(d, "username"), id);
+    const char *p = str_of(d, "password");
+    assert_non_null(p);
+    assert_int_equal(strlen(p), EM_DYNSEC_PASSWORD_LEN);
+    memcpy(pw, p, EM_DYNSEC_PASSWORD_LEN + 1);
+    cJSON_Delete(a);
+}
+
+typedef struct evseen {
+    const char *type;
+    const char *device;
+    const char *secret; /* must appear in no event */
+    int count;
+    int max_severity;
+    bool secret_seen;
+} evseen_t;
+
+static int on_event(const em_store_event_t *ev, void *ud)
+{
+    evseen_t *s = ud;
+    if (s->secret != NULL && strstr(ev->message, s->secret) != NULL)
+        s->secret_seen = true;
+    if (strcmp(ev->type, s->type) == 0 && strcmp(ev->device_id, s->device) == 0) {
+        s->count++;
+        if ((int)ev->severity > s->max_severity)
+            s->max_severity = (int)ev->severity;
+    }
+    return 0;
+}
+
+static evseen_t events_of(const char *type, const char *device, const char *secret)
+{
+    evseen_t s = {type, device, secret, 0, -1, false};
+    em_store_event_filter_t f;
+    memset(&f, 0, sizeof f);
+    f.kind = -1;
+    f.min_severity = -1;
+    f.range.limit = EM_STORE_PAGE_MAX;
+    em_error_t e;
+    em_error_clear(&e);
+    assert_int_equal(em_store_event_list(fx_global->store, &f, on_event, &s, &e), EM_OK);
+    return s;
+}
+
+static void test_api_post_issues_a_password_that_logs_in_and_is_audited(void **state)
+{
+    (void)state;
+    char pw[EM_DYNSEC_PASSWORD_LEN + 1];
+    api_create_device("api-cred-1");
+    api_issue("api-cred-1", pw);
+    assert_int_equal(pub("api-cred-1", pw, "device/api-cred-1/status", "{}"), 0);
+    evseen_t s = events_of("mqtt_credentials_issued", "api-cred-1", pw);
+    assert_int_equal(s.count, 1);
+    assert_false(s.secret_seen);
+}
+
+static void test_api_post_again_replaces_the_password(void **state)
+{
+    (void)state;
+    char p1[EM_DYNSEC_PASSWORD_LEN + 1], p2[EM_DYNSEC_PASSWORD_LEN + 1];
+    api_create_device("api-cred-2");
+    api_issue("api-cred-2", p1);
+    api_issue("api-cred-2", p2);
+    assert_string_not_equal(p1, p2);
+    assert_int_not_equal(pub("api-cred-2", p1, "device/api-cred-2/status", "{}"), 0);
+    assert_int_equal(pub("api-cred-2", p2, "device/api-cred-2/status", "{}"), 0);
+}
+
+static void test_api_delete_revokes_and_second_delete_is_404(void **state)
+{
+    fixture_t *fx = *state;
+    char pw[EM_DYNSEC_PASSWORD_LEN + 1];
+    api_create_device("api-cred-3");
+    api_issue("api-cred-3", pw);
+    const char *path = "/api/v1/devices/api-cred-3/mqtt-credentials";
+    assert_int_equal(http(fx->url, fx->admin_key, "DELETE", path, NULL, NULL), 204);
+    assert_int_not_equal(pub("api-cred-3", pw, "device/api-cred-3/status", "{}"), 0);
+    cJSON *a = NULL;
+    assert_int_equal(http(fx->url, fx->admin_key, "DELETE", path, NULL, &a), 404);
+    assert_error_code(a, "not_found");
+    cJSON_Delete(a);
+    assert_int_equal(events_of("mqtt_credentials_revoked", "api-cred-3", NULL).count, 1);
+}
+
+static void test_api_unknown_device_is_404_and_disabled_device_is_409(void **state)
+{
+    fixture_t *fx = *state;
+    cJSON *a = NULL;
+    assert_int_equal(http(fx->url, fx->admin_key, "POST",
+                          "/api/v1/devices/no-such-dev/mqtt-credentials", NULL, &a),
+                     404);
+    assert_error_code(a, "device_not_found");
+    cJSON_Delete(a);
+    a = NULL;
+    assert_int_equal(http(fx->url, fx->admin_key, "DELETE",
+                          "/api/v1/devices/no-such-dev/mqtt-credentials", NULL, &a),
+                     404);
+    assert_error_code(a, "device_not_found");
+    cJSON_Delete(a);
+
+    api_create_device("api-cred-off");
+    api_set_enabled("api-cred-off", false);
+    a = NULL;
+    assert_int_equal(http(fx->url, fx->admin_key, "POST",
+                          "/api/v1/devices/api-cred-off/mqtt-credentials", NULL, &a),
+                     409);
+    cJSON_Delete(a);
+}
+
+static void test_api_body_with_fields_is_400(void **state)
+{
+    fixture_t *fx = *state;
+    api_create_device("api-cred-body");
+    cJSON *a = NULL;
+    assert_int_equal(http(fx->url, fx->admin_key, "POST",
+                          "/api/v1/devices/api-cred-body/mqtt-credentials",
+                          "{\"password\":\"mine\"}", &a),
+                     400);
+    assert_error_code(a, "validation");
+    cJSON_Delete(a);
+    a = NULL;
+    /* An empty object is fine. */
+    assert_int_equal(http(fx->url, fx->admin_key, "POST",
+                          "/api/v1/devices/api-cred-body/mqtt-credentials", "{}", &a),
+                     201);
+    cJSON_Delete(a);
+}
+
+static void test_api_viewer_is_403_and_no_credentials_is_401(void **state)
+{
+    fixture_t *fx = *state;
+    api_create_device("api-cred-4");
+    cJSON *a = NULL;
+    assert_int_equal(http(fx->url, fx->admin_key, "POST", "/api/v1/keys",
+                          "{\"name\":\"dynsec-viewer\",\"role\":\"viewer\"}", &a),
+                     201);
+    const char *k = str_of(cJSON_GetObjectItemCaseSensitive(a, "data"), "key");
+    assert_non_null(k);
+    snprintf(fx->viewer_key, sizeof fx->viewer_key, "%s", k);
+    cJSON_Delete(a);
+    const char *path = "/api/v1/devices/api-cred-4/mqtt-credentials";
+    assert_int_equal(http(fx->url, fx->viewer_key, "POST", path, NULL, NULL), 403);
+    assert_int_equal(http(fx->url, fx->viewer_key, "DELETE", path, NULL, NULL), 403);
+    assert_int_equal(http(fx->url, NULL, "POST", path, NULL, NULL), 401);
+}
+
+static void test_api_without_dynsec_is_503(void **state)
+{
+    fixture_t *fx = *state;
+    api_create_device("api-cred-5");
+    cJSON *a = NULL;
+    assert_int_equal(http(fx->url_plain, fx->admin_key, "POST",
+                          "/api/v1/devices/api-cred-5/mqtt-credentials", NULL, &a),
+                     503);
+    assert_error_code(a, "not_connected");
+    cJSON_Delete(a);
+}
+
+static void test_api_disabling_the_device_disables_its_mqtt_client(void **state)
+{
+    (void)state;
+    char pw[EM_DYNSEC_PASSWORD_LEN + 1];
+    api_create_device("api-cred-6");
+    api_issue("api-cred-6", pw);
+    api_set_enabled("api-cred-6", false);
+    assert_int_not_equal(pub("api-cred-6", pw, "device/api-cred-6/status", "{}"), 0);
+    api_set_enabled("api-cred-6", true);
+    assert_int_equal(pub("api-cred-6", pw, "device/api-cred-6/status", "{}"), 0);
+}
+
+static void test_api_deleting_the_device_removes_its_mqtt_client(void **state)
+{
+    fixture_t *fx = *state;
+    char pw[EM_DYNSEC_PASSWORD_LEN + 1];
+    api_create_device("api-cred-7");
+    api_issue("api-cred-7", pw);
+    assert_int_equal(
+        http(fx->url, fx->admin_key, "DELETE", "/api/v1/devices/api-cred-7", NULL, NULL), 200);
+    assert_int_not_equal(pub("api-cred-7", pw, "device/api-cred-7/status", "{}"), 0);
+    em_error_t e;
+    em_error_clear(&e);
+    assert_int_equal(em_dynsec_remove(fx->d, "api-cred-7", &e), EM_ERR_NOT_FOUND);
+    /* A device without credentials is disabled and deleted without a word. */
+    api_create_device("api-cred-8");
+    api_set_enabled("api-cred-8", false);
+    assert_int_equal(
+        http(fx->url, fx->admin_key, "DELETE", "/api/v1/devices/api-cred-8", NULL, NULL), 200);
+    assert_int_equal(events_of("mqtt_credentials_out_of_sync", "api-cred-8", NULL).count, 0);
+}
+
+static void test_api_broker_down_is_503_and_a_disable_still_happens_with_an_event(void **state)
+{
+    fixture_t *fx = *state;
+    char pw[EM_DYNSEC_PASSWORD_LEN + 1];
+    api_create_device("api-cred-9");
+    api_issue("api-cred-9", pw);
+    broker_stop(fx);
+
+    cJSON *a = NULL;
+    int st = -1;
+    const char *code = NULL;
+    int64_t until = em_mono_ms() + WAIT_MS;
+    /* Until the client has noticed (a request in flight then may time out). */
+    while (em_mono_ms() < until) {
+        cJSON_Delete(a);
+        a = NULL;
+        st = http(fx->url, fx->admin_key, "POST", "/api/v1/devices/api-cred-9/mqtt-credentials",
+                  NULL, &a);
+        code = str_of(a, "errorCode");
+        if (st == 503 && code != NULL && strcmp(code, "not_connected") == 0)
+            break;
+        em_test_sleep_ms(100);
+    }
+    assert_int_equal(st, 503);
+    assert_error_code(a, "not_connected");
+    cJSON_Delete(a);
+
+    /* The device is disabled all the same; that its MQTT client could not
+     * be is a high-severity security event. */
+    api_set_enabled("api-cred-9", false);
+    evseen_t s = events_of("mqtt_credentials_out_of_sync", "api-cred-9", NULL);
+    assert_int_equal(s.count, 1);
+    assert_int_equal(s.max_severity, EM_SEV_HIGH);
+    em_store_device_t dev;
+    em_error_t e;
+    em_error_clear(&e);
+    assert_int_equal(em_store_device_get(fx->store, "api-cred-9", &dev, &e), EM_OK);
+    assert_false(dev.enabled);
+
+    assert_int_equal(broker_start(fx), 0);
+    /* Back: the operator repairs it by revoking the password. */
+    until = em_mono_ms() + 40000;
+    while (em_mono_ms() < until) {
+        st = http(fx->url, fx->admin_key, "DELETE", "/api/v1/devices/api-cred-9/mqtt-credentials",
+                  NULL, NULL);
+        if (st == 204)
+            break;
+        em_test_sleep_ms(200);
+    }
+    assert_int_equal(st, 204);
+    assert_int_not_equal(pub("api-cred-9", pw, "device/api-cred-9/status", "{}"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -961,6 +1389,16 @@ int main(void)
         cmocka_unit_test(test_broker_without_the_plugin_times_out),
         cmocka_unit_test(test_bad_options_are_configuration_errors),
         cmocka_unit_test(test_custom_topic_prefix_is_used_in_the_role),
+        cmocka_unit_test(test_api_post_issues_a_password_that_logs_in_and_is_audited),
+        cmocka_unit_test(test_api_post_again_replaces_the_password),
+        cmocka_unit_test(test_api_delete_revokes_and_second_delete_is_404),
+        cmocka_unit_test(test_api_unknown_device_is_404_and_disabled_device_is_409),
+        cmocka_unit_test(test_api_body_with_fields_is_400),
+        cmocka_unit_test(test_api_viewer_is_403_and_no_credentials_is_401),
+        cmocka_unit_test(test_api_without_dynsec_is_503),
+        cmocka_unit_test(test_api_disabling_the_device_disables_its_mqtt_client),
+        cmocka_unit_test(test_api_deleting_the_device_removes_its_mqtt_client),
+        cmocka_unit_test(test_api_broker_down_is_503_and_a_disable_still_happens_with_an_event),
         cmocka_unit_test(test_broker_down_is_not_connected_and_the_client_comes_back),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
