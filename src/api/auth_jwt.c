@@ -1,7 +1,8 @@
 /*
  * emiot - auth_jwt.c: JWTs (ES256). The signing key (loaded from
- * jwt_key_file, or made and written there), issuing tokens, verifying them
- * and their claims. Which requests present one is auth.c's.
+ * jwt_key_file, or made and written there: sealed in a keystore file when the
+ * API has a keystore secret, a plain 0600 PEM otherwise), issuing tokens,
+ * verifying them and their claims. Which requests present one is auth.c's.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -22,6 +24,7 @@
 #include "api/api_core.h"
 #include "emiot/clock.h"
 #include "emiot/log.h"
+#include "security/security_internal.h"
 
 #define JWT_SKEW_S    60 /* clock skew allowed for nbf and iat */
 #define JWT_TTL_MAX_S 86400
@@ -135,64 +138,77 @@ static bool is_p256(EVP_PKEY *pkey)
            (strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0);
 }
 
-em_err_t em__api_jwt_key_load(em_api_t *api, em_error_t *err)
+/* Parses the key file's contents (raw_len bytes): a keystore file opened
+ * with ks, or a plain PEM key (*was_plain set). The key must be EC P-256. */
+static em_err_t parse_key_file(const char *raw, size_t raw_len, const em_keystore_secret_t *ks,
+                               EVP_PKEY **out, bool *was_plain, em_error_t *err)
 {
-    const char *path = api->opts.jwt_key_file;
-    EVP_PKEY *pkey = NULL;
-    char *pem = NULL;
+    *out = NULL;
+    *was_plain = false;
+    unsigned char *pem = NULL;
     size_t pem_len = 0;
-    em_err_t rc = EM_OK;
-
-    bool exists = false;
-    if (path != NULL) {
-        struct stat st;
-        exists = lstat(path, &st) == 0;
-    }
-    if (exists) {
-        rc = read_key_file(path, &pem, &pem_len, err);
-        if (rc != EM_OK)
-            return rc;
-        BIO *b = BIO_new_mem_buf(pem, (int)pem_len);
-        pkey = b != NULL ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
-        BIO_free(b);
-        OPENSSL_cleanse(pem, pem_len);
-        free(pem);
-        if (pkey == NULL || !is_p256(pkey)) {
-            EVP_PKEY_free(pkey);
+    if (em_keystore_is_sealed(raw, raw_len)) {
+        if (ks == NULL)
             return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "jwt_key_file",
-                                "must hold an EC P-256 private key (PEM)");
-        }
+                                "jwt_key_file is sealed in a keystore: configure [keystore]");
+        em_error_t e;
+        em_error_clear(&e);
+        em_err_t rc = em_keystore_open(ks, raw, raw_len, &pem, &pem_len, &e);
+        if (rc != EM_OK)
+            return em_error_set(err, rc, EM_SEV_HIGH, "jwt_key_file", "jwt_key_file: %s",
+                                e.message);
     } else {
-        pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-        if (pkey == NULL)
-            return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL,
-                                "cannot generate the JWT key");
+        *was_plain = true;
     }
+    const char *text = pem != NULL ? (const char *)pem : raw;
+    size_t text_len = pem != NULL ? pem_len : raw_len;
+    BIO *b = text_len <= KEY_FILE_MAX ? BIO_new_mem_buf(text, (int)text_len) : NULL;
+    EVP_PKEY *pkey = b != NULL ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    ERR_clear_error();
+    em_keystore_data_free(pem, pem_len);
+    if (pkey == NULL || !is_p256(pkey)) {
+        EVP_PKEY_free(pkey);
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "jwt_key_file",
+                            "must hold an EC P-256 private key (PEM)");
+    }
+    *out = pkey;
+    return EM_OK;
+}
 
+/* Reads and parses the existing key file at path. */
+static em_err_t load_key_file(const char *path, const em_keystore_secret_t *ks, EVP_PKEY **out,
+                              bool *was_plain, em_error_t *err)
+{
+    char *raw = NULL;
+    size_t raw_len = 0;
+    em_err_t rc = read_key_file(path, &raw, &raw_len, err);
+    if (rc != EM_OK)
+        return rc;
+    rc = parse_key_file(raw, raw_len, ks, out, was_plain, err);
+    OPENSSL_cleanse(raw, raw_len);
+    free(raw);
+    return rc;
+}
+
+/* Fills api's PEM copies of pkey (private and public). */
+static em_err_t encode_key(em_api_t *api, EVP_PKEY *pkey, em_error_t *err)
+{
+    em_err_t rc = EM_OK;
     BIO *priv = BIO_new(BIO_s_mem());
     BIO *pub = BIO_new(BIO_s_mem());
     if (priv == NULL || pub == NULL ||
         PEM_write_bio_PrivateKey(priv, pkey, NULL, NULL, 0, NULL, NULL) != 1 ||
         PEM_write_bio_PUBKEY(pub, pkey) != 1) {
         rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "cannot encode the JWT key");
-        goto out;
+    } else {
+        api->jwt_priv_pem = bio_copy(priv, &api->jwt_priv_len);
+        api->jwt_pub_pem = bio_copy(pub, &api->jwt_pub_len);
+        if (api->jwt_priv_pem == NULL || api->jwt_pub_pem == NULL) {
+            em__api_jwt_key_free(api);
+            rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        }
     }
-    api->jwt_priv_pem = bio_copy(priv, &api->jwt_priv_len);
-    api->jwt_pub_pem = bio_copy(pub, &api->jwt_pub_len);
-    if (api->jwt_priv_pem == NULL || api->jwt_pub_pem == NULL) {
-        rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
-        goto out;
-    }
-    if (!exists && path != NULL) {
-        rc = write_key_file(path, (const char *)api->jwt_priv_pem, (size_t)api->jwt_priv_len, err);
-        if (rc == EM_OK)
-            em_log(EM_LOG_INFO, "api", NULL, "JWT signing key created", &EM_LOG_STR("path", path),
-                   1);
-    } else if (path == NULL) {
-        em_log(EM_LOG_WARN, "api", NULL,
-               "no jwt_key_file: tokens are signed with a key that lives until exit", NULL, 0);
-    }
-out:
     if (priv != NULL) {
         char *p = NULL;
         long n = BIO_get_mem_data(priv, &p);
@@ -201,6 +217,74 @@ out:
     }
     BIO_free(priv);
     BIO_free(pub);
+    return rc;
+}
+
+em_err_t em__api_jwt_key_load(em_api_t *api, em_error_t *err)
+{
+    const char *path = api->opts.jwt_key_file;
+    const em_keystore_secret_t *ks = api->opts.keystore;
+    EVP_PKEY *pkey = NULL;
+    em_err_t rc = EM_OK;
+    bool exists = false;
+    bool was_plain = false;
+
+    if (path != NULL) {
+        struct stat st;
+        exists = lstat(path, &st) == 0;
+    }
+    if (exists) {
+        rc = load_key_file(path, ks, &pkey, &was_plain, err);
+        if (rc != EM_OK)
+            return rc;
+    } else {
+        pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+        if (pkey == NULL)
+            return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL,
+                                "cannot generate the JWT key");
+    }
+    rc = encode_key(api, pkey, err);
+    if (rc != EM_OK)
+        goto out;
+
+    if (!exists && path != NULL && ks != NULL) {
+        /* Created sealed, and never over a file another process made in the
+         * meantime: daemons sharing the directory must agree on one key, so
+         * the loser of that race takes the winner's. */
+        rc = em__keystore_write_new(path, ks, api->jwt_priv_pem, (size_t)api->jwt_priv_len, err);
+        if (rc == EM_OK) {
+            em_log(EM_LOG_INFO, "api", NULL, "JWT signing key created (sealed in the keystore)",
+                   &EM_LOG_STR("path", path), 1);
+        } else if (rc == EM_ERR_EXISTS) {
+            em__api_jwt_key_free(api);
+            EVP_PKEY_free(pkey);
+            pkey = NULL;
+            exists = true;
+            rc = load_key_file(path, ks, &pkey, &was_plain, err);
+            if (rc == EM_OK)
+                rc = encode_key(api, pkey, err);
+        }
+    } else if (!exists && path != NULL) {
+        rc = write_key_file(path, (const char *)api->jwt_priv_pem, (size_t)api->jwt_priv_len, err);
+        if (rc == EM_OK)
+            em_log(EM_LOG_INFO, "api", NULL, "JWT signing key created", &EM_LOG_STR("path", path),
+                   1);
+    } else if (path == NULL) {
+        em_log(EM_LOG_WARN, "api", NULL,
+               "no jwt_key_file: tokens are signed with a key that lives until exit", NULL, 0);
+    }
+    if (rc == EM_OK && exists && was_plain && ks != NULL) {
+        /* A key written before the keystore was configured: sealed in place,
+         * atomically (the plain file is replaced, never half-written). */
+        rc = em_keystore_write_file(path, ks, api->jwt_priv_pem, (size_t)api->jwt_priv_len, err);
+        if (rc == EM_OK)
+            em_log(EM_LOG_WARN, "api", NULL,
+                   "JWT signing key was a plain PEM file: sealed it in the keystore",
+                   &EM_LOG_STR("path", path), 1);
+    }
+out:
+    if (rc != EM_OK)
+        em__api_jwt_key_free(api);
     EVP_PKEY_free(pkey);
     return rc;
 }
@@ -225,8 +309,51 @@ em_err_t em__api_jwt_issue(em_api_t *api, const em__api_identity_t *who, int ttl
     return em__api_jwt_issue_bound(api, who, user, ttl_s, buf, size, expires_at_ms);
 }
 
+/* The "caps" claim: a JSON array of the ncaps strings (plain names, checked
+ * by the caller's table: nothing here needs escaping). */
+static int add_caps(jwt_t *jwt, const char *const *caps, size_t ncaps)
+{
+    char json[512];
+    size_t n = 0;
+    int w = snprintf(json, sizeof json, "{\"caps\":[");
+    if (w < 0)
+        return -1;
+    n = (size_t)w;
+    for (size_t i = 0; i < ncaps; i++) {
+        for (const char *c = caps[i]; *c != '\0'; c++)
+            if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+                return -1;
+        w = snprintf(json + n, sizeof json - n, "%s\"%s\"", i > 0 ? "," : "", caps[i]);
+        if (w < 0 || (size_t)w >= sizeof json - n)
+            return -1;
+        n += (size_t)w;
+    }
+    if (n + 3 > sizeof json)
+        return -1;
+    memcpy(json + n, "]}", 3);
+    return jwt_add_grants_json(jwt, json);
+}
+
+static em_err_t issue(em_api_t *api, const em__api_identity_t *who, bool user_bound,
+                      const char *const *caps, size_t ncaps, int ttl_s, char *buf, size_t size,
+                      int64_t *expires_at_ms);
+
 em_err_t em__api_jwt_issue_bound(em_api_t *api, const em__api_identity_t *who, bool user_bound,
                                  int ttl_s, char *buf, size_t size, int64_t *expires_at_ms)
+{
+    return issue(api, who, user_bound, NULL, 0, ttl_s, buf, size, expires_at_ms);
+}
+
+em_err_t em__api_jwt_issue_caps(em_api_t *api, const em__api_identity_t *who,
+                                const char *const *caps, size_t ncaps, int ttl_s, char *buf,
+                                size_t size, int64_t *expires_at_ms)
+{
+    return issue(api, who, false, caps, ncaps, ttl_s, buf, size, expires_at_ms);
+}
+
+static em_err_t issue(em_api_t *api, const em__api_identity_t *who, bool user_bound,
+                      const char *const *caps, size_t ncaps, int ttl_s, char *buf, size_t size,
+                      int64_t *expires_at_ms)
 {
     unsigned char rnd[8];
     char jti[17];
@@ -260,6 +387,8 @@ em_err_t em__api_jwt_issue_bound(em_api_t *api, const em__api_identity_t *who, b
     if (who->key_id[0] != '\0' && jwt_add_grant(jwt, "key", who->key_id) != 0)
         goto out;
     if (user_bound && jwt_add_grant(jwt, "user", who->name) != 0)
+        goto out;
+    if (ncaps > 0 && add_caps(jwt, caps, ncaps) != 0)
         goto out;
     if (jwt_set_alg(jwt, JWT_ALG_ES256, api->jwt_priv_pem, api->jwt_priv_len) != 0)
         goto out;
@@ -391,7 +520,7 @@ static const char *check_claims(em_api_t *api, const cJSON *c, int64_t now_ms,
         return "no valid iat";
     if (iat_s > now_s + JWT_SKEW_S)
         return "issued in the future";
-    if (exp_s - iat_s > JWT_TTL_MAX_S)
+    if (exp_s - iat_s > EM__API_DEVICE_JWT_TTL_MAX)
         return "lifetime too long";
     if (cJSON_GetObjectItemCaseSensitive(c, "nbf") != NULL) {
         if (!claim_time(c, "nbf", &nbf_s))
@@ -406,6 +535,10 @@ static const char *check_claims(em_api_t *api, const cJSON *c, int64_t now_ms,
     em_role_t role;
     if (role_s == NULL || em_role_parse(role_s, &role) != EM_OK || role == EM_ROLE_NONE)
         return "no valid role";
+    /* Device tokens from challenge-response may live longer than a day
+     * (device_token_ttl_s); every other token at most a day. */
+    if (role != EM_ROLE_DEVICE && exp_s - iat_s > JWT_TTL_MAX_S)
+        return "lifetime too long";
     const char *dev = claim_str(c, "device");
     if (role == EM_ROLE_DEVICE) {
         if (dev == NULL || em_device_id_validate(dev, strlen(dev), NULL) != EM_OK)
