@@ -258,4 +258,97 @@ int ctl_parse_json_object(const char *flag, const char *text, cJSON **out);
 int ctl_create_private(const char *path);
 int ctl_write_secret(int fd, const char *path, const char *secret);
 
+/* ==== secret.c: local secrets for pki, broker and keystore (helper "ctl") ====
+ * These commands work on local files and never talk to emiotd. Their secrets
+ * never come from the command line: the keystore passphrase from
+ * EMIOT_KEYSTORE_PASSPHRASE or --passphrase-file, a keystore key file from
+ * --keystore-key-file, an HSM PIN from EMIOT_PKCS11_PIN or --pin-file. */
+
+#include <sys/types.h>
+
+#include "emiot/error.h"
+#include "emiot/keystore.h"
+
+#define CTL_ENV_PASSPHRASE     "EMIOT_KEYSTORE_PASSPHRASE"
+#define CTL_ENV_NEW_PASSPHRASE "EMIOT_KEYSTORE_NEW_PASSPHRASE"
+#define CTL_ENV_SCRYPT_COST    "EMIOT_KEYSTORE_SCRYPT_COST" /* log2 N, 14-20 */
+#define CTL_ENV_PIN            "EMIOT_PKCS11_PIN"
+#define CTL_ENV_PKI_DIR        "EMIOT_PKI_DIR"
+#define CTL_PIN_MAX            256
+
+/* Option ids of the shared local options (ctl_parse ids >= 1000). */
+enum {
+    CTL_SOPT_DIR = 1900,
+    CTL_SOPT_PASSPHRASE_FILE,
+    CTL_SOPT_KEY_FILE,
+    CTL_SOPT_PKCS11_MODULE,
+    CTL_SOPT_PIN_FILE
+};
+
+/* The struct option entries of those options, for a command's table. */
+#define CTL_SECRET_OPTIONS                                                                         \
+    {"dir", required_argument, NULL, CTL_SOPT_DIR},                                                \
+        {"passphrase-file", required_argument, NULL, CTL_SOPT_PASSPHRASE_FILE},                    \
+        {"keystore-key-file", required_argument, NULL, CTL_SOPT_KEY_FILE},                         \
+        {"pkcs11-module", required_argument, NULL, CTL_SOPT_PKCS11_MODULE},                        \
+    {                                                                                              \
+        "pin-file", required_argument, NULL, CTL_SOPT_PIN_FILE                                     \
+    }
+
+/* Their help lines. */
+#define CTL_SECRET_HELP                                                                            \
+    "  --dir D                  the CA directory (env EMIOT_PKI_DIR)\n"                            \
+    "  --passphrase-file F      keystore passphrase, first line of F (mode 0600);\n"               \
+    "                           default: env EMIOT_KEYSTORE_PASSPHRASE\n"                          \
+    "  --keystore-key-file F    open the keystore with a key file instead\n"                       \
+    "  --pkcs11-module PATH     the CA key is in an HSM: its PKCS#11 module\n"                     \
+    "  --pin-file F             the token's user PIN (default: env EMIOT_PKCS11_PIN)\n"
+
+typedef struct ctl_secret_opts {
+    const char *dir;
+    const char *passphrase_file;
+    const char *key_file;
+    const char *pkcs11_module;
+    const char *pin_file;
+} ctl_secret_opts_t;
+
+/* Stores a shared option's value; false when id is not one of them. */
+bool ctl_secret_opt(ctl_secret_opts_t *s, int id, const char *arg);
+
+/* The CA directory: --dir, else EMIOT_PKI_DIR; NULL (after a message) when
+ * neither is set. */
+const char *ctl_secret_dir(const ctl_secret_opts_t *s);
+
+/*
+ * The secret that seals or opens keystores: key_file (a keystore key file),
+ * else pass_file (first line), else the environment variable env_var (wiped
+ * from the environment once read). The scrypt cost comes from
+ * EMIOT_KEYSTORE_SCRYPT_COST when set. Returns 0 or an exit code after a
+ * message; *out belongs to the caller (em_keystore_secret_free).
+ */
+int ctl_secret_keystore(const char *key_file, const char *pass_file, const char *env_var,
+                        em_keystore_secret_t **out);
+
+/* The HSM of s->pkcs11_module, logged in with the PIN from --pin-file or
+ * EMIOT_PKCS11_PIN. Returns 0 or an exit code; *out: em_pkcs11_free. */
+int ctl_secret_pkcs11(const ctl_secret_opts_t *s, em_pkcs11_t **out);
+
+/* Prints "emiotctl: <what>: <message> (<type>)" for a libemiot error and
+ * returns the exit code for it (validation 7, not found 6, configuration 2,
+ * authentication 4, others 1). */
+int ctl_em_fail(const char *what, const em_error_t *e);
+
+/* Reads a whole regular file of at most max bytes (NUL added). private:
+ * refuse a file group or others may read, and wipe the buffer on free.
+ * Returns 0 or an exit code; *out: ctl_free_file(*out, *len). */
+int ctl_read_file(const char *path, const char *what, size_t max, bool private_file, char **out,
+                  size_t *len);
+void ctl_free_file(char *data, size_t len);
+
+/* Creates path (O_EXCL, mode) and writes len bytes, then fsync. On failure
+ * the file is removed. Returns 0 or an exit code. */
+int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t len);
+
+/* ==== end of secret.c's declarations ==================================== */
+
 #endif /* EMIOTCTL_CTL_H */
