@@ -138,7 +138,8 @@ static void delete_credentials(em__api_req_t *r)
         return;
     }
     em__api_audit(r, "mqtt_credentials_revoked", id, "MQTT password of device %s revoked", id);
-    em__api_reply_raw(r, 204, "", 0);
+    /* {"success":true}, as every other DELETE of the API answers. */
+    em__api_reply(r, 200, NULL, NULL);
 }
 
 /* ---- following device changes (routes_devices.c) -------------------------- */
