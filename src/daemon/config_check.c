@@ -188,6 +188,10 @@ em_err_t em_daemon_config_check(const em_daemon_config_t *cfg, em_error_t *err)
         return rc;
     }
 
+    /* [keystore], [pki], [dynsec] */
+    if ((rc = em__config_check_identity(cfg, err)) != EM_OK)
+        return rc;
+
     /* [listener NAME] */
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const em_daemon_listener_t *l = &cfg->listeners[i];

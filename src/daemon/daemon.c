@@ -463,6 +463,8 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
         rc = prepare_data_dir(d->cfg.data_dir, err);
     }
     if (rc == EM_OK)
+        rc = em__daemon_identity_open(d, err);
+    if (rc == EM_OK)
         rc = open_store(d, err);
     if (rc == EM_OK) {
         em_manager_options_t mo;
@@ -501,12 +503,15 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
     if (rc == EM_OK) {
         em_api_options_t ao;
         em_daemon_config_api_options(&d->cfg, &ao);
+        em__daemon_identity_api_options(d, &ao);
         d->api = em_api_new(d->base, &ao, d->store, d->mgr, err);
         if (d->api == NULL)
             rc = err != NULL && err->code != EM_OK ? err->code : EM_ERR_INTERNAL;
     }
     if (rc == EM_OK)
         rc = add_events(d, err);
+    if (rc == EM_OK)
+        rc = em__daemon_identity_start(d, err);
     if (rc == EM_OK) {
         if (pthread_create(&d->connector, NULL, connector_main, d) == 0)
             d->connector_running = true;
@@ -591,6 +596,8 @@ void em_daemon_free(em_daemon_t *d)
         (void)em_manager_disconnect(d->mgr, NULL);
     }
     em_api_free(d->api);
+    d->api = NULL;
+    em__daemon_identity_close(d);
     struct event *evs[] = {d->ev_term,  d->ev_int,   d->ev_hup, d->ev_expire,
                            d->ev_prune, d->ev_drain, d->ev_stop};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {

@@ -10,6 +10,9 @@
 #include <stdint.h>
 
 #include "emiot/daemon.h"
+#include "emiot/dynsec.h"
+#include "emiot/keystore.h"
+#include "emiot/pki.h"
 
 struct event;
 struct event_base;
@@ -56,6 +59,13 @@ struct em_daemon {
     em_api_t *api;
     bool listening; /* the manager callback is registered */
 
+    /* Device identity (daemon_identity.c): made at start, used by the API. */
+    em_keystore_secret_t *keystore; /* seals the JWT key, opens the CA key */
+    em_pkcs11_t *hsm;               /* [keystore] pkcs11_module, or NULL */
+    em_pki_t *pki;                  /* [pki] dir, or NULL */
+    em_dynsec_t *dynsec;            /* [dynsec], or NULL (not configured or not yet connected) */
+    struct event *ev_dynsec;        /* retries the dynsec connection */
+
     /* The connector thread. */
     pthread_t connector;
     bool connector_running;
@@ -94,5 +104,23 @@ void em__daemon_on_manager_event(em_manager_t *mgr, const em_event_t *ev, void *
  * into the manager (daemon_store.c). A record the manager refuses is logged
  * and skipped; a store error is returned. */
 em_err_t em__daemon_load_registry(em_daemon_t *d, em_error_t *err);
+
+/* ---- device identity (daemon_identity.c) -------------------------------- */
+
+/* Opens the keystore secret (creating the key file at the first start), the
+ * HSM, the CA directory and the dynsec client from d->cfg. The broker being
+ * unreachable is not an error (see em__daemon_identity_start). Errors: the
+ * libraries', EM_ERR_CONFIGURATION. */
+em_err_t em__daemon_identity_open(em_daemon_t *d, em_error_t *err);
+
+/* Once the loop exists: a timer that retries the dynsec connection when it
+ * failed at start. EM_ERR_NOMEM. */
+em_err_t em__daemon_identity_start(em_daemon_t *d, em_error_t *err);
+
+/* Sets the API options' keystore, pki and dynsec pointers. */
+void em__daemon_identity_api_options(const em_daemon_t *d, em_api_options_t *ao);
+
+/* Frees what em__daemon_identity_open made (after the API, before the loop). */
+void em__daemon_identity_close(em_daemon_t *d);
 
 #endif /* EMIOT_DAEMON_INTERNAL_H */

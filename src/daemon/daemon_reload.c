@@ -52,6 +52,18 @@ static void restart_only_changes(const em_daemon_config_t *a, const em_daemon_co
     if (!SAME(request_timeout_s) || !SAME(command_ttl_s) || !SAME_STR(jwt_key_file) ||
         !SAME_STR(jwt_issuer) || !SAME_STR(jwt_audience) || !SAME(jwt_ttl_s))
         note(list, size, "api (timeouts, ttl, jwt)");
+    if (!SAME_STR(keystore_passphrase_env) || !SAME_STR(keystore_passphrase_file) ||
+        !SAME_STR(keystore_key_file) || !SAME_STR(pkcs11_module) || !SAME_STR(pkcs11_pin_env) ||
+        !SAME_STR(pkcs11_pin_file))
+        note(list, size, "keystore");
+    if (!SAME_STR(pki_dir) || !SAME_STR(pki_ca_file) || !SAME_STR(pki_crl_file) ||
+        !SAME(device_cert_days) || !SAME(enroll_token_ttl_s) || !SAME(enroll_token_ttl_max_s) ||
+        !SAME(device_token_ttl_s) || !SAME(nonce_ttl_s) || !SAME(nonces_max))
+        note(list, size, "pki");
+    if (!SAME_STR(dynsec_url) || !SAME_STR(dynsec_ca_file) || !SAME_STR(dynsec_cert_file) ||
+        !SAME_STR(dynsec_key_file) || !SAME_STR(dynsec_username) ||
+        !SAME_STR(dynsec_password_env) || !SAME_STR(dynsec_password_file))
+        note(list, size, "dynsec");
     bool listeners_same = SAME(nlisteners);
     for (size_t i = 0; listeners_same && i < a->nlisteners; i++) {
         const em_daemon_listener_t *x = &a->listeners[i], *y = &b->listeners[i];
@@ -111,6 +123,7 @@ em_err_t em_daemon_reload(em_daemon_t *d, em_error_t *err)
 
     em_api_options_t ao;
     em_daemon_config_api_options(merged, &ao);
+    em__daemon_identity_api_options(d, &ao);
     rc = em_api_reload(d->api, &ao, err);
     if (rc == EM_OK && strcmp(nc->topic_prefix, d->cfg.topic_prefix) != 0)
         rc = em_manager_set_topic_prefix(d->mgr, nc->topic_prefix, err);
