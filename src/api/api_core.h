@@ -1,8 +1,8 @@
 /*
  * emiot - api_core.h: what the API server's own files share (server.c,
  * server_request.c, tls.c, auth.c, auth_jwt.c, bucket.c, respond.c,
- * metrics.c, routes_access.c). Route handlers in other files use
- * api_internal.h only.
+ * metrics.c, routes_access.c, routes_identity.c). Route handlers in other
+ * files use api_internal.h only.
  *
  * Everything here runs on the thread of the event loop the API was created on,
  * so nothing is locked.
@@ -83,17 +83,20 @@ typedef struct em__api_listener {
     bool metrics_only;
     em_client_auth_t client_auth;
     uint16_t port;
+    em_verifier_t *verifier;  /* client certificates (tls.c); NULL: none asked for */
+    int64_t verifier_mono_ms; /* when its files were last looked at */
 } em__api_listener_t;
 
 typedef struct em__auth_cache em__auth_cache_t;
 struct em__devcache;
+struct em__nonces;
 
 struct em_api {
     struct event_base *base;
     em_store_t *store;
     em_manager_t *mgr;
     em_api_options_t opts; /* strings point into strs */
-    char *strs[EM_API_LISTENERS_MAX * 4 + 4];
+    char *strs[EM_API_LISTENERS_MAX * 4 + 8];
     size_t nstrs;
     em__api_listener_t listeners[EM_API_LISTENERS_MAX];
     size_t nlisteners;
@@ -114,6 +117,11 @@ struct em_api {
     struct em__devcache *devcache; /* stored device records (devcache.h); NULL: none */
     char date[40];                 /* the Date header of answers (respond.c), for date_s */
     int64_t date_s;                /* the second date was made for */
+    /* device identity (routes_identity.c, tls.c) */
+    struct em__nonces *nonces;    /* challenge nonces (nonce.h) */
+    em_verifier_t *dev_verifier;  /* device certificates against the pki's CA; NULL: no pki */
+    int64_t dev_verifier_mono_ms; /* when its files were last looked at */
+    uint64_t cert_gen;            /* changes when a client CA or CRL changes (from 1) */
 };
 
 /* What the server keeps per request beside what handlers see. */
@@ -141,18 +149,51 @@ void em__api_security_event(em__api_req_t *r, const char *type, em_severity_t se
 
 /* ---- TLS (tls.c) ------------------------------------------------------ */
 
-/* A server SSL_CTX for listener l: TLS 1.3 only, the three AEAD suites, client
- * certificates as l asks. NULL with err filled (EM_ERR_TLS, EM_ERR_NOMEM). */
-SSL_CTX *em__api_tls_ctx(const em_api_listener_t *l, em_error_t *err);
+/* The CRL file for client certificates under options o: client_crl_file,
+ * else the pki's crl.pem, else NULL. */
+const char *em__api_tls_crl_for(const em_api_options_t *o);
+
+/*
+ * A server SSL_CTX for listener l under options o: TLS 1.3 only, the three
+ * AEAD suites, client certificates as l asks, the CRLs of em__api_tls_crl_for
+ * that a client CA issued; and, when verifier is not NULL and l asks for
+ * client certificates, an em_verifier_t of the same CA and CRL (else NULL).
+ * Errors: EM_ERR_TLS (files unreadable or mismatched), those of
+ * em_verifier_new, EM_ERR_NOMEM; nothing is left to free.
+ */
+em_err_t em__api_tls_setup(const em_api_listener_t *l, const em_api_options_t *o, SSL_CTX **ctx,
+                           em_verifier_t **verifier, em_error_t *err);
 
 /* The verified client certificate's CN of the connection the request came on,
  * into cn (at least EM_STORE_NAME_MAX + 1 bytes). false when none. */
 bool em__api_tls_peer_cn(struct evhttp_request *req, char *cn, size_t size);
 
+/*
+ * Verifies the client certificate of the connection req came on with its
+ * listener's verifier (chain, validity, CRL, key usage and extended key
+ * usage for purpose; em_verifier_check) at now_ms. The files are looked at
+ * again at most once a second; a changed CRL also rebuilds the listener's
+ * SSL_CTX. The outcome is kept with the connection until the certificate
+ * expires or a CA or CRL changes. Errors: EM_ERR_CERTIFICATE with the
+ * reason in err->message.
+ */
+em_err_t em__api_tls_peer_verify(em_api_t *api, struct evhttp_request *req,
+                                 em_cert_profile_t purpose, int64_t now_ms, em_error_t *err);
+
+/* The verifier of device certificates under o: device_ca_file, else the
+ * pki's ca.crt, with em__api_tls_crl_for's CRL; *out NULL with neither CA.
+ * Errors: those of em_verifier_new. */
+em_err_t em__api_tls_device_verifier(const em_api_options_t *o, em_verifier_t **out,
+                                     em_error_t *err);
+
 /* ---- authentication (auth.c, auth_jwt.c) ------------------------------ */
 
 /* The longest credential a request may present, and so the longest JWT. */
 #define EM__API_JWT_MAX 4096
+
+/* The longest lifetime of a device JWT from challenge-response (other JWTs:
+ * a day). */
+#define EM__API_DEVICE_JWT_TTL_MAX (7 * 86400)
 
 /* Loads or creates the JWT key of opts->jwt_key_file into api.
  * EM_ERR_CONFIGURATION (permissions, not an ES256 key), EM_ERR_IO, EM_ERR_NOMEM. */
@@ -164,6 +205,14 @@ void em__api_auth_cleanup(em_api_t *api);
  * 429 when the client address failed too often) and returns false.
  */
 bool em__api_authenticate(em__api_req_t *r);
+
+/* The client address's failed-authentication bucket: true when the address
+ * failed too often, after answering 429 with Retry-After (and a security
+ * event at most once a minute); false when it may go on. */
+bool em__api_fail_blocked(em__api_req_t *r);
+
+/* Counts one failed authentication against the request's client address. */
+void em__api_fail_count(em__api_req_t *r);
 
 /* True when s (len bytes) is an API key id: "k_" + 12 lower-case hex digits. */
 bool em__api_key_id_valid(const char *s, size_t len);
@@ -189,6 +238,12 @@ const char *em__api_jwt_verify(em_api_t *api, const char *token, size_t len, int
  */
 em_err_t em__api_jwt_issue_bound(em_api_t *api, const em__api_identity_t *who, bool user_bound,
                                  int ttl_s, char *buf, size_t size, int64_t *expires_at_ms);
+
+/* As em__api_jwt_issue, with a "caps" claim: the ncaps strings of caps (a
+ * device's capabilities). */
+em_err_t em__api_jwt_issue_caps(em_api_t *api, const em__api_identity_t *who,
+                                const char *const *caps, size_t ncaps, int ttl_s, char *buf,
+                                size_t size, int64_t *expires_at_ms);
 
 /* As em__api_jwt_verify; *user_bound (may be NULL) tells whether the token
  * has a "user" claim (the caller checks that user). */

@@ -2,7 +2,8 @@
  * emiot - auth.c: who is calling. API keys, JWTs and client certificates
  * presented by a request; a short-lived cache of key, user and device records
  * so that an authenticated request does no database read. Issuing and
- * verifying JWTs, and their signing key, are auth_jwt.c's.
+ * verifying JWTs, and their signing key, are auth_jwt.c's; verifying a client
+ * certificate (chain, validity, CRL, usages) is tls.c's.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -367,14 +368,39 @@ static void source_host(const char *source, char *out, size_t size)
     out[n] = '\0';
 }
 
-/* Refuses: 401, a security event with the reason, a token from the client
- * address's failure bucket. */
-static bool refuse(em__api_req_t *r, const char *reason)
+void em__api_fail_count(em__api_req_t *r)
 {
     char host[EM__BUCKET_KEY_MAX + 1];
     source_host(r->source, host, sizeof host);
     em__buckets_take(r->api->fail_buckets, host, r->api->opts.auth_fail_per_min, em_mono_ms(),
                      NULL);
+}
+
+bool em__api_fail_blocked(em__api_req_t *r)
+{
+    em_api_t *api = r->api;
+    int64_t mono = em_mono_ms();
+    char host[EM__BUCKET_KEY_MAX + 1];
+    uint32_t retry = 0;
+    source_host(r->source, host, sizeof host);
+    if (em__buckets_peek(api->fail_buckets, host, api->opts.auth_fail_per_min, mono, &retry))
+        return false;
+    em__api_call_t *call = (em__api_call_t *)r;
+    if (em__buckets_report(api->fail_buckets, host, mono, 60000))
+        em__api_security_event(r, "auth_blocked", EM_SEV_HIGH,
+                               "too many failed authentications from this address");
+    snprintf(call->retry_buf, sizeof call->retry_buf, "%u", retry);
+    call->retry_after = call->retry_buf;
+    em__api_error(r, 429, "rate_limit_exceeded", "too many failed authentications",
+                  "authentication failures from this address over the limit");
+    return true;
+}
+
+/* Refuses: 401, a security event with the reason, a token from the client
+ * address's failure bucket. */
+static bool refuse(em__api_req_t *r, const char *reason)
+{
+    em__api_fail_count(r);
     em__api_security_event(r, "auth_failure", EM_SEV_MEDIUM, reason);
     memset(&r->who, 0, sizeof r->who);
     em__api_error(r, 401, NULL, NULL, reason);
@@ -484,13 +510,30 @@ static const char *auth_jwt(em__api_req_t *r, const char *cred, size_t len, int6
     return NULL;
 }
 
-/* A client certificate's CN: a device, else a user. NULL reason when mapped;
- * *mapped false when the CN is neither. */
-static const char *auth_cert(em__api_req_t *r, const char *cn, int64_t mono, bool *mapped)
+/*
+ * A client certificate's CN: a device, else a user. NULL reason when mapped;
+ * *mapped false when the CN is neither. The certificate itself is verified
+ * first (tls.c: chain, validity, CRL, key usages; for a CN that is a device
+ * id, the device profile): a revoked, expired or wrongly used certificate is
+ * refused whatever else the request carries (*mapped stays true), its reason
+ * in why_buf.
+ */
+static const char *auth_cert(em__api_req_t *r, const char *cn, int64_t mono, bool *mapped,
+                             char *why_buf, size_t why_size)
 {
     em__api_identity_t *who = &r->who;
     *mapped = true;
-    if (em_device_id_validate(cn, strlen(cn), NULL) == EM_OK && device_ok(r, cn, mono)) {
+    bool device_cn = em_device_id_validate(cn, strlen(cn), NULL) == EM_OK;
+    em_error_t verr;
+    em_error_clear(&verr);
+    if (em__api_tls_peer_verify(r->api, r->req, device_cn ? EM_CERT_DEVICE : EM_CERT_CLIENT,
+                                r->now_ms, &verr) != EM_OK) {
+        snprintf(why_buf, why_size, "client certificate refused: %s", verr.message);
+        return why_buf;
+    }
+    /* em_verifier_check_device's rule, with the record cache: a device
+     * certificate works while its device is registered and enabled. */
+    if (device_cn && device_ok(r, cn, mono)) {
         who->method = EM__AUTHN_CERT;
         who->role = EM_ROLE_DEVICE;
         snprintf(who->name, sizeof who->name, "%s", cn);
@@ -517,25 +560,12 @@ static const char *auth_cert(em__api_req_t *r, const char *cn, int64_t mono, boo
 
 bool em__api_authenticate(em__api_req_t *r)
 {
-    em_api_t *api = r->api;
     int64_t mono = em_mono_ms();
     memset(&r->who, 0, sizeof r->who);
 
     /* A client address that failed too often is refused before any check. */
-    char host[EM__BUCKET_KEY_MAX + 1];
-    uint32_t retry = 0;
-    source_host(r->source, host, sizeof host);
-    if (!em__buckets_peek(api->fail_buckets, host, api->opts.auth_fail_per_min, mono, &retry)) {
-        em__api_call_t *call = (em__api_call_t *)r;
-        if (em__buckets_report(api->fail_buckets, host, mono, 60000))
-            em__api_security_event(r, "auth_blocked", EM_SEV_HIGH,
-                                   "too many failed authentications from this address");
-        snprintf(call->retry_buf, sizeof call->retry_buf, "%u", retry);
-        call->retry_after = call->retry_buf;
-        em__api_error(r, 429, "rate_limit_exceeded", "too many failed authentications",
-                      "authentication failures from this address over the limit");
+    if (em__api_fail_blocked(r))
         return false;
-    }
 
     const char *why = NULL;
     char cn[EM_STORE_NAME_MAX + 1];
@@ -543,7 +573,8 @@ bool em__api_authenticate(em__api_req_t *r)
         evhttp_find_header(evhttp_request_get_input_headers(r->req), "Authorization");
     if (em__api_tls_peer_cn(r->req, cn, sizeof cn)) {
         bool mapped = false;
-        why = auth_cert(r, cn, mono, &mapped);
+        char why_buf[EM_ERROR_MESSAGE_MAX + 40];
+        why = auth_cert(r, cn, mono, &mapped, why_buf, sizeof why_buf);
         if (why == NULL)
             return true;
         /* An unmapped certificate (a gateway's, a tool's) may still carry a

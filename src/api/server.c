@@ -24,6 +24,7 @@
 
 #include "api/api_core.h"
 #include "api/devcache.h"
+#include "api/nonce.h"
 #include "emiot/clock.h"
 #include "emiot/log.h"
 
@@ -32,6 +33,15 @@
 #define FAIL_BUCKETS_MAX 65536
 #define BODY_LIMIT       ((size_t)EM_API_BODY_MAX)
 #define CONNECTIONS_MAX  10000 /* TLS connections open at once, per API */
+
+/* Device identity defaults (api.h). */
+#define DEVICE_TOKEN_TTL_S     86400
+#define NONCE_TTL_S            300
+#define NONCES_DEFAULT         10000
+#define ENROLL_TOKEN_TTL_S     86400
+#define ENROLL_TOKEN_TTL_MAX_S (30 * 86400)
+#define ENROLL_TOKEN_TTL_LIMIT (366 * 86400) /* the longest enroll_token_ttl_max_s */
+#define DEVICE_CERT_DAYS       365
 
 void em_api_options_init(em_api_options_t *opts)
 {
@@ -45,6 +55,12 @@ void em_api_options_init(em_api_options_t *opts)
     opts->jwt_ttl_s = 3600;
     opts->auth_fail_per_min = 20;
     opts->command_ttl_s = 300;
+    opts->device_token_ttl_s = DEVICE_TOKEN_TTL_S;
+    opts->nonce_ttl_s = NONCE_TTL_S;
+    opts->nonces_max = NONCES_DEFAULT;
+    opts->enroll_token_ttl_s = ENROLL_TOKEN_TTL_S;
+    opts->enroll_token_ttl_max_s = ENROLL_TOKEN_TTL_MAX_S;
+    opts->device_cert_days = DEVICE_CERT_DAYS;
 }
 
 const em_api_options_t *em__api_options(const em_api_t *api)
@@ -98,6 +114,50 @@ static em_err_t check_listener(const em_api_listener_t *l, size_t i, em_error_t 
     return EM_OK;
 }
 
+/* The device identity options of o: defaults for zeros, then the ranges. */
+static em_err_t check_identity_options(em_api_options_t *o, em_error_t *err)
+{
+    if (o->device_token_ttl_s == 0)
+        o->device_token_ttl_s = DEVICE_TOKEN_TTL_S;
+    if (o->nonce_ttl_s == 0)
+        o->nonce_ttl_s = NONCE_TTL_S;
+    if (o->nonces_max == 0)
+        o->nonces_max = NONCES_DEFAULT;
+    if (o->enroll_token_ttl_s == 0)
+        o->enroll_token_ttl_s = ENROLL_TOKEN_TTL_S;
+    if (o->enroll_token_ttl_max_s == 0)
+        o->enroll_token_ttl_max_s = ENROLL_TOKEN_TTL_MAX_S;
+    if (o->device_cert_days == 0)
+        o->device_cert_days = DEVICE_CERT_DAYS;
+    if (o->device_token_ttl_s < 60 || o->device_token_ttl_s > EM__API_DEVICE_JWT_TTL_MAX)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "device_token_ttl_s",
+                            "must be 60-%d", EM__API_DEVICE_JWT_TTL_MAX);
+    if (o->nonce_ttl_s < 1 || o->nonce_ttl_s > EM__NONCE_TTL_MAX)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "nonce_ttl_s", "must be 1-%d",
+                            EM__NONCE_TTL_MAX);
+    if (o->nonces_max > EM__NONCES_MAX)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "nonces_max", "must be 1-%d",
+                            EM__NONCES_MAX);
+    if (o->enroll_token_ttl_max_s < 1 || o->enroll_token_ttl_max_s > ENROLL_TOKEN_TTL_LIMIT)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "enroll_token_ttl_max_s",
+                            "must be 1-%d", ENROLL_TOKEN_TTL_LIMIT);
+    if (o->enroll_token_ttl_s < 1 || o->enroll_token_ttl_s > o->enroll_token_ttl_max_s)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "enroll_token_ttl_s",
+                            "must be 1-enroll_token_ttl_max_s");
+    if (o->device_cert_days < 1 || o->device_cert_days > EM_PKI_DAYS_MAX)
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "device_cert_days",
+                            "must be 1-%d", EM_PKI_DAYS_MAX);
+    if (o->client_crl_file != NULL &&
+        (o->client_crl_file[0] == '\0' || strlen(o->client_crl_file) > 4095))
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "client_crl_file",
+                            "must be a path");
+    if (o->device_ca_file != NULL &&
+        (o->device_ca_file[0] == '\0' || strlen(o->device_ca_file) > 4095))
+        return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "device_ca_file",
+                            "must be a path");
+    return EM_OK;
+}
+
 /* Checks opts and fills defaults into out; the strings still point into the
  * caller's memory (copied by own_strings). */
 static em_err_t check_options(const em_api_options_t *in, em_api_options_t *out, em_error_t *err)
@@ -144,11 +204,11 @@ static em_err_t check_options(const em_api_options_t *in, em_api_options_t *out,
     for (int r = 0; r < 5; r++)
         if (out->rate_per_min[r] == 0)
             out->rate_per_min[r] = r == EM_ROLE_DEVICE ? 60 : 1200;
-    return EM_OK;
+    return check_identity_options(out, err);
 }
 
 typedef struct strset {
-    char *s[EM_API_LISTENERS_MAX * 4 + 4];
+    char *s[EM_API_LISTENERS_MAX * 4 + 8];
     size_t n;
 } strset_t;
 
@@ -175,7 +235,8 @@ static bool dup_into(strset_t *ss, const char **p)
 static bool own_strings(em_api_options_t *o, strset_t *ss)
 {
     bool ok = dup_into(ss, &o->jwt_key_file) && dup_into(ss, &o->jwt_issuer) &&
-              dup_into(ss, &o->jwt_audience);
+              dup_into(ss, &o->jwt_audience) && dup_into(ss, &o->client_crl_file) &&
+              dup_into(ss, &o->device_ca_file);
     for (size_t i = 0; ok && i < o->nlisteners; i++) {
         em_api_listener_t *l = &o->listeners[i];
         ok = dup_into(ss, &l->address) && dup_into(ss, &l->cert_file) &&
@@ -368,10 +429,11 @@ static em_err_t bind_listener(em_api_t *api, size_t i, em_error_t *err)
     l->metrics_only = o->metrics_only;
     l->client_auth = o->client_auth;
     if (o->cert_file != NULL) {
-        l->ctx = em__api_tls_ctx(o, err);
-        if (l->ctx == NULL)
-            return err != NULL ? err->code : EM_ERR_TLS;
+        em_err_t rc = em__api_tls_setup(o, &api->opts, &l->ctx, &l->verifier, err);
+        if (rc != EM_OK)
+            return rc;
         SSL_CTX_set_app_data(l->ctx, l);
+        l->verifier_mono_ms = em_mono_ms();
     }
     l->http = evhttp_new(api->base);
     if (l->http == NULL)
@@ -429,6 +491,7 @@ em_api_t *em_api_new(struct event_base *base, const em_api_options_t *opts, em_s
     api->mgr = mgr;
     api->started_mono_ms = em_mono_ms();
     api->rnd_used = sizeof api->rnd; /* drawn at the first request */
+    api->cert_gen = 1;
     if (check_options(opts, &api->opts, err) != EM_OK) {
         free(api);
         return NULL;
@@ -444,15 +507,19 @@ em_api_t *em_api_new(struct event_base *base, const em_api_options_t *opts, em_s
     api->buckets = em__buckets_new(BUCKETS_MAX);
     api->fail_buckets = em__buckets_new(FAIL_BUCKETS_MAX);
     api->devcache = em__devcache_new();
-    if (api->buckets == NULL || api->fail_buckets == NULL || api->devcache == NULL) {
+    api->nonces = em__nonces_new(api->opts.nonces_max);
+    if (api->buckets == NULL || api->fail_buckets == NULL || api->devcache == NULL ||
+        api->nonces == NULL) {
         em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
         em_api_free(api);
         return NULL;
     }
-    if (em__api_auth_init(api, err) != EM_OK) {
+    if (em__api_auth_init(api, err) != EM_OK ||
+        em__api_tls_device_verifier(&api->opts, &api->dev_verifier, err) != EM_OK) {
         em_api_free(api);
         return NULL;
     }
+    api->dev_verifier_mono_ms = em_mono_ms();
     for (size_t i = 0; i < api->opts.nlisteners; i++) {
         api->nlisteners = i + 1;
         if (bind_listener(api, i, err) != EM_OK) {
@@ -483,7 +550,11 @@ void em_api_free(em_api_t *api)
     for (size_t i = 0; i < api->nlisteners; i++) {
         SSL_CTX_free(api->listeners[i].ctx);
         api->listeners[i].ctx = NULL;
+        em_verifier_free(api->listeners[i].verifier);
+        api->listeners[i].verifier = NULL;
     }
+    em_verifier_free(api->dev_verifier);
+    em__nonces_free(api->nonces);
     em__api_auth_cleanup(api);
     em__buckets_free(api->buckets);
     em__buckets_free(api->fail_buckets);
@@ -523,31 +594,35 @@ em_err_t em_api_reload(em_api_t *api, const em_api_options_t *opts, em_error_t *
                                 "reload",
                                 i);
     }
-    /* The JWT key, issuer and audience stay as started: tokens in use stay valid. */
+    /* The JWT key, issuer and audience stay as started: tokens in use stay
+     * valid. So do the keystore, the CA and the nonce table's size. */
     o.jwt_key_file = api->opts.jwt_key_file;
     o.jwt_issuer = api->opts.jwt_issuer;
     o.jwt_audience = api->opts.jwt_audience;
+    o.keystore = api->opts.keystore;
+    o.pki = api->opts.pki;
+    o.nonces_max = api->opts.nonces_max;
 
     SSL_CTX *ctxs[EM_API_LISTENERS_MAX] = {0};
+    em_verifier_t *vers[EM_API_LISTENERS_MAX] = {0};
+    em_verifier_t *dev_verifier = NULL;
+    strset_t ss = {.n = 0};
     for (size_t i = 0; i < o.nlisteners; i++) {
         if (o.listeners[i].cert_file == NULL)
             continue;
-        ctxs[i] = em__api_tls_ctx(&o.listeners[i], err);
-        if (ctxs[i] == NULL) {
-            rc = err != NULL ? err->code : EM_ERR_TLS;
-            for (size_t k = 0; k < i; k++)
-                SSL_CTX_free(ctxs[k]);
-            return rc;
-        }
+        rc = em__api_tls_setup(&o.listeners[i], &o, &ctxs[i], &vers[i], err);
+        if (rc != EM_OK)
+            goto fail;
     }
-    strset_t ss = {.n = 0};
+    rc = em__api_tls_device_verifier(&o, &dev_verifier, err);
+    if (rc != EM_OK)
+        goto fail;
     o.jwt_key_file = NULL; /* kept from api->strs below */
     o.jwt_issuer = NULL;
     o.jwt_audience = NULL;
     if (!own_strings(&o, &ss)) {
-        for (size_t i = 0; i < o.nlisteners; i++)
-            SSL_CTX_free(ctxs[i]);
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        goto fail;
     }
     o.jwt_key_file = api->opts.jwt_key_file;
     o.jwt_issuer = api->opts.jwt_issuer;
@@ -561,6 +636,9 @@ em_err_t em_api_reload(em_api_t *api, const em_api_options_t *opts, em_error_t *
             SSL_CTX_free(l->ctx);
             l->ctx = ctxs[i];
         }
+        em_verifier_free(l->verifier);
+        l->verifier = vers[i];
+        l->verifier_mono_ms = em_mono_ms();
         l->client_auth = o.listeners[i].client_auth;
         evhttp_set_max_body_size(l->http, evhttp_body_cap(o.max_body));
         evhttp_set_timeout(l->http, o.request_timeout_s);
@@ -581,8 +659,19 @@ em_err_t em_api_reload(em_api_t *api, const em_api_options_t *opts, em_error_t *
     for (size_t i = 0; i < ss.n; i++)
         api->strs[api->nstrs++] = ss.s[i];
     api->opts = o;
-    em_logf(EM_LOG_INFO, "api", "reloaded: certificates, rate limits and max_body");
+    em_verifier_free(api->dev_verifier);
+    api->dev_verifier = dev_verifier;
+    api->dev_verifier_mono_ms = em_mono_ms();
+    api->cert_gen++; /* connections check their certificates again */
+    em_logf(EM_LOG_INFO, "api", "reloaded: certificates, CRLs, rate limits and max_body");
     return EM_OK;
+fail:
+    for (size_t i = 0; i < o.nlisteners; i++) {
+        SSL_CTX_free(ctxs[i]);
+        em_verifier_free(vers[i]);
+    }
+    em_verifier_free(dev_verifier);
+    return rc;
 }
 
 void em_api_stop_accepting(em_api_t *api)
