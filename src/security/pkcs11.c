@@ -171,6 +171,12 @@ static em_err_t uri_parse(const char *ref, uri_t *u, em_error_t *err)
     return EM_OK;
 }
 
+em_err_t em__pkcs11_uri_check(const char *ref, em_error_t *err)
+{
+    uri_t u;
+    return uri_parse(ref, &u, err);
+}
+
 /* ---- the module ------------------------------------------------------------ */
 
 em_err_t em_pkcs11_open(const char *module, const char *pin, size_t pin_len, em_pkcs11_t **out,

@@ -51,4 +51,8 @@ em_err_t em__key_from_pem(const unsigned char *pem, size_t len, EVP_PKEY **out, 
  * Errors: as em_key_load for a URI. */
 em_err_t em__pkcs11_load_key(em_pkcs11_t *hsm, const char *ref, EVP_PKEY **out, em_error_t *err);
 
+/* Checks that ref is a PKCS#11 URI em_key_load accepts (the same parser),
+ * without a module. Errors: EM_ERR_CONFIGURATION. For the fuzzer. */
+em_err_t em__pkcs11_uri_check(const char *ref, em_error_t *err);
+
 #endif /* EMIOT_SECURITY_INTERNAL_H */
