@@ -1448,6 +1448,84 @@ static void test_client_certificate_with_server_usage_is_refused(void **state)
         assert_error(401, "authentication", NULL);
 }
 
+/* ---- emiotctl ----------------------------------------------------------------------- */
+
+/* Runs the built emiotctl against the API as admin; its stdout (and stderr)
+ * into out. Returns its exit status. */
+static int ctl(char *out, size_t size, const char *a1, const char *a2, const char *a3,
+               const char *a4, const char *a5)
+{
+    char keyf[PATHSZ], url[64];
+    tmp_path(keyf, sizeof keyf, "admin.key");
+    write_file(keyf, W.admin_key, strlen(W.admin_key));
+    snprintf(url, sizeof url, "https://localhost:%d", W.port);
+    const char *argv[] = {EM_TEST_BINARY_DIR "/emiotctl",
+                          "--url",
+                          url,
+                          "--ca",
+                          W.ca,
+                          "--api-key-file",
+                          keyf,
+                          a1,
+                          a2,
+                          a3,
+                          a4,
+                          a5,
+                          NULL};
+    int rc = run_capture(argv, out, size);
+    unlink(keyf);
+    return rc;
+}
+
+static void test_emiotctl_enroll_token_quiet_prints_only_the_token(void **state)
+{
+    (void)state;
+    add_device("ctl-enr", true);
+    char out[8192];
+    assert_int_equal(ctl(out, sizeof out, "-q", "devices", "enroll-token", "ctl-enr", NULL), 0);
+    char tok[64];
+    assert_int_equal(strlen(out), 53); /* the token and a newline */
+    memcpy(tok, out, 52);
+    tok[52] = '\0';
+    assert_memory_equal(tok, "enr_", 4);
+    watch_secret(tok);
+    devkey_t d;
+    make_csr(&d, "ctl-enr", "ec");
+    post_enroll(W.port, "ctl-enr", tok, file_text(d.csr));
+    expect_status(201);
+
+    assert_int_equal(ctl(out, sizeof out, "-o", "json", "devices", "enroll-tokens", "ctl-enr"), 0);
+    assert_non_null(strstr(out, "\"used\""));
+    assert_null(strstr(out, tok));
+    assert_int_equal(ctl(out, sizeof out, "devices", "certificates", "ctl-enr", NULL, NULL), 0);
+    assert_non_null(strstr(out, "valid"));
+    /* A device that is not there: exit 6. */
+    assert_int_equal(ctl(out, sizeof out, "devices", "enroll-token", "ctl-nobody", NULL, NULL), 6);
+    /* --ttl out of range is refused before sending. */
+    assert_int_equal(ctl(out, sizeof out, "devices", "enroll-token", "ctl-enr", "--ttl", "0"), 7);
+}
+
+static void test_emiotctl_enroll_token_out_writes_a_private_file(void **state)
+{
+    (void)state;
+    add_device("ctl-out", true);
+    char out[8192], path[PATHSZ];
+    tmp_path(path, sizeof path, "token");
+    assert_int_equal(ctl(out, sizeof out, "devices", "enroll-token", "ctl-out", "--out", path), 0);
+    assert_null(strstr(out, "enr_"));
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    char tok[128];
+    read_file(path, tok, sizeof tok);
+    assert_int_equal(strlen(tok), 53);
+    tok[52] = '\0';
+    watch_secret(tok);
+    /* Never over an existing file. */
+    assert_int_not_equal(ctl(out, sizeof out, "devices", "enroll-token", "ctl-out", "--out", path),
+                         0);
+}
+
 /* ---- failures count against the address -------------------------------------------- */
 
 static void test_public_route_failures_block_the_address(void **state)
@@ -1504,6 +1582,8 @@ int main(void)
         cmocka_unit_test(test_client_certificate_expired_is_refused),
         cmocka_unit_test(test_client_certificate_of_another_ca_fails_the_handshake),
         cmocka_unit_test(test_client_certificate_with_server_usage_is_refused),
+        cmocka_unit_test(test_emiotctl_enroll_token_quiet_prints_only_the_token),
+        cmocka_unit_test(test_emiotctl_enroll_token_out_writes_a_private_file),
         cmocka_unit_test(test_public_route_failures_block_the_address),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
