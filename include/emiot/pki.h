@@ -13,9 +13,11 @@
  * The index is text, one certificate per line, fields separated by one tab:
  *   serial profile not_before_ms not_after_ms revoked_at_ms reason sha256 cn
  * (serial: 32 lower-case hex digits; profile: device|server|client;
- * revoked_at_ms 0 when valid; sha256 of the DER, 64 hex digits). Lines are
- * at most EM_PKI_INDEX_LINE_MAX bytes; a line that breaks a rule makes the
- * whole index refused (EM_ERR_MESSAGE_FORMAT naming the line).
+ * revoked_at_ms 0 when valid; reason "-" while valid, else a name of
+ * em_crl_reason_name; sha256 of the DER, 64 hex digits; cn by the profile's
+ * rule). Every line ends with a newline and is at most EM_PKI_INDEX_LINE_MAX
+ * bytes; a line that breaks a rule (or repeats a serial) makes the whole
+ * index refused (EM_ERR_MESSAGE_FORMAT naming the line).
  *
  * Profiles (what the issued certificate says):
  *   device  CN = a device id (3-50 of [A-Za-z0-9_-]); keyUsage digitalSignature
@@ -23,12 +25,17 @@
  *   client  CN = an operator or service name (1-64 of [A-Za-z0-9_.@:-], and not
  *           a valid device id, so that no device can take a user's or the
  *           manager's MQTT identity); keyUsage digitalSignature; EKU clientAuth
- *   server  CN and subjectAltName DNS names / IP addresses; keyUsage
- *           digitalSignature, keyEncipherment; EKU serverAuth
+ *   server  CN (1-64 of [A-Za-z0-9_.@:-]) and subjectAltName DNS names / IP
+ *           addresses (without any, the CN when it is a host name or an IP
+ *           address); keyUsage digitalSignature, keyEncipherment; EKU
+ *           serverAuth
  * Every certificate: X.509 v3, a random 128-bit positive serial (unique in the
  * index), basicConstraints CA:FALSE (critical), subject and authority key
- * identifiers, ECDSA-SHA256 signature by the CA (P-256). The CA certificate:
- * CA:TRUE (critical), keyUsage keyCertSign, cRLSign (critical).
+ * identifiers, ECDSA-SHA256 signature by the CA (P-256; an imported CA's key
+ * signs with SHA-256 in its own scheme). The CA certificate: CA:TRUE,
+ * pathlen 0 (critical), keyUsage keyCertSign, cRLSign (critical).
+ * A certificate issued for a number of days never outlives the CA: its
+ * notAfter is the CA's when that comes first.
  *
  * Keys accepted in a CSR: EC P-256 or P-384, Ed25519, RSA of 2048 bits or
  * more. Anything else is refused as weak or unsupported.
@@ -145,9 +152,11 @@ EM_EXPORT em_err_t em_pki_import(const char *dir, const char *cert_file, const c
 /*
  * Opens the CA directory at dir. With secret (or hsm, for an HSM key) the CA
  * key is loaded and the CA can issue and revoke; with neither, only reading
- * (list, get, find) works. secret and hsm must outlive the em_pki_t.
+ * (list, get) works. secret and hsm must outlive the em_pki_t. The CRL
+ * period used by em_pki_crl_publish(.., 0, ..) is that of the current crl.pem.
  * Errors: EM_ERR_NOT_FOUND (no CA there), EM_ERR_MESSAGE_FORMAT (a damaged
- * index or certificate), the errors of em_key_load, EM_ERR_IO, EM_ERR_NOMEM.
+ * index or certificate), the errors of em_key_load, EM_ERR_CERTIFICATE (the
+ * key does not match ca.crt), EM_ERR_IO, EM_ERR_NOMEM.
  */
 EM_EXPORT em_err_t em_pki_open(const char *dir, const em_keystore_secret_t *secret,
                                em_pkcs11_t *hsm, em_pki_t **out, em_error_t *err);
@@ -194,9 +203,10 @@ EM_EXPORT em_err_t em_pki_issue_csr(em_pki_t *pki, const em_pki_issue_options_t 
 
 /*
  * Generates a P-256 key and issues its certificate (for devices that cannot
- * make their own key, servers and clients). *key_pem (PKCS#8 PEM, secret:
- * release it with em_keystore_data_free(*key_pem, strlen(*key_pem))) and
- * *cert_pem belong to the caller. Errors: as em_pki_issue_csr.
+ * make their own key, servers and clients); opts->common_name is required.
+ * *key_pem (PKCS#8 PEM, secret: release it with
+ * em_keystore_data_free(*key_pem, strlen(*key_pem))) and *cert_pem belong to
+ * the caller. Errors: as em_pki_issue_csr.
  */
 EM_EXPORT em_err_t em_pki_issue_new_key(em_pki_t *pki, const em_pki_issue_options_t *opts,
                                         char **key_pem, char **cert_pem, em_pki_cert_t *info,
@@ -211,11 +221,16 @@ EM_EXPORT em_err_t em_pki_revoke(em_pki_t *pki, const char *serial, em_crl_reaso
                                  em_error_t *err);
 
 /* Writes a new CRL (crl.pem, number + 1) valid for days (0: the CA's crl_days).
- * Errors: EM_ERR_STATE (no CA key), EM_ERR_IO, EM_ERR_INTERNAL. */
+ * It must be published again before its nextUpdate: after that, verifiers
+ * (emiot's, OpenSSL's, mosquitto's) refuse every certificate of the CA.
+ * Errors: EM_ERR_STATE (no CA key), EM_ERR_VALIDATION (days outside 0..366),
+ * EM_ERR_IO, EM_ERR_INTERNAL. */
 EM_EXPORT em_err_t em_pki_crl_publish(em_pki_t *pki, int days, em_error_t *err);
 
 /* Calls fn for each certificate in the index, oldest first; fn returning
- * non-zero stops. Re-reads the index when another process changed it. */
+ * non-zero stops. Re-reads the index when another process changed it. The
+ * index stays locked (shared) while fn runs: fn must not call em_pki_*
+ * functions on the same pki (they return EM_ERR_STATE). */
 typedef int (*em_pki_cert_fn)(const em_pki_cert_t *cert, void *userdata);
 EM_EXPORT em_err_t em_pki_list(em_pki_t *pki, em_pki_cert_fn fn, void *userdata, em_error_t *err);
 
@@ -229,9 +244,11 @@ EM_EXPORT em_err_t em_pki_get(em_pki_t *pki, const char *serial, em_pki_cert_t *
 typedef struct em_verifier em_verifier_t;
 
 /*
- * A verifier trusting the CA certificates in ca_file (PEM; several allowed)
+ * A verifier trusting the CA certificates in ca_file (PEM; several allowed;
+ * each is a trust anchor, so an intermediate CA is trusted without its root)
  * and, when crl_file is not NULL, refusing what its CRLs revoke (a CA without
- * a CRL in the file then fails every check: the CRL is required once given).
+ * a CRL in the file then fails every check: the CRL is required once given;
+ * when every CA of ca_file has a CRL, the whole chain is checked).
  * Errors: EM_ERR_CONFIGURATION (unreadable or empty files), EM_ERR_CERTIFICATE
  * (a CRL whose signature does not verify against ca_file), EM_ERR_NOMEM.
  */
@@ -258,9 +275,14 @@ typedef struct em_cert_identity {
  * key usage (digitalSignature) and extended key usage (clientAuth for device
  * and client, serverAuth for server), and for a device a CN that is a valid
  * device id. id (may be NULL) receives the identity.
+ * keyUsage and extendedKeyUsage must be present (a certificate without them
+ * was not made for this use), and a CA certificate is refused.
  * Errors: EM_ERR_CERTIFICATE, with the reason in err->message ("untrusted
  * issuer", "expired", "not yet valid", "revoked", "key usage", "extended key
- * usage", "CN is not a device id", ...), EM_ERR_INVALID_ARGUMENT.
+ * usage", "CN is not a device id", "CN missing or invalid", "revocation
+ * status unknown" (no CRL for the issuer, or an expired one), "issuer
+ * expired", "issuer is not a CA", "a CA certificate is not an end-entity
+ * certificate", ...), EM_ERR_INVALID_ARGUMENT.
  */
 EM_EXPORT em_err_t em_verifier_check(em_verifier_t *v, X509 *cert, STACK_OF(X509) * chain,
                                      em_cert_profile_t purpose, int64_t now_ms,
@@ -272,9 +294,10 @@ EM_EXPORT em_err_t em_verifier_check(em_verifier_t *v, X509 *cert, STACK_OF(X509
 typedef em_err_t (*em_device_check_fn)(const char *device_id, void *userdata);
 
 /*
- * em_verifier_check for a device, then check(id, userdata). Errors: those of
- * em_verifier_check; EM_ERR_CERTIFICATE "device not registered" or "device
- * disabled" when check refuses.
+ * em_verifier_check for a device, then check(id, userdata) (required).
+ * Errors: those of em_verifier_check; EM_ERR_CERTIFICATE "device not
+ * registered" or "device disabled" when check refuses (err->device_id is
+ * set); any other error of check is returned as it is.
  */
 EM_EXPORT em_err_t em_verifier_check_device(em_verifier_t *v, X509 *cert, STACK_OF(X509) * chain,
                                             int64_t now_ms, em_device_check_fn check,

@@ -189,6 +189,9 @@ em_err_t em_pki_crl_publish(em_pki_t *pki, int days, em_error_t *err)
 {
     if (pki == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA");
+    if (pki->iterating)
+        return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
+                            "em_pki_list's callback may not use the CA");
     if (pki->key == NULL)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
                             "the CA was opened without its key: it can only be read");
@@ -209,6 +212,9 @@ em_err_t em_pki_revoke(em_pki_t *pki, const char *serial, em_crl_reason_t reason
 {
     if (pki == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA");
+    if (pki->iterating)
+        return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
+                            "em_pki_list's callback may not use the CA");
     char s[EM_PKI_SERIAL_LEN + 1];
     if (!em__pki_serial_normalise(serial, s))
         return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "serial",
@@ -260,7 +266,7 @@ em_err_t em_pki_list(em_pki_t *pki, em_pki_cert_fn fn, void *userdata, em_error_
                             "no CA or no callback");
     if (pki->iterating)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
-                            "em_pki_list's callback may not list again");
+                            "em_pki_list's callback may not use the CA");
     em_err_t rc = em__pki_lock(pki, LOCK_SH, err);
     if (rc != EM_OK)
         return rc;
@@ -283,6 +289,9 @@ em_err_t em_pki_get(em_pki_t *pki, const char *serial, em_pki_cert_t *info, char
         *pem = NULL;
     if (pki == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA");
+    if (pki->iterating)
+        return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
+                            "em_pki_list's callback may not use the CA");
     char s[EM_PKI_SERIAL_LEN + 1];
     if (!em__pki_serial_normalise(serial, s))
         return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "serial",

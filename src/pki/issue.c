@@ -520,6 +520,9 @@ static em_err_t check_issue(const em_pki_t *pki, const em_pki_issue_options_t *o
 {
     if (pki == NULL || o == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA or options");
+    if (pki->iterating)
+        return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
+                            "em_pki_list's callback may not use the CA");
     if (pki->key == NULL)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
                             "the CA was opened without its key: it can only be read");

@@ -858,6 +858,41 @@ static void test_list_stops_when_the_callback_asks(void **state)
     assert_int_equal(n, 2);
 }
 
+typedef struct reenter {
+    em_pki_t *pki;
+    em_err_t get, list, revoke;
+} reenter_t;
+
+static int nothing(const em_pki_cert_t *c, void *userdata)
+{
+    (void)c;
+    (void)userdata;
+    return 0;
+}
+
+static int call_back_in(const em_pki_cert_t *c, void *userdata)
+{
+    reenter_t *r = userdata;
+    r->get = em_pki_get(r->pki, c->serial, NULL, NULL, NULL);
+    r->list = em_pki_list(r->pki, nothing, NULL, NULL);
+    r->revoke = em_pki_revoke(r->pki, c->serial, EM_CRL_SUPERSEDED, NULL);
+    return 1;
+}
+
+static void test_list_callback_may_not_use_the_ca(void **state)
+{
+    fx_t *f = *state;
+    em_pki_cert_t info;
+    X509_free(issue(f, EM_CERT_DEVICE, "meter-3", &info));
+    reenter_t r = {f->pki, EM_OK, EM_OK, EM_OK};
+    assert_int_equal(em_pki_list(f->pki, call_back_in, &r, NULL), EM_OK);
+    assert_int_equal(r.get, EM_ERR_STATE);
+    assert_int_equal(r.list, EM_ERR_STATE);
+    assert_int_equal(r.revoke, EM_ERR_STATE);
+    /* After the listing, all is usable again. */
+    assert_int_equal(em_pki_get(f->pki, info.serial, NULL, NULL, NULL), EM_OK);
+}
+
 /* ---- revocation and the CRL --------------------------------------------------------- */
 
 static void test_revoke_puts_the_certificate_in_a_new_crl(void **state)
@@ -1498,6 +1533,7 @@ int main(void)
         T(test_issue_new_key_returns_a_matching_key),
         T(test_serials_are_unique_over_many_issues),
         T(test_list_stops_when_the_callback_asks),
+        T(test_list_callback_may_not_use_the_ca),
         T(test_revoke_puts_the_certificate_in_a_new_crl),
         T(test_revoke_twice_is_refused),
         T(test_revoke_of_unknown_or_bad_serials),
