@@ -41,6 +41,7 @@
 #include <openssl/rand.h>
 
 #include "broker.h"
+#include "daemon.h"
 #include "emiot/api.h"
 #include "emiot/clock.h"
 #include "emiot/dynsec.h"
@@ -1422,6 +1423,70 @@ static void test_emiotctl_bad_arguments_are_refused_before_sending(void **state)
     assert_int_equal(ctl(out, "devices", "mqtt-credentials", NULL, NULL, NULL), 2);
 }
 
+/* ---- emiotd ---------------------------------------------------------------------- */
+
+static void test_emiotd_with_a_dynsec_section_issues_and_follows_mqtt_credentials(void **state)
+{
+    fixture_t *fx = *state;
+    char extra[2048];
+    snprintf(extra, sizeof extra,
+             "[dynsec]\nurl = %s\nca_file = %s\nusername = %s\npassword_file = %s\n",
+             em_test_broker_url(&fx->b), em_test_broker_ca(&fx->b), ADMIN_USER, fx->admin_pw_file);
+    em_test_daemon_options_t o;
+    memset(&o, 0, sizeof o);
+    o.extra_config = extra;
+    em_test_daemon_t dd;
+    /* No MQTT broker for the manager: these routes need only the plugin. */
+    assert_int_equal(em_test_daemon_start(&dd, NULL, &o), 0);
+    char body[EM_TEST_DAEMON_TEXT_MAX];
+    assert_int_equal(em_test_daemon_request(&dd, dd.admin_key, "POST", "/api/v1/devices",
+                                            "{\"id\":\"emiotd-cred-1\",\"name\":\"d\","
+                                            "\"type\":\"sensor\"}",
+                                            body, sizeof body),
+                     201);
+    /* The daemon may still be connecting to the plugin at first. */
+    int st = -1;
+    int64_t until = em_mono_ms() + WAIT_MS;
+    while (em_mono_ms() < until) {
+        st = em_test_daemon_request(&dd, dd.admin_key, "POST",
+                                    "/api/v1/devices/emiotd-cred-1/mqtt-credentials", NULL, body,
+                                    sizeof body);
+        if (st != 503)
+            break;
+        em_test_sleep_ms(200);
+    }
+    if (st != 201)
+        fprintf(stderr, "POST mqtt-credentials: %d %s\n", st, body);
+    assert_int_equal(st, 201);
+    cJSON *a = cJSON_Parse(body);
+    const char *pw = str_of(cJSON_GetObjectItemCaseSensitive(a, "data"), "password");
+    assert_non_null(pw);
+    char password[EM_DYNSEC_PASSWORD_LEN + 1];
+    snprintf(password, sizeof password, "%s", pw);
+    cJSON_Delete(a);
+    assert_int_equal(pub("emiotd-cred-1", password, "device/emiotd-cred-1/status", "{}"), 0);
+
+    /* The log holds no password. */
+    char *log = read_all(dd.out);
+    assert_non_null(log);
+    assert_null(strstr(log, password));
+    free(log);
+
+    assert_int_equal(em_test_daemon_request(&dd, dd.admin_key, "PATCH",
+                                            "/api/v1/devices/emiotd-cred-1", "{\"enabled\":false}",
+                                            body, sizeof body),
+                     200);
+    assert_int_not_equal(pub("emiotd-cred-1", password, "device/emiotd-cred-1/status", "{}"), 0);
+    assert_int_equal(em_test_daemon_request(&dd, dd.admin_key, "DELETE",
+                                            "/api/v1/devices/emiotd-cred-1", NULL, body,
+                                            sizeof body),
+                     200);
+    em_error_t e;
+    em_error_clear(&e);
+    assert_int_equal(em_dynsec_remove(fx->d, "emiotd-cred-1", &e), EM_ERR_NOT_FOUND);
+    em_test_daemon_cleanup(&dd);
+}
+
 static void test_api_broker_down_is_503_and_a_disable_still_happens_with_an_event(void **state)
 {
     fixture_t *fx = *state;
@@ -1509,6 +1574,7 @@ int main(void)
         cmocka_unit_test(test_emiotctl_table_shows_username_and_password_with_a_warning),
         cmocka_unit_test(test_emiotctl_out_writes_a_private_file_and_not_stdout),
         cmocka_unit_test(test_emiotctl_bad_arguments_are_refused_before_sending),
+        cmocka_unit_test(test_emiotd_with_a_dynsec_section_issues_and_follows_mqtt_credentials),
         cmocka_unit_test(test_api_broker_down_is_503_and_a_disable_still_happens_with_an_event),
         cmocka_unit_test(test_broker_down_is_not_connected_and_the_client_comes_back),
     };
