@@ -106,7 +106,7 @@ bool em__pki_cn_valid(em_cert_profile_t profile, const char *cn, size_t len);
 /* 32 hex digits of any case into 32 lower-case ones; false when not a serial. */
 bool em__pki_serial_normalise(const char *in, char out[EM_PKI_SERIAL_LEN + 1]);
 
-/* ---- files (ca.c) ----------------------------------------------------------- */
+/* ---- files (files.c) ----------------------------------------------------------- */
 
 /* dir/name, malloc'd; NULL when out of memory or too long. */
 char *em__pki_path(const char *dir, const char *name);
