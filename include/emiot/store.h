@@ -131,8 +131,9 @@ EM_EXPORT em_err_t em_store_device_insert(em_store_t *st, const em_store_device_
  * EM_ERR_DEVICE_NOT_FOUND. */
 EM_EXPORT em_err_t em_store_device_update(em_store_t *st, const em_store_device_t *dev,
                                           em_error_t *err);
-/* Deletes a device with its memberships, latest status, history, telemetry and
- * rollups (commands and events are kept for audit). EM_ERR_DEVICE_NOT_FOUND. */
+/* Deletes a device with its memberships, latest status, history, telemetry,
+ * rollups, certificates and enrollment tokens (commands and events are kept
+ * for audit). EM_ERR_DEVICE_NOT_FOUND. */
 EM_EXPORT em_err_t em_store_device_delete(em_store_t *st, const char *id, em_error_t *err);
 /* EM_ERR_DEVICE_NOT_FOUND. */
 EM_EXPORT em_err_t em_store_device_get(em_store_t *st, const char *id, em_store_device_t *out,
@@ -441,7 +442,7 @@ typedef struct em_store_enroll_token {
     int64_t used_at_ms; /* 0: not used yet */
 } em_store_enroll_token_t;
 
-/* EM_ERR_EXISTS when token_id or hash is taken. */
+/* EM_ERR_EXISTS when token_id or hash is taken, EM_ERR_DEVICE_NOT_FOUND. */
 EM_EXPORT em_err_t em_store_enroll_token_insert(em_store_t *st, const em_store_enroll_token_t *t,
                                                 em_error_t *err);
 

@@ -30,7 +30,7 @@
 
 #include "emiot/clock.h"
 #include "model/json_util.h"
-#include "store/store_internal.h"
+#include "store/pg_internal.h"
 
 /* Session-level advisory lock key held while migrating ("emiot" in ASCII). */
 #define PG_MIGRATE_LOCK "435627323252"
@@ -177,7 +177,9 @@ static const char schema_v1[] =
     " last_used_ms BIGINT NOT NULL,"
     " revoked_at_ms BIGINT NOT NULL);";
 
-static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1};
+/* migrations[i] takes the schema from version i to i + 1 (version 2, device
+ * identity, is in pg_identity.c). */
+static const char *const migrations[EM__STORE_SCHEMA_VERSION] = {schema_v1, em__pg_schema_v2};
 
 /* ---------------------------------------------------------------------- */
 /* Statements                                                              */
@@ -383,13 +385,27 @@ static const struct {
 #undef PG_STMT_ROW
 };
 
+/* A statement to prepare and run: one of stmts (index = its id) or one of
+ * another file's (index ST_COUNT + its slot). */
+typedef struct stmt_ref {
+    size_t index;
+    const char *name;
+    const char *sql;
+} stmt_ref_t;
+
+static stmt_ref_t ref_of(stmt_id_t id)
+{
+    stmt_ref_t r = {(size_t)id, stmts[id].name, stmts[id].sql};
+    return r;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Connection                                                              */
 
 struct em__store_conn {
     PGconn *pg;
     em_store_options_t opts;
-    uint64_t prepared[(ST_COUNT + 63) / 64];
+    uint64_t prepared[(ST_COUNT + EM__PG_SLOTS + 63) / 64];
 };
 
 /* libpq prints notices (CREATE ... IF NOT EXISTS "skipping") on stderr by
@@ -481,17 +497,17 @@ static bool reconnected(em__store_conn_t *c, bool was_idle, int attempt)
     return ensure_conn(c, &ignored) == EM_OK;
 }
 
-static em_err_t prepare(em__store_conn_t *c, stmt_id_t id, em_error_t *err)
+static em_err_t prepare(em__store_conn_t *c, const stmt_ref_t *r, em_error_t *err)
 {
-    uint64_t bit = (uint64_t)1 << (id % 64);
-    if ((c->prepared[id / 64] & bit) != 0)
+    uint64_t bit = (uint64_t)1 << (r->index % 64);
+    if ((c->prepared[r->index / 64] & bit) != 0)
         return EM_OK;
-    PGresult *res = PQprepare(c->pg, stmts[id].name, stmts[id].sql, 0, NULL);
+    PGresult *res = PQprepare(c->pg, r->name, r->sql, 0, NULL);
     em_err_t rc = EM_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         rc = io_error(c, res, "prepare", err);
     else
-        c->prepared[id / 64] |= bit;
+        c->prepared[r->index / 64] |= bit;
     PQclear(res);
     return rc;
 }
@@ -580,19 +596,10 @@ static void pg_close(em__store_conn_t *c)
 /* ---------------------------------------------------------------------- */
 /* Parameters                                                              */
 
-#define PARAMS_MAX 16
-#define NUM_MAX    32
+#define NUM_MAX EM__PG_NUM_MAX
 
-/* Text parameters of one statement. Numbers are formatted into num; strings
- * are used in place unless they are not valid UTF-8 (PostgreSQL would refuse
- * the whole statement): those get a sanitised heap copy. */
-typedef struct params {
-    int n;
-    const char *v[PARAMS_MAX];
-    char num[PARAMS_MAX][NUM_MAX];
-    char *owned[PARAMS_MAX];
-    bool oom;
-} params_t;
+/* Text parameters of one statement (pg_internal.h). */
+typedef em__pg_params_t params_t;
 
 static void params_free(params_t *p)
 {
@@ -681,7 +688,8 @@ static em_err_t stmt_error(em__store_conn_t *c, const PGresult *res, const char 
 
 /* Runs a statement to completion. On success *out (when not NULL) receives
  * the result (the caller PQclears it). Frees p's copies in every case. */
-static em_err_t run(em__store_conn_t *c, stmt_id_t id, params_t *p, PGresult **out, em_error_t *err)
+static em_err_t run_ref(em__store_conn_t *c, const stmt_ref_t *r, params_t *p, PGresult **out,
+                        em_error_t *err)
 {
     if (out != NULL)
         *out = NULL;
@@ -692,12 +700,12 @@ static em_err_t run(em__store_conn_t *c, stmt_id_t id, params_t *p, PGresult **o
     }
     bool idle = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
     for (int attempt = 0;; attempt++) {
-        if ((rc = prepare(c, id, err)) != EM_OK) {
+        if ((rc = prepare(c, r, err)) != EM_OK) {
             if (reconnected(c, idle, attempt))
                 continue;
             goto done;
         }
-        PGresult *res = PQexecPrepared(c->pg, stmts[id].name, p->n, p->v, NULL, NULL, 0);
+        PGresult *res = PQexecPrepared(c->pg, r->name, p->n, p->v, NULL, NULL, 0);
         ExecStatusType s = PQresultStatus(res);
         if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) {
             if (out != NULL)
@@ -710,13 +718,19 @@ static em_err_t run(em__store_conn_t *c, stmt_id_t id, params_t *p, PGresult **o
             PQclear(res);
             continue;
         }
-        rc = stmt_error(c, res, stmts[id].name + 3, err);
+        rc = stmt_error(c, res, r->name + 3, err);
         PQclear(res);
         break;
     }
 done:
     params_free(p);
     return rc;
+}
+
+static em_err_t run(em__store_conn_t *c, stmt_id_t id, params_t *p, PGresult **out, em_error_t *err)
+{
+    stmt_ref_t r = ref_of(id);
+    return run_ref(c, &r, p, out, err);
 }
 
 /* Rows a statement changed. */
@@ -748,7 +762,7 @@ static em_err_t run_bool(em__store_conn_t *c, stmt_id_t id, params_t *p, bool *v
     return rc;
 }
 
-typedef int (*row_fn)(PGresult *res, int row, void *ctx);
+typedef em__pg_row_fn row_fn;
 
 /*
  * Runs a query in single-row mode, so that a listing of every device does
@@ -756,8 +770,8 @@ typedef int (*row_fn)(PGresult *res, int row, void *ctx);
  * non-zero. The remaining rows are then read and dropped: a cancel request
  * could arrive after the query ended and cancel the next one instead.
  */
-static em_err_t run_rows(em__store_conn_t *c, stmt_id_t id, params_t *p, row_fn fn, void *ctx,
-                         size_t *count, em_error_t *err)
+static em_err_t run_rows_ref(em__store_conn_t *c, const stmt_ref_t *r, params_t *p, row_fn fn,
+                             void *ctx, size_t *count, em_error_t *err)
 {
     size_t delivered = 0;
     em_err_t rc = EM_OK;
@@ -769,9 +783,9 @@ static em_err_t run_rows(em__store_conn_t *c, stmt_id_t id, params_t *p, row_fn 
     }
     bool idle = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
     for (int attempt = 0;; attempt++) {
-        rc = prepare(c, id, err);
-        if (rc == EM_OK && !PQsendQueryPrepared(c->pg, stmts[id].name, p->n, p->v, NULL, NULL, 0))
-            rc = io_error(c, NULL, stmts[id].name + 3, err);
+        rc = prepare(c, r, err);
+        if (rc == EM_OK && !PQsendQueryPrepared(c->pg, r->name, p->n, p->v, NULL, NULL, 0))
+            rc = io_error(c, NULL, r->name + 3, err);
         if (rc != EM_OK) {
             if (reconnected(c, idle, attempt))
                 continue;
@@ -788,21 +802,26 @@ static em_err_t run_rows(em__store_conn_t *c, stmt_id_t id, params_t *p, row_fn 
                     stopped = fn(res, 0, ctx) != 0;
                 }
             } else if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK && rc == EM_OK) {
-                rc = stmt_error(c, res, stmts[id].name + 3, err);
+                rc = stmt_error(c, res, r->name + 3, err);
             }
             PQclear(res);
         }
         /* Sent again only when the caller has seen nothing of it. */
-        if (rc != EM_OK && delivered == 0 && reconnected(c, idle, attempt)) {
-            rc = EM_OK;
-            continue;
-        }
+        if (rc != EM_OK && delivered == 0 && reconnected(c, idle, attempt))
+            continue; /* rc is set again at the top */
         break;
     }
     params_free(p);
     if (count != NULL)
         *count = delivered;
     return rc;
+}
+
+static em_err_t run_rows(em__store_conn_t *c, stmt_id_t id, params_t *p, row_fn fn, void *ctx,
+                         size_t *count, em_error_t *err)
+{
+    stmt_ref_t r = ref_of(id);
+    return run_rows_ref(c, &r, p, fn, ctx, count, err);
 }
 
 static em_err_t tx_begin(em__store_conn_t *c, em_error_t *err)
@@ -963,25 +982,115 @@ static void read_key(const PGresult *res, int row, em_store_api_key_t *k)
     k->role = (em_role_t)col_i64(res, row, 2);
     col_str(res, row, 3, k->device_id, sizeof(k->device_id));
     col_str(res, row, 4, k->owner, sizeof(k->owner));
-    /* bytea in the hex output format: "\x" + 2 digits per byte. A hash of
-     * any other length (impossible through this backend) stays zero, which
-     * matches no key. */
-    const char *h = PQgetisnull(res, row, 5) ? "" : PQgetvalue(res, row, 5);
-    if (strlen(h) == 2 + 2 * sizeof(k->hash) && h[0] == '\\' && h[1] == 'x') {
-        for (size_t i = 0; i < sizeof(k->hash); i++) {
-            int hi = hexval(h[2 + 2 * i]), lo = hexval(h[3 + 2 * i]);
-            if (hi < 0 || lo < 0) {
-                memset(k->hash, 0, sizeof(k->hash));
-                break;
-            }
-            k->hash[i] = (unsigned char)(hi << 4 | lo);
-        }
-    }
+    /* A hash of any other length (impossible through this backend) stays
+     * zero, which matches no key. */
+    em__pg_col_hash(res, row, 5, k->hash);
     k->rate_per_min = (uint32_t)col_i64(res, row, 6);
     k->created_at_ms = col_i64(res, row, 7);
     k->expires_at_ms = col_i64(res, row, 8);
     k->last_used_ms = col_i64(res, row, 9);
     k->revoked_at_ms = col_i64(res, row, 10);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared with pg_identity.c (pg_internal.h)                               */
+
+void em__pg_col_hash(const PGresult *res, int row, int col, unsigned char out[32])
+{
+    memset(out, 0, 32);
+    /* bytea in the hex output format: "\x" + 2 digits per byte. */
+    const char *h = PQgetisnull(res, row, col) ? "" : PQgetvalue(res, row, col);
+    if (strlen(h) != 2 + 2 * 32 || h[0] != '\\' || h[1] != 'x')
+        return;
+    for (size_t i = 0; i < 32; i++) {
+        int hi = hexval(h[2 + 2 * i]), lo = hexval(h[3 + 2 * i]);
+        if (hi < 0 || lo < 0) {
+            memset(out, 0, 32);
+            return;
+        }
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+}
+
+void em__pg_hash_param(const unsigned char hash[32], char out[67])
+{
+    static const char hex[] = "0123456789abcdef";
+    out[0] = '\\';
+    out[1] = 'x';
+    for (size_t i = 0; i < 32; i++) {
+        out[2 + 2 * i] = hex[hash[i] >> 4];
+        out[3 + 2 * i] = hex[hash[i] & 15];
+    }
+    out[66] = '\0';
+}
+
+void em__pg_p_str(em__pg_params_t *p, const char *s)
+{
+    p_str(p, s);
+}
+
+void em__pg_p_i64(em__pg_params_t *p, int64_t v)
+{
+    p_i64(p, v);
+}
+
+em_err_t em__pg_ensure_conn(em__store_conn_t *c, em_error_t *err)
+{
+    return ensure_conn(c, err);
+}
+
+static em_err_t slot_ref(const em__pg_stmt_t *s, stmt_ref_t *r, em_error_t *err)
+{
+    if (s->slot >= EM__PG_SLOTS)
+        return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL,
+                            "postgresql: statement slot %u", s->slot);
+    r->index = (size_t)ST_COUNT + s->slot;
+    r->name = s->name;
+    r->sql = s->sql;
+    return EM_OK;
+}
+
+em_err_t em__pg_run(em__store_conn_t *c, const em__pg_stmt_t *s, em__pg_params_t *p, PGresult **out,
+                    em_error_t *err)
+{
+    stmt_ref_t r;
+    em_err_t rc = slot_ref(s, &r, err);
+    if (rc != EM_OK) {
+        if (out != NULL)
+            *out = NULL;
+        params_free(p);
+        return rc;
+    }
+    return run_ref(c, &r, p, out, err);
+}
+
+em_err_t em__pg_rows(em__store_conn_t *c, const em__pg_stmt_t *s, em__pg_params_t *p,
+                     em__pg_row_fn fn, void *ctx, size_t *count, em_error_t *err)
+{
+    stmt_ref_t r;
+    em_err_t rc = slot_ref(s, &r, err);
+    if (rc != EM_OK) {
+        if (count != NULL)
+            *count = 0;
+        params_free(p);
+        return rc;
+    }
+    return run_rows_ref(c, &r, p, fn, ctx, count, err);
+}
+
+uint64_t em__pg_changed(PGresult *res)
+{
+    return changed(res);
+}
+
+int64_t em__pg_col_i64(const PGresult *res, int row, int col)
+{
+    return col_i64(res, row, col);
+}
+
+void em__pg_col_str(const PGresult *res, int row, int col, char *buf, size_t size)
+{
+    col_str(res, row, col, buf, size);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1351,7 +1460,7 @@ static void cp_str(sbuf_t *b, bool first, const char *s)
             char ch = s[i];
             if (ch == '\\' || ch == '\t' || ch == '\n' || ch == '\r') {
                 *o++ = '\\';
-                ch = ch == '\t' ? 't' : ch == '\n' ? 'n' : ch == '\r' ? 'r' : '\\';
+                ch = (char)(ch == '\t' ? 't' : ch == '\n' ? 'n' : ch == '\r' ? 'r' : '\\');
             }
             *o++ = ch;
         }
@@ -1425,7 +1534,8 @@ static em_err_t latest_build(latest_t *l, const em__store_rec_t *recs, size_t n,
     l->idx = calloc(size, sizeof(*l->idx));
     if (l->id == NULL || l->idx == NULL) {
         latest_free(l);
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        return EM_ERR_NOMEM; /* by name: the analyzer loses em_error_set's code */
     }
     l->mask = size - 1;
     for (size_t r = 0; r < n; r++) {
@@ -2333,15 +2443,8 @@ static em_err_t pg_api_key_insert(em__store_conn_t *c, const em_store_api_key_t 
     if (rc != EM_OK)
         return rc;
     /* bytea input in hex: "\x" + 64 digits. */
-    static const char hex[] = "0123456789abcdef";
-    char h[3 + 2 * sizeof(k->hash)];
-    h[0] = '\\';
-    h[1] = 'x';
-    for (size_t i = 0; i < sizeof(k->hash); i++) {
-        h[2 + 2 * i] = hex[k->hash[i] >> 4];
-        h[3 + 2 * i] = hex[k->hash[i] & 15];
-    }
-    h[sizeof(h) - 1] = '\0';
+    char h[67];
+    em__pg_hash_param(k->hash, h);
     params_t p = {0};
     p_str(&p, k->key_id);
     p_str(&p, k->name);
@@ -2447,7 +2550,12 @@ static em_err_t pg_prune(em__store_conn_t *c, const em_store_retention_t *r, int
     if ((rc = tx_begin(c, err)) != EM_OK)
         return rc;
     uint64_t total = 0;
-    rc = prune_one(c, ST_PRUNE_HISTORY, now_ms, r->status_history_ms, -1, &total, err);
+    rc = em__pg_identity_prune(
+        c,
+        now_ms > INT64_MIN + EM__STORE_TOKEN_KEEP_MS ? now_ms - EM__STORE_TOKEN_KEEP_MS : INT64_MIN,
+        &total, err);
+    if (rc == EM_OK)
+        rc = prune_one(c, ST_PRUNE_HISTORY, now_ms, r->status_history_ms, -1, &total, err);
     if (rc == EM_OK)
         rc = prune_one(c, ST_PRUNE_TELEMETRY, now_ms, r->telemetry_ms, -1, &total, err);
     if (rc == EM_OK)
@@ -2506,5 +2614,11 @@ const em__store_backend_t em__store_pg = {
     .api_key_get = pg_api_key_get,
     .api_key_revoke = pg_api_key_revoke,
     .api_key_list = pg_api_key_list,
+    .enroll_token_insert = em__pg_enroll_token_insert,
+    .enroll_token_use = em__pg_enroll_token_use,
+    .enroll_token_list = em__pg_enroll_token_list,
+    .device_cert_insert = em__pg_device_cert_insert,
+    .device_cert_latest = em__pg_device_cert_latest,
+    .device_cert_list = em__pg_device_cert_list,
     .prune = pg_prune,
 };

@@ -39,7 +39,7 @@
 #include <unistd.h>
 
 #include "emiot/clock.h"
-#include "store/store_internal.h"
+#include "store/sqlite_internal.h"
 
 /* ---- schema ------------------------------------------------------------- */
 
@@ -131,8 +131,9 @@ static const char schema_v1[] =
     "CREATE TABLE store_meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "INSERT INTO store_meta(key, value) VALUES('device_generation', 0);";
 
-/* migrations[i] takes the schema from version i to i + 1. */
-static const char *const migrations[] = {schema_v1};
+/* migrations[i] takes the schema from version i to i + 1 (version 2, device
+ * identity, is in sqlite_identity.c). */
+static const char *const migrations[] = {schema_v1, em__sq_schema_v2};
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(MIGRATION_COUNT == EM__STORE_SCHEMA_VERSION, "one migration per schema version");
 
@@ -402,6 +403,7 @@ struct em__store_conn {
     sqlite3_stmt *st[S_COUNT];
     sqlite3_stmt *cmd_list[CMD_VARIANTS];
     sqlite3_stmt *ev_list[EV_VARIANTS];
+    sqlite3_stmt *slots[EM__SQ_SLOTS]; /* the other files' statements */
     pk_entry_t *cache;
     size_t cache_cap; /* power of two, or 0 */
     size_t cache_used;
@@ -476,6 +478,9 @@ static void bind_text(sqlite3_stmt *s, int i, const char *v)
 
 static void col_copy(sqlite3_stmt *s, int i, char *buf, size_t size)
 {
+    if (size == 0) {
+        return;
+    }
     const unsigned char *t = sqlite3_column_text(s, i);
     size_t n = t != NULL ? (size_t)sqlite3_column_bytes(s, i) : 0;
     if (n >= size) {
@@ -590,6 +595,59 @@ static em_err_t exists(em__store_conn_t *c, enum stmt_id id, const char *a, cons
     return e;
 }
 
+/* The helpers above, for sqlite_identity.c (sqlite_internal.h). */
+sqlite3_stmt *em__sq_stmt_slot(em__store_conn_t *c, unsigned slot, const char *sql, em_error_t *err)
+{
+    if (slot >= EM__SQ_SLOTS) {
+        em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "sqlite: statement slot %u", slot);
+        return NULL;
+    }
+    if (c->slots[slot] == NULL) {
+        c->slots[slot] = prepare(c, sql, err);
+    }
+    return c->slots[slot];
+}
+
+sqlite3 *em__sq_db(em__store_conn_t *c)
+{
+    return c->db;
+}
+
+em_err_t em__sq_error(em__store_conn_t *c, int rc, const char *what, em_error_t *err)
+{
+    return db_error(c, rc, what, err);
+}
+
+em_err_t em__sq_exec(em__store_conn_t *c, sqlite3_stmt *s, const char *what, em_error_t *err)
+{
+    return exec_stmt(c, s, what, err);
+}
+
+void em__sq_done(sqlite3_stmt *s)
+{
+    done(s);
+}
+
+em_err_t em__sq_tx_begin(em__store_conn_t *c, em_error_t *err)
+{
+    return tx_begin(c, err);
+}
+
+em_err_t em__sq_tx_end(em__store_conn_t *c, em_err_t rc, em_error_t *err)
+{
+    return tx_end(c, rc, err);
+}
+
+em_err_t em__sq_device_pk(em__store_conn_t *c, const char *id, sqlite3_int64 *pk, em_error_t *err)
+{
+    return device_pk(c, id, pk, err);
+}
+
+void em__sq_col_copy(sqlite3_stmt *s, int i, char *buf, size_t size)
+{
+    col_copy(s, i, buf, size);
+}
+
 /* Range bounds as a half-open interval the indexes can use directly. */
 static sqlite3_int64 range_from(const em_store_range_t *r)
 {
@@ -639,6 +697,9 @@ static void conn_free(em__store_conn_t *c)
     }
     for (size_t i = 0; i < EV_VARIANTS; i++) {
         sqlite3_finalize(c->ev_list[i]);
+    }
+    for (size_t i = 0; i < EM__SQ_SLOTS; i++) {
+        sqlite3_finalize(c->slots[i]);
     }
     sqlite3_close_v2(c->db);
     free(c->cache);
@@ -1296,7 +1357,8 @@ static em_err_t sq_device_delete(em__store_conn_t *c, const char *id, em_error_t
         rc = exec_pk(c, children[i], pk, err);
     }
     if (rc == EM_OK) {
-        /* Memberships go by their foreign key. */
+        /* Memberships, certificates and enrollment tokens go by their
+         * foreign keys. */
         sqlite3_stmt *s = stmt(c, S_DEV_DELETE, err);
         if (s == NULL) {
             rc = EM_ERR_IO;
@@ -2170,6 +2232,8 @@ static em_err_t sq_prune(em__store_conn_t *c, const em_store_retention_t *r, int
         return rc;
     }
     uint64_t total = 0;
+    /* Both are >= 0 (checked by the front): no overflow. */
+    rc = em__sq_identity_prune(c, now_ms - EM__STORE_TOKEN_KEEP_MS, &total, err);
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]) && rc == EM_OK; i++) {
         if (steps[i].period <= 0) {
             continue; /* keep forever */
@@ -2230,5 +2294,11 @@ const em__store_backend_t em__store_sqlite = {
     .api_key_get = sq_api_key_get,
     .api_key_revoke = sq_api_key_revoke,
     .api_key_list = sq_api_key_list,
+    .enroll_token_insert = em__sq_enroll_token_insert,
+    .enroll_token_use = em__sq_enroll_token_use,
+    .enroll_token_list = em__sq_enroll_token_list,
+    .device_cert_insert = em__sq_device_cert_insert,
+    .device_cert_latest = em__sq_device_cert_latest,
+    .device_cert_list = em__sq_device_cert_list,
     .prune = sq_prune,
 };

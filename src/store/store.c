@@ -361,6 +361,23 @@ static em_err_t check_text(const char *s, size_t max, bool empty_ok, const char 
     return EM_OK;
 }
 
+em_err_t em__store_check_id(const char *id, const char *field, em_error_t *err)
+{
+    return check_id(id, field, err);
+}
+
+em_err_t em__store_check_token(const char *s, size_t max, const char *extra, const char *field,
+                               em_error_t *err)
+{
+    return check_token(s, max, extra, field, err);
+}
+
+em_err_t em__store_check_text(const char *s, size_t max, bool empty_ok, const char *field,
+                              em_error_t *err)
+{
+    return check_text(s, max, empty_ok, field, err);
+}
+
 static em_err_t check_json(const char *s, const char *field, em_error_t *err)
 {
     if (s != NULL && strnlen(s, EM_STORE_JSON_MAX + 1) > EM_STORE_JSON_MAX) {
@@ -1274,6 +1291,22 @@ void em_store_stats(em_store_t *st, em_store_stats_t *out)
         pthread_mutex_unlock(&(st)->sync_lock);                                                    \
         return sync_rc_;                                                                           \
     } while (0)
+
+em__store_conn_t *em__store_sync_begin(em_store_t *st)
+{
+    pthread_mutex_lock(&st->sync_lock);
+    return st->sync_conn;
+}
+
+void em__store_sync_end(em_store_t *st)
+{
+    pthread_mutex_unlock(&st->sync_lock);
+}
+
+const em__store_backend_t *em__store_be(const em_store_t *st)
+{
+    return st->be;
+}
 
 #define REQUIRE_STORE(st)                                                                          \
     do {                                                                                           \

@@ -27,8 +27,15 @@
 
 #include "emiot/store.h"
 
-/* Newest schema version this build knows; both backends reach it. */
-#define EM__STORE_SCHEMA_VERSION 1
+/* Newest schema version this build knows; both backends reach it.
+ * 1: devices, groups, status, telemetry, commands, events, users, API keys.
+ * 2: device identity (enroll_tokens, device_certs). */
+#define EM__STORE_SCHEMA_VERSION 2
+
+/* em_store_prune deletes enrollment tokens (used or not) that expired more
+ * than this long before now: kept a week so that a late or replayed
+ * presentation is still recognised as "already used" or "expired". */
+#define EM__STORE_TOKEN_KEEP_MS ((int64_t)7 * 24 * 3600 * 1000)
 
 typedef struct em__store_conn em__store_conn_t; /* backend-defined */
 
@@ -178,9 +185,49 @@ typedef struct em__store_backend {
     em_err_t (*api_key_list)(em__store_conn_t *c, em_store_api_key_fn fn, void *ud,
                              em_error_t *err);
 
+    /* Device identity (schema version 2). A device's certificates and
+     * enrollment tokens go when the device goes (device_delete). */
+    /* EM_ERR_EXISTS (token id or hash taken), EM_ERR_DEVICE_NOT_FOUND. */
+    em_err_t (*enroll_token_insert)(em__store_conn_t *c, const em_store_enroll_token_t *t,
+                                    em_error_t *err);
+    /* Atomic across connections: of two concurrent uses of one token exactly
+     * one sees out->used_at_ms == 0. EM_ERR_NOT_FOUND. */
+    em_err_t (*enroll_token_use)(em__store_conn_t *c, const unsigned char hash[32], int64_t now_ms,
+                                 em_store_enroll_token_t *out, em_error_t *err);
+    /* device_id NULL: every token. Oldest first (created_at_ms, insertion). */
+    em_err_t (*enroll_token_list)(em__store_conn_t *c, const char *device_id,
+                                  em_store_enroll_token_fn fn, void *ud, em_error_t *err);
+    /* EM_ERR_DEVICE_NOT_FOUND, EM_ERR_EXISTS. */
+    em_err_t (*device_cert_insert)(em__store_conn_t *c, const em_store_device_cert_t *cert,
+                                   em_error_t *err);
+    /* EM_ERR_DEVICE_NOT_FOUND, EM_ERR_NOT_FOUND (no certificate). */
+    em_err_t (*device_cert_latest)(em__store_conn_t *c, const char *device_id,
+                                   em_store_device_cert_t *out, em_error_t *err);
+    /* EM_ERR_DEVICE_NOT_FOUND. */
+    em_err_t (*device_cert_list)(em__store_conn_t *c, const char *device_id,
+                                 em_store_device_cert_fn fn, void *ud, em_error_t *err);
+
+    /* Applies the retention periods, and always deletes the enrollment
+     * tokens that expired more than EM__STORE_TOKEN_KEEP_MS before now_ms;
+     * one transaction. */
     em_err_t (*prune)(em__store_conn_t *c, const em_store_retention_t *r, int64_t now_ms,
                       uint64_t *deleted, em_error_t *err);
 } em__store_backend_t;
+
+/* For the front's other files (identity.c): the synchronous connection,
+ * locked until em__store_sync_end. */
+em__store_conn_t *em__store_sync_begin(em_store_t *st);
+void em__store_sync_end(em_store_t *st);
+const em__store_backend_t *em__store_be(const em_store_t *st);
+
+/* The front's argument checks, shared with identity.c (store.c). */
+em_err_t em__store_check_id(const char *id, const char *field, em_error_t *err);
+/* 1..max characters of [A-Za-z0-9] plus extra. */
+em_err_t em__store_check_token(const char *s, size_t max, const char *extra, const char *field,
+                               em_error_t *err);
+/* At most max bytes, no control characters; empty_ok allows "". */
+em_err_t em__store_check_text(const char *s, size_t max, bool empty_ok, const char *field,
+                              em_error_t *err);
 
 extern const em__store_backend_t em__store_sqlite;
 extern const em__store_backend_t em__store_pg;
