@@ -2233,6 +2233,587 @@ static void test_pg_server_restart_is_survived(void **state)
 }
 
 /* ---------------------------------------------------------------------- */
+/* Device identity (schema version 2)                                      */
+
+/* A token record whose hash is derived from n (the store never sees the
+ * token itself, only its SHA-256: any 32 bytes do here). */
+static em_store_enroll_token_t enroll_token(unsigned n, const char *dev, int64_t created,
+                                            int64_t expires)
+{
+    em_store_enroll_token_t t;
+    memset(&t, 0, sizeof(t));
+    snprintf(t.token_id, sizeof(t.token_id), "e_%012x", n);
+    snprintf(t.device_id, sizeof(t.device_id), "%s", dev);
+    snprintf(t.owner, sizeof(t.owner), "user:alice");
+    for (size_t i = 0; i < sizeof(t.hash); i++)
+        t.hash[i] = (unsigned char)(n * 31u + i * 7u + 1u);
+    t.created_at_ms = created;
+    t.expires_at_ms = expires;
+    return t;
+}
+
+static int on_token(const em_store_enroll_token_t *t, void *ud)
+{
+    return rows_add(ud, t->token_id, t->created_at_ms, t->used_at_ms);
+}
+
+static em_store_device_cert_t device_cert(const char *dev, const char *serial, int64_t created)
+{
+    em_store_device_cert_t c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.device_id, sizeof(c.device_id), "%s", dev);
+    snprintf(c.serial, sizeof(c.serial), "%s", serial);
+    for (size_t i = 0; i < 64; i++)
+        c.sha256[i] = "0123456789abcdef"[(i + strlen(serial)) % 16];
+    snprintf(c.pem, sizeof(c.pem),
+             "-----BEGIN CERTIFICATE-----\nMIIB%s\n-----END CERTIFICATE-----\n", serial);
+    c.not_after_ms = created + 365 * DAY;
+    c.created_at_ms = created;
+    return c;
+}
+
+static int on_cert(const em_store_device_cert_t *c, void *ud)
+{
+    return rows_add(ud, c->serial, c->created_at_ms, c->not_after_ms);
+}
+
+static size_t count_tokens(fixture_t *fx, const char *dev)
+{
+    rows_t *r = rows_new();
+    OK(em_store_enroll_token_list(fx->st, dev, on_token, r, E));
+    size_t n = r->n;
+    free(r);
+    return n;
+}
+
+static void test_enroll_token_insert_list_roundtrip(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    add_device(fx, "dev-2");
+    em_store_enroll_token_t a = enroll_token(1, "dev-1", DAY0 + 2 * MIN, DAY0 + HOUR);
+    em_store_enroll_token_t b = enroll_token(2, "dev-2", DAY0 + MIN, DAY0 + HOUR);
+    em_store_enroll_token_t c = enroll_token(3, "dev-1", DAY0 + 2 * MIN, DAY0 + 2 * HOUR);
+    em_store_enroll_token_t d = enroll_token(4, "dev-1", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &a, E));
+    OK(em_store_enroll_token_insert(fx->st, &b, E));
+    OK(em_store_enroll_token_insert(fx->st, &c, E));
+    OK(em_store_enroll_token_insert(fx->st, &d, E));
+
+    /* Oldest first; equal creation times in insertion order. */
+    rows_t *r = rows_new();
+    OK(em_store_enroll_token_list(fx->st, "dev-1", on_token, r, E));
+    assert_int_equal(r->n, 3);
+    assert_string_equal(r->key[0], d.token_id);
+    assert_string_equal(r->key[1], a.token_id);
+    assert_string_equal(r->key[2], c.token_id);
+    memset(r, 0, sizeof(*r));
+    OK(em_store_enroll_token_list(fx->st, NULL, on_token, r, E));
+    assert_int_equal(r->n, 4);
+    assert_string_equal(r->key[0], d.token_id);
+    assert_string_equal(r->key[1], b.token_id);
+    assert_string_equal(r->key[2], a.token_id);
+    assert_string_equal(r->key[3], c.token_id);
+    /* A device without tokens (or an unknown one) lists nothing. */
+    memset(r, 0, sizeof(*r));
+    OK(em_store_enroll_token_list(fx->st, "dev-none", on_token, r, E));
+    assert_int_equal(r->n, 0);
+    /* The callback may stop the listing. */
+    memset(r, 0, sizeof(*r));
+    r->stop_after = 2;
+    OK(em_store_enroll_token_list(fx->st, NULL, on_token, r, E));
+    assert_int_equal(r->n, 2);
+    free(r);
+}
+
+typedef struct token_copy {
+    size_t n;
+    em_store_enroll_token_t t;
+} token_copy_t;
+
+static int on_token_copy(const em_store_enroll_token_t *t, void *ud)
+{
+    token_copy_t *c = ud;
+    c->t = *t;
+    c->n++;
+    return 0;
+}
+
+static void test_enroll_token_fields_roundtrip(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_enroll_token_t t = enroll_token(7, "dev-1", DAY0, DAY0 + HOUR);
+    t.hash[0] = 0; /* bytes of every value survive, NUL included */
+    t.hash[31] = 0xff;
+    snprintf(t.owner, sizeof(t.owner), "key:k_0123456789ab");
+    OK(em_store_enroll_token_insert(fx->st, &t, E));
+    token_copy_t got = {0};
+    OK(em_store_enroll_token_list(fx->st, "dev-1", on_token_copy, &got, E));
+    assert_int_equal(got.n, 1);
+    assert_string_equal(got.t.token_id, t.token_id);
+    assert_string_equal(got.t.device_id, "dev-1");
+    assert_string_equal(got.t.owner, t.owner);
+    assert_memory_equal(got.t.hash, t.hash, sizeof(t.hash));
+    assert_int_equal(got.t.created_at_ms, DAY0);
+    assert_int_equal(got.t.expires_at_ms, DAY0 + HOUR);
+    assert_int_equal(got.t.used_at_ms, 0);
+}
+
+static void test_enroll_token_insert_duplicate_id_or_hash_is_exists(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_enroll_token_t t = enroll_token(1, "dev-1", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &t, E));
+    em_store_enroll_token_t same_id = enroll_token(2, "dev-1", DAY0, DAY0 + HOUR);
+    snprintf(same_id.token_id, sizeof(same_id.token_id), "%s", t.token_id);
+    FAILS_WITH(EM_ERR_EXISTS, em_store_enroll_token_insert(fx->st, &same_id, E));
+    em_store_enroll_token_t same_hash = enroll_token(3, "dev-1", DAY0, DAY0 + HOUR);
+    memcpy(same_hash.hash, t.hash, sizeof(t.hash));
+    FAILS_WITH(EM_ERR_EXISTS, em_store_enroll_token_insert(fx->st, &same_hash, E));
+    assert_int_equal(count_tokens(fx, NULL), 1);
+}
+
+static void test_enroll_token_insert_for_unknown_device_is_device_not_found(void **state)
+{
+    fixture_t *fx = fixture(state);
+    em_store_enroll_token_t t = enroll_token(1, "dev-none", DAY0, DAY0 + HOUR);
+    FAILS_WITH(EM_ERR_DEVICE_NOT_FOUND, em_store_enroll_token_insert(fx->st, &t, E));
+    assert_int_equal(count_tokens(fx, NULL), 0);
+}
+
+static void test_enroll_token_use_works_once_and_reports_the_first_use(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_enroll_token_t t = enroll_token(1, "dev-1", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &t, E));
+    em_store_enroll_token_t out;
+    OK(em_store_enroll_token_use(fx->st, t.hash, DAY0 + MIN, &out, E));
+    /* The record as it was before: not used. */
+    assert_int_equal(out.used_at_ms, 0);
+    assert_string_equal(out.token_id, t.token_id);
+    assert_string_equal(out.device_id, "dev-1");
+    assert_string_equal(out.owner, t.owner);
+    assert_memory_equal(out.hash, t.hash, sizeof(t.hash));
+    assert_int_equal(out.expires_at_ms, DAY0 + HOUR);
+    /* Again: it was used, at the first use's time, and that stays. */
+    OK(em_store_enroll_token_use(fx->st, t.hash, DAY0 + 2 * MIN, &out, E));
+    assert_int_equal(out.used_at_ms, DAY0 + MIN);
+    OK(em_store_enroll_token_use(fx->st, t.hash, DAY0 + 3 * MIN, &out, E));
+    assert_int_equal(out.used_at_ms, DAY0 + MIN);
+    rows_t *r = rows_new();
+    OK(em_store_enroll_token_list(fx->st, "dev-1", on_token, r, E));
+    assert_int_equal(r->n, 1);
+    assert_int_equal(r->v[0], DAY0 + MIN);
+    free(r);
+}
+
+static void test_enroll_token_use_of_unknown_hash_is_not_found(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_enroll_token_t t = enroll_token(1, "dev-1", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &t, E));
+    em_store_enroll_token_t other = enroll_token(2, "dev-1", DAY0, DAY0 + HOUR);
+    em_store_enroll_token_t out;
+    FAILS_WITH(EM_ERR_NOT_FOUND, em_store_enroll_token_use(fx->st, other.hash, DAY0, &out, E));
+    /* The known token is untouched. */
+    OK(em_store_enroll_token_use(fx->st, t.hash, DAY0 + MIN, &out, E));
+    assert_int_equal(out.used_at_ms, 0);
+}
+
+/* The store does not judge expiry: it hands the record to the caller, who
+ * refuses it; the token is burnt all the same. */
+static void test_enroll_token_use_of_expired_token_is_left_to_the_caller(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_enroll_token_t t = enroll_token(1, "dev-1", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &t, E));
+    em_store_enroll_token_t out;
+    OK(em_store_enroll_token_use(fx->st, t.hash, DAY0 + 2 * HOUR, &out, E));
+    assert_int_equal(out.used_at_ms, 0);
+    assert_int_equal(out.expires_at_ms, DAY0 + HOUR);
+    assert_true(out.expires_at_ms < DAY0 + 2 * HOUR);
+    OK(em_store_enroll_token_use(fx->st, t.hash, DAY0 + 3 * HOUR, &out, E));
+    assert_int_equal(out.used_at_ms, DAY0 + 2 * HOUR);
+}
+
+/* Concurrent uses of one token, each on its own store (own connections):
+ * exactly one sees it unused. */
+#define RACERS      6
+#define RACE_TOKENS 12
+
+typedef struct racer {
+    const char *url;
+    pthread_barrier_t *start;
+    int64_t used_before[RACE_TOKENS];
+    em_err_t rc;
+} racer_t;
+
+static void *racer_main(void *arg)
+{
+    racer_t *r = arg;
+    em_store_options_t o;
+    options(&o);
+    em_store_t *st = NULL;
+    em_error_t err;
+    r->rc = em_store_open(r->url, &o, &st, &err);
+    pthread_barrier_wait(r->start);
+    for (unsigned i = 0; i < RACE_TOKENS && r->rc == EM_OK; i++) {
+        em_store_enroll_token_t t = enroll_token(100 + i, "dev-1", DAY0, DAY0 + HOUR);
+        em_store_enroll_token_t out;
+        r->rc = em_store_enroll_token_use(st, t.hash, DAY0 + 1 + i, &out, &err);
+        r->used_before[i] = out.used_at_ms;
+    }
+    em_store_close(st);
+    return NULL;
+}
+
+static void add_race_tokens(fixture_t *fx)
+{
+    add_device(fx, "dev-1");
+    for (unsigned i = 0; i < RACE_TOKENS; i++) {
+        em_store_enroll_token_t t = enroll_token(100 + i, "dev-1", DAY0, DAY0 + HOUR);
+        OK(em_store_enroll_token_insert(fx->st, &t, E));
+    }
+}
+
+static void test_enroll_token_concurrent_uses_in_threads_exactly_one_wins(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_race_tokens(fx);
+    pthread_barrier_t start;
+    assert_int_equal(pthread_barrier_init(&start, NULL, RACERS), 0);
+    racer_t r[RACERS];
+    pthread_t th[RACERS];
+    for (int i = 0; i < RACERS; i++) {
+        memset(&r[i], 0, sizeof(r[i]));
+        r[i].url = fx->url;
+        r[i].start = &start;
+        assert_int_equal(pthread_create(&th[i], NULL, racer_main, &r[i]), 0);
+    }
+    for (int i = 0; i < RACERS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    for (int i = 0; i < RACERS; i++)
+        assert_int_equal(r[i].rc, EM_OK);
+    for (unsigned k = 0; k < RACE_TOKENS; k++) {
+        int winners = 0;
+        for (int i = 0; i < RACERS; i++)
+            winners += r[i].used_before[k] == 0;
+        assert_int_equal(winners, 1);
+    }
+}
+
+/* The same across processes (two daemons on one database). Each child
+ * writes, per token, whether it saw it unused. */
+static void race_child(const char *url, int fd)
+{
+    em_store_options_t o;
+    options(&o);
+    em_store_t *st = NULL;
+    if (em_store_open(url, &o, &st, NULL) != EM_OK)
+        _exit(2);
+    /* Let every child get this far before racing. */
+    usleep(200000);
+    for (unsigned i = 0; i < RACE_TOKENS; i++) {
+        em_store_enroll_token_t t = enroll_token(100 + i, "dev-1", DAY0, DAY0 + HOUR);
+        em_store_enroll_token_t out;
+        if (em_store_enroll_token_use(st, t.hash, DAY0 + 1 + i, &out, NULL) != EM_OK)
+            _exit(3);
+        unsigned char won = out.used_at_ms == 0;
+        if (write(fd, &won, 1) != 1)
+            _exit(4);
+    }
+    em_store_close(st);
+    _exit(0);
+}
+
+static void test_enroll_token_concurrent_uses_in_processes_exactly_one_wins(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_race_tokens(fx);
+    /* The children open their own stores: no thread of ours may cross the
+     * fork. */
+    em_store_close(fx->st);
+    fx->st = NULL;
+    int fds[RACERS];
+    pid_t pids[RACERS];
+    pid_t parent = getpid();
+    for (int i = 0; i < RACERS; i++) {
+        int p[2];
+        assert_int_equal(pipe(p), 0);
+        pids[i] = fork();
+        assert_true(pids[i] >= 0);
+        if (pids[i] == 0) {
+            close(p[0]);
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent)
+                _exit(1);
+            race_child(fx->url, p[1]);
+        }
+        close(p[1]);
+        fds[i] = p[0];
+    }
+    int winners[RACE_TOKENS] = {0};
+    for (int i = 0; i < RACERS; i++) {
+        unsigned char won[RACE_TOKENS];
+        size_t got = 0;
+        while (got < RACE_TOKENS) {
+            ssize_t n = read(fds[i], won + got, RACE_TOKENS - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        close(fds[i]);
+        int st = 0;
+        assert_int_equal(waitpid(pids[i], &st, 0), pids[i]);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);
+        assert_int_equal(got, RACE_TOKENS);
+        for (unsigned k = 0; k < RACE_TOKENS; k++)
+            winners[k] += won[k];
+    }
+    for (unsigned k = 0; k < RACE_TOKENS; k++)
+        assert_int_equal(winners[k], 1);
+    reopen(fx);
+}
+
+typedef struct cert_copy {
+    size_t n;
+    em_store_device_cert_t c;
+} cert_copy_t;
+
+static void test_device_cert_insert_latest_roundtrip(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_device_cert_t c = device_cert("dev-1", "0a1b2c3d4e5f60718293a4b5c6d7e8f9", DAY0);
+    /* A PEM as long as the maximum comes back whole. */
+    size_t len = sizeof(c.pem) - 1;
+    memset(c.pem, 'A', len);
+    memcpy(c.pem, "-----BEGIN CERTIFICATE-----\n", 28);
+    c.pem[100] = '\n';
+    c.pem[len] = '\0';
+    OK(em_store_device_cert_insert(fx->st, &c, E));
+    em_store_device_cert_t *got = malloc(sizeof(*got));
+    assert_non_null(got);
+    OK(em_store_device_cert_latest(fx->st, "dev-1", got, E));
+    assert_string_equal(got->device_id, "dev-1");
+    assert_string_equal(got->serial, c.serial);
+    assert_string_equal(got->sha256, c.sha256);
+    assert_string_equal(got->pem, c.pem);
+    assert_int_equal(got->not_after_ms, c.not_after_ms);
+    assert_int_equal(got->created_at_ms, DAY0);
+    free(got);
+}
+
+static void test_device_cert_latest_is_newest_then_last_inserted(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    em_store_device_cert_t a = device_cert("dev-1", "aa01", DAY0);
+    em_store_device_cert_t b = device_cert("dev-1", "bb02", DAY0 + DAY);
+    em_store_device_cert_t c = device_cert("dev-1", "cc03", DAY0); /* older than b */
+    OK(em_store_device_cert_insert(fx->st, &a, E));
+    OK(em_store_device_cert_insert(fx->st, &b, E));
+    OK(em_store_device_cert_insert(fx->st, &c, E));
+    em_store_device_cert_t *got = malloc(sizeof(*got));
+    assert_non_null(got);
+    OK(em_store_device_cert_latest(fx->st, "dev-1", got, E));
+    assert_string_equal(got->serial, "bb02");
+    /* Same time as the newest: the one inserted last wins. Serials sort
+     * before it both as text and as numbers, so the order is not theirs. */
+    em_store_device_cert_t d = device_cert("dev-1", "0001", DAY0 + DAY);
+    OK(em_store_device_cert_insert(fx->st, &d, E));
+    OK(em_store_device_cert_latest(fx->st, "dev-1", got, E));
+    assert_string_equal(got->serial, "0001");
+    free(got);
+
+    /* The list: oldest first, equal times in insertion order. */
+    rows_t *r = rows_new();
+    OK(em_store_device_cert_list(fx->st, "dev-1", on_cert, r, E));
+    assert_int_equal(r->n, 4);
+    assert_string_equal(r->key[0], "aa01");
+    assert_string_equal(r->key[1], "cc03");
+    assert_string_equal(r->key[2], "bb02");
+    assert_string_equal(r->key[3], "0001");
+    memset(r, 0, sizeof(*r));
+    r->stop_after = 1;
+    OK(em_store_device_cert_list(fx->st, "dev-1", on_cert, r, E));
+    assert_int_equal(r->n, 1);
+    free(r);
+}
+
+static void test_device_cert_duplicate_serial_is_exists_per_device(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    add_device(fx, "dev-2");
+    em_store_device_cert_t a = device_cert("dev-1", "aa01", DAY0);
+    OK(em_store_device_cert_insert(fx->st, &a, E));
+    em_store_device_cert_t again = device_cert("dev-1", "aa01", DAY0 + DAY);
+    FAILS_WITH(EM_ERR_EXISTS, em_store_device_cert_insert(fx->st, &again, E));
+    /* The key is (device, serial): another device may hold the serial. */
+    em_store_device_cert_t other = device_cert("dev-2", "aa01", DAY0);
+    OK(em_store_device_cert_insert(fx->st, &other, E));
+    rows_t *r = rows_new();
+    OK(em_store_device_cert_list(fx->st, "dev-1", on_cert, r, E));
+    assert_int_equal(r->n, 1);
+    assert_int_equal(r->t[0], DAY0);
+    free(r);
+}
+
+static void test_device_cert_of_unknown_device_is_device_not_found(void **state)
+{
+    fixture_t *fx = fixture(state);
+    em_store_device_cert_t c = device_cert("dev-none", "aa01", DAY0);
+    FAILS_WITH(EM_ERR_DEVICE_NOT_FOUND, em_store_device_cert_insert(fx->st, &c, E));
+    em_store_device_cert_t *got = malloc(sizeof(*got));
+    assert_non_null(got);
+    FAILS_WITH(EM_ERR_DEVICE_NOT_FOUND, em_store_device_cert_latest(fx->st, "dev-none", got, E));
+    rows_t *r = rows_new();
+    FAILS_WITH(EM_ERR_DEVICE_NOT_FOUND,
+               em_store_device_cert_list(fx->st, "dev-none", on_cert, r, E));
+    assert_int_equal(r->n, 0);
+    /* A known device without certificates: latest is NOT_FOUND, the list
+     * is empty. */
+    add_device(fx, "dev-1");
+    FAILS_WITH(EM_ERR_NOT_FOUND, em_store_device_cert_latest(fx->st, "dev-1", got, E));
+    OK(em_store_device_cert_list(fx->st, "dev-1", on_cert, r, E));
+    assert_int_equal(r->n, 0);
+    free(r);
+    free(got);
+}
+
+static void test_device_delete_removes_its_certificates_and_tokens(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    add_device(fx, "dev-2");
+    em_store_device_cert_t c1 = device_cert("dev-1", "aa01", DAY0);
+    em_store_device_cert_t c2 = device_cert("dev-2", "bb02", DAY0);
+    OK(em_store_device_cert_insert(fx->st, &c1, E));
+    OK(em_store_device_cert_insert(fx->st, &c2, E));
+    em_store_enroll_token_t t1 = enroll_token(1, "dev-1", DAY0, DAY0 + HOUR);
+    em_store_enroll_token_t t2 = enroll_token(2, "dev-2", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &t1, E));
+    OK(em_store_enroll_token_insert(fx->st, &t2, E));
+
+    OK(em_store_device_delete(fx->st, "dev-1", E));
+    /* A new device of the same id starts with nothing. */
+    add_device(fx, "dev-1");
+    em_store_device_cert_t *got = malloc(sizeof(*got));
+    assert_non_null(got);
+    FAILS_WITH(EM_ERR_NOT_FOUND, em_store_device_cert_latest(fx->st, "dev-1", got, E));
+    assert_int_equal(count_tokens(fx, "dev-1"), 0);
+    em_store_enroll_token_t out;
+    FAILS_WITH(EM_ERR_NOT_FOUND, em_store_enroll_token_use(fx->st, t1.hash, DAY0, &out, E));
+    /* The other device keeps its own. */
+    OK(em_store_device_cert_latest(fx->st, "dev-2", got, E));
+    assert_string_equal(got->serial, "bb02");
+    assert_int_equal(count_tokens(fx, "dev-2"), 1);
+    /* The old serial may be registered again for the new device. */
+    OK(em_store_device_cert_insert(fx->st, &c1, E));
+    free(got);
+}
+
+static void test_prune_deletes_enrollment_tokens_a_week_after_expiry(void **state)
+{
+    fixture_t *fx = fixture(state);
+    add_device(fx, "dev-1");
+    const int64_t now = DAY0 + 30 * DAY;
+    em_store_enroll_token_t old_unused = enroll_token(1, "dev-1", DAY0, now - 8 * DAY);
+    em_store_enroll_token_t old_used = enroll_token(2, "dev-1", DAY0, now - 8 * DAY);
+    em_store_enroll_token_t recent = enroll_token(3, "dev-1", DAY0, now - 6 * DAY);
+    em_store_enroll_token_t live = enroll_token(4, "dev-1", DAY0, now + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &old_unused, E));
+    OK(em_store_enroll_token_insert(fx->st, &old_used, E));
+    OK(em_store_enroll_token_insert(fx->st, &recent, E));
+    OK(em_store_enroll_token_insert(fx->st, &live, E));
+    em_store_enroll_token_t out;
+    OK(em_store_enroll_token_use(fx->st, old_used.hash, DAY0 + MIN, &out, E));
+
+    /* Whatever the retention periods say (here: keep everything). */
+    em_store_retention_t keep;
+    memset(&keep, 0, sizeof(keep));
+    uint64_t deleted = 0;
+    OK(em_store_prune(fx->st, &keep, now, &deleted, E));
+    assert_int_equal(deleted, 2);
+    rows_t *r = rows_new();
+    OK(em_store_enroll_token_list(fx->st, NULL, on_token, r, E));
+    assert_int_equal(r->n, 2);
+    assert_string_equal(r->key[0], recent.token_id);
+    assert_string_equal(r->key[1], live.token_id);
+    free(r);
+    /* The week is counted from the expiry: exactly 7 days is kept. */
+    OK(em_store_prune(fx->st, &keep, recent.expires_at_ms + 7 * DAY, &deleted, E));
+    assert_int_equal(deleted, 0);
+    OK(em_store_prune(fx->st, &keep, recent.expires_at_ms + 7 * DAY + 1, &deleted, E));
+    assert_int_equal(deleted, 1);
+}
+
+/* Takes the database back to schema version 1: the identity tables and
+ * migration 2's record go, the version-1 tables stay as they are. */
+static void downgrade_to_v1(fixture_t *fx)
+{
+    const char *sql = "DROP TABLE device_certs; DROP TABLE enroll_tokens;"
+                      " DELETE FROM schema_migrations WHERE version = 2;";
+    if (g_backend == BE_SQLITE) {
+        sqlite3 *db = NULL;
+        assert_int_equal(sqlite3_open(fx->db_path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+    } else {
+        PGconn *c = PQconnectdb(fx->url);
+        assert_int_equal(PQstatus(c), CONNECTION_OK);
+        PGresult *res = PQexec(c, sql);
+        assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+        PQclear(res);
+        PQfinish(c);
+    }
+}
+
+static void test_migration_2_upgrades_a_version_1_database_in_place(void **state)
+{
+    fixture_t *fx = fixture(state);
+    assert_int_equal(em_store_schema_version(fx->st), 2);
+    add_device(fx, "dev-1");
+    OK(em_store_group_insert(fx->st, "Floor one", DAY0, E));
+    OK(em_store_member_add(fx->st, "Floor one", "dev-1", E));
+    em_status_t s = status_at(DAY0, 42);
+    OK(em_store_enqueue_status(fx->st, "dev-1", &s, E));
+    flush(fx);
+    em_store_close(fx->st);
+    fx->st = NULL;
+    downgrade_to_v1(fx);
+
+    reopen(fx);
+    assert_int_equal(em_store_schema_version(fx->st), 2);
+    /* Version-1 data is intact. */
+    em_store_device_t d;
+    OK(em_store_device_get(fx->st, "dev-1", &d, E));
+    status_copy_t sc = {0};
+    OK(em_store_status_latest(fx->st, "dev-1", on_status_copy, &sc, E));
+    assert_int_equal(sc.s.battery_level, 42);
+    assert_int_equal(count_history(fx, "dev-1"), 1);
+    rows_t *r = rows_new();
+    OK(em_store_member_list(fx->st, on_member, r, E));
+    assert_int_equal(r->n, 1);
+    free(r);
+    /* And the new tables work. */
+    em_store_enroll_token_t t = enroll_token(1, "dev-1", DAY0, DAY0 + HOUR);
+    OK(em_store_enroll_token_insert(fx->st, &t, E));
+    em_store_device_cert_t c = device_cert("dev-1", "aa01", DAY0);
+    OK(em_store_device_cert_insert(fx->st, &c, E));
+    OK(em_store_device_delete(fx->st, "dev-1", E));
+    assert_int_equal(count_tokens(fx, NULL), 0);
+}
+
+/* ---------------------------------------------------------------------- */
 /* kill -9 loses nothing acknowledged                                      */
 
 #define KILL_DEVICE "dev-kill"
@@ -2429,6 +3010,22 @@ static const struct CMUnitTest tests[] = {
     T(test_large_ingest_lands_completely),
     T(test_reopen_keeps_everything),
     T(test_invalid_utf8_does_not_stop_the_writer),
+    T(test_enroll_token_insert_list_roundtrip),
+    T(test_enroll_token_fields_roundtrip),
+    T(test_enroll_token_insert_duplicate_id_or_hash_is_exists),
+    T(test_enroll_token_insert_for_unknown_device_is_device_not_found),
+    T(test_enroll_token_use_works_once_and_reports_the_first_use),
+    T(test_enroll_token_use_of_unknown_hash_is_not_found),
+    T(test_enroll_token_use_of_expired_token_is_left_to_the_caller),
+    T(test_enroll_token_concurrent_uses_in_threads_exactly_one_wins),
+    T(test_enroll_token_concurrent_uses_in_processes_exactly_one_wins),
+    T(test_device_cert_insert_latest_roundtrip),
+    T(test_device_cert_latest_is_newest_then_last_inserted),
+    T(test_device_cert_duplicate_serial_is_exists_per_device),
+    T(test_device_cert_of_unknown_device_is_device_not_found),
+    T(test_device_delete_removes_its_certificates_and_tokens),
+    T(test_prune_deletes_enrollment_tokens_a_week_after_expiry),
+    T(test_migration_2_upgrades_a_version_1_database_in_place),
     T(test_pg_server_restart_is_survived),
     T(test_kill9_loses_nothing_acknowledged),
 };
