@@ -98,6 +98,7 @@ static void sink_free(sink_t *s)
  * walks one level's siblings, frees their children first, then lets
  * cJSON_Delete free that level (it follows next by itself). cJSON_Parse
  * bounds the nesting (CJSON_NESTING_LIMIT), so the recursion is bounded. */
+// NOLINTNEXTLINE(misc-no-recursion): bounded by cJSON's CJSON_NESTING_LIMIT (see above)
 void agent_json_free(cJSON *j)
 {
     for (cJSON *c = j; c != NULL; c = c->next) {
@@ -225,7 +226,10 @@ static void server_message(const cJSON *json, char *out, size_t size)
         return;
     for (size_t i = 0; msg[i] != '\0' && j + 1 < size && i < AGENT_MESSAGE_SHOWN_MAX; i++) {
         unsigned char c = (unsigned char)msg[i];
-        out[j++] = (c >= ' ' && c < 0x7f) ? (char)c : '?';
+        if (c >= ' ' && c < 0x7f)
+            out[j++] = msg[i];
+        else
+            out[j++] = '?';
     }
     out[j] = '\0';
 }

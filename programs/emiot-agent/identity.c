@@ -303,7 +303,7 @@ int agent_check_api(const char *program, const char *api)
 
 int agent_check_id(const char *program, const char *id)
 {
-    if (!id)
+    if (id == NULL)
         return agent_usage_error(program, "--id is required", NULL);
     if (em_device_id_validate(id, strlen(id), NULL) != EM_OK)
         return agent_usage_error(program, "--id: not 3-50 of [A-Za-z0-9_-]:", id);
