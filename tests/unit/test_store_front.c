@@ -624,6 +624,232 @@ static void test_api_key_role_and_device_must_agree(void **state)
     assert_int_equal(em_store_api_key_insert(f->st, &k, &err), EM_ERR_EXISTS);
 }
 
+/* ---- device identity: argument checks ----------------------------------- */
+
+static em_store_enroll_token_t a_token(void)
+{
+    em_store_enroll_token_t t;
+    memset(&t, 0, sizeof(t));
+    snprintf(t.token_id, sizeof(t.token_id), "e_0123456789ab");
+    snprintf(t.device_id, sizeof(t.device_id), "dev-1");
+    snprintf(t.owner, sizeof(t.owner), "user:alice");
+    memset(t.hash, 0x5a, sizeof(t.hash));
+    t.created_at_ms = T0;
+    t.expires_at_ms = T0 + HOUR_MS;
+    return t;
+}
+
+static void test_enroll_token_insert_refuses_bad_fields_and_writes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    add_device(f->st, "dev-1");
+    em_error_t err;
+    em_store_enroll_token_t t = a_token();
+    snprintf(t.token_id, sizeof(t.token_id), "e_01 23");
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_VALIDATION);
+    assert_string_equal(err.field, "tokenId");
+    t = a_token();
+    t.token_id[0] = '\0';
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_VALIDATION);
+    t = a_token();
+    snprintf(t.device_id, sizeof(t.device_id), "a/b");
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_VALIDATION);
+    t = a_token();
+    snprintf(t.owner, sizeof(t.owner), "user:\nalice");
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_VALIDATION);
+    t = a_token();
+    t.expires_at_ms = -1;
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_VALIDATION);
+    t = a_token();
+    t.used_at_ms = -1;
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_VALIDATION);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM enroll_tokens"), 0);
+    t = a_token();
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_OK);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM enroll_tokens"), 1);
+}
+
+static void test_enroll_token_strings_past_their_maximum_are_invalid_arguments(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    add_device(f->st, "dev-1");
+    em_error_t err;
+    em_store_enroll_token_t t = a_token();
+    memset(t.owner, 'a', sizeof(t.owner)); /* no terminating NUL */
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_INVALID_ARGUMENT);
+    t = a_token();
+    memset(t.token_id, 'a', sizeof(t.token_id));
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_INVALID_ARGUMENT);
+    t = a_token();
+    memset(t.device_id, 'a', sizeof(t.device_id));
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM enroll_tokens"), 0);
+}
+
+static int count_token(const em_store_enroll_token_t *t, void *ud)
+{
+    (void)t;
+    (*(int *)ud)++;
+    return 0;
+}
+
+static void test_enroll_token_calls_refuse_null_arguments(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    em_error_t err;
+    unsigned char hash[32] = {0};
+    em_store_enroll_token_t out;
+    assert_int_equal(em_store_enroll_token_insert(NULL, NULL, &err), EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_enroll_token_insert(f->st, NULL, &err), EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_enroll_token_use(f->st, NULL, T0, &out, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_enroll_token_use(f->st, hash, T0, NULL, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_enroll_token_use(NULL, hash, T0, &out, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_enroll_token_list(f->st, NULL, NULL, NULL, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    int n = 0;
+    assert_int_equal(em_store_enroll_token_list(f->st, "a/b", count_token, &n, &err),
+                     EM_ERR_VALIDATION);
+    assert_int_equal(n, 0);
+}
+
+/* used_at_ms 0 means "not used": a use without a time records the clock's. */
+static void test_enroll_token_use_without_a_time_records_now(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    add_device(f->st, "dev-1");
+    em_error_t err;
+    em_store_enroll_token_t t = a_token();
+    assert_int_equal(em_store_enroll_token_insert(f->st, &t, &err), EM_OK);
+    int64_t before = em_now_ms();
+    em_store_enroll_token_t out;
+    assert_int_equal(em_store_enroll_token_use(f->st, t.hash, 0, &out, &err), EM_OK);
+    assert_int_equal(out.used_at_ms, 0);
+    assert_int_equal(em_store_enroll_token_use(f->st, t.hash, 0, &out, &err), EM_OK);
+    assert_true(out.used_at_ms >= before);
+}
+
+static em_store_device_cert_t a_cert(void)
+{
+    em_store_device_cert_t c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.device_id, sizeof(c.device_id), "dev-1");
+    snprintf(c.serial, sizeof(c.serial), "7F3A00C1D2E3F40516273849AABBCCDD");
+    memset(c.sha256, 'e', 64);
+    snprintf(c.pem, sizeof(c.pem),
+             "-----BEGIN CERTIFICATE-----\r\nMIIB\r\n"
+             "-----END CERTIFICATE-----\r\n");
+    c.not_after_ms = T0 + DAY_MS;
+    c.created_at_ms = T0;
+    return c;
+}
+
+static void test_device_cert_insert_refuses_bad_fields_and_writes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    add_device(f->st, "dev-1");
+    em_error_t err;
+    em_store_device_cert_t *c = malloc(sizeof(*c));
+    assert_non_null(c);
+    *c = a_cert();
+    c->serial[0] = '\0';
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    assert_string_equal(err.field, "serial");
+    *c = a_cert();
+    c->serial[3] = 'g';
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    *c = a_cert();
+    c->sha256[63] = '\0';
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    assert_string_equal(err.field, "sha256");
+    *c = a_cert();
+    c->sha256[0] = 'x';
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    *c = a_cert();
+    snprintf(c->pem, sizeof(c->pem), "MIIB...");
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    assert_string_equal(err.field, "pem");
+    *c = a_cert();
+    snprintf(c->pem, sizeof(c->pem), "-----BEGIN PRIVATE KEY-----\nMIIB\n");
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    *c = a_cert();
+    c->pem[30] = '\x01';
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    *c = a_cert();
+    snprintf(c->device_id, sizeof(c->device_id), "x");
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    *c = a_cert();
+    c->not_after_ms = -1;
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_VALIDATION);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM device_certs"), 0);
+    /* Upper-case hex and CRLF line ends are fine. */
+    *c = a_cert();
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_OK);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM device_certs"), 1);
+    free(c);
+}
+
+static void test_device_cert_strings_past_their_maximum_are_invalid_arguments(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    add_device(f->st, "dev-1");
+    em_error_t err;
+    em_store_device_cert_t *c = malloc(sizeof(*c));
+    assert_non_null(c);
+    *c = a_cert();
+    memset(c->serial, 'a', sizeof(c->serial)); /* 41 hex digits, no NUL */
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_INVALID_ARGUMENT);
+    *c = a_cert();
+    memset(c->sha256, 'a', sizeof(c->sha256));
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_INVALID_ARGUMENT);
+    *c = a_cert();
+    memset(c->pem, 'A', sizeof(c->pem));
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM device_certs"), 0);
+    /* 40 hex digits is the longest serial. */
+    *c = a_cert();
+    memset(c->serial, 'a', sizeof(c->serial) - 1);
+    assert_int_equal(em_store_device_cert_insert(f->st, c, &err), EM_OK);
+    free(c);
+}
+
+static int count_cert(const em_store_device_cert_t *c, void *ud)
+{
+    (void)c;
+    (*(int *)ud)++;
+    return 0;
+}
+
+static void test_device_cert_calls_refuse_null_arguments(void **state)
+{
+    fixture_t *f = *state;
+    open_fixture(f);
+    em_error_t err;
+    em_store_device_cert_t *out = malloc(sizeof(*out));
+    assert_non_null(out);
+    int n = 0;
+    assert_int_equal(em_store_device_cert_insert(f->st, NULL, &err), EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_device_cert_latest(f->st, "dev-1", NULL, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_device_cert_latest(f->st, NULL, out, &err), EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_device_cert_latest(NULL, "dev-1", out, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_device_cert_list(f->st, "dev-1", NULL, NULL, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(em_store_device_cert_list(f->st, NULL, count_cert, &n, &err),
+                     EM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(n, 0);
+    free(out);
+}
+
 /* ---- the queue and the writer ------------------------------------------ */
 
 static void test_enqueued_statuses_are_all_committed_after_flush(void **state)
@@ -987,6 +1213,20 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_user_with_device_role_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_key_role_and_device_must_agree, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_enroll_token_insert_refuses_bad_fields_and_writes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_enroll_token_strings_past_their_maximum_are_invalid_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_enroll_token_calls_refuse_null_arguments, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_enroll_token_use_without_a_time_records_now, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_device_cert_insert_refuses_bad_fields_and_writes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_device_cert_strings_past_their_maximum_are_invalid_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_cert_calls_refuse_null_arguments, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_enqueued_statuses_are_all_committed_after_flush, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_full_queue_makes_enqueue_wait_and_loses_nothing,
