@@ -45,13 +45,15 @@ void em_pki_free(em_pki_t *pki)
     free(pki);
 }
 
-/* An em_pki_t with its paths set and nothing else. */
-static em_err_t pki_alloc(const char *dir, em_pki_t **out, em_error_t *err)
+/* An em_pki_t with its paths set and nothing else; NULL (err filled with
+ * EM_ERR_NOMEM) when out of memory. */
+static em_pki_t *pki_alloc(const char *dir, em_error_t *err)
 {
-    *out = NULL;
     em_pki_t *pki = calloc(1, sizeof(*pki));
-    if (pki == NULL)
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+    if (pki == NULL) {
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
+        return NULL;
+    }
     pki->lock_fd = -1;
     pki->crl_days = EM__PKI_CRL_DAYS;
     pki->dir = strdup(dir);
@@ -63,11 +65,11 @@ static em_err_t pki_alloc(const char *dir, em_pki_t **out, em_error_t *err)
     if (pki->dir == NULL || pki->ca_file == NULL || pki->crl_file == NULL ||
         pki->index_file == NULL || pki->crlnumber_file == NULL || pki->certs_dir == NULL) {
         em_pki_free(pki);
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL,
-                            "out of memory (or a CA directory path that is too long)");
+        em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL,
+                     "out of memory (or a CA directory path that is too long)");
+        return NULL;
     }
-    *out = pki;
-    return EM_OK;
+    return pki;
 }
 
 static em_err_t open_lock(em_pki_t *pki, bool create, em_error_t *err)
@@ -190,10 +192,10 @@ em_err_t em_pki_open(const char *dir, const em_keystore_secret_t *secret, em_pkc
     if (out == NULL || dir == NULL || dir[0] == '\0')
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA directory");
     *out = NULL;
-    em_pki_t *pki;
-    em_err_t rc = pki_alloc(dir, &pki, err);
-    if (rc != EM_OK)
-        return rc;
+    em_pki_t *pki = pki_alloc(dir, err);
+    if (pki == NULL)
+        return EM_ERR_NOMEM;
+    em_err_t rc;
     rc = read_certs(pki->ca_file, &pki->ca, &pki->chain, err);
     if (rc == EM_ERR_NOT_FOUND)
         em_error_set(err, EM_ERR_NOT_FOUND, EM_SEV_MEDIUM, NULL, "no CA in %s", dir);
@@ -476,10 +478,10 @@ em_err_t em_pki_init(const char *dir, const em_pki_init_options_t *opts, em_erro
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, "secret",
                             "a secret is needed to seal the CA key");
 
-    em_pki_t *pki;
-    em_err_t rc = pki_alloc(dir, &pki, err);
-    if (rc != EM_OK)
-        return rc;
+    em_pki_t *pki = pki_alloc(dir, err);
+    if (pki == NULL)
+        return EM_ERR_NOMEM;
+    em_err_t rc;
     pki->crl_days = crl_days;
     created_t c = {0};
     rc = make_dir(pki, &c, err);
@@ -580,9 +582,9 @@ em_err_t em_pki_import(const char *dir, const char *cert_file, const char *key_r
         return rc;
     }
 
-    em_pki_t *pki;
-    rc = pki_alloc(dir, &pki, err);
-    if (rc != EM_OK) {
+    em_pki_t *pki = pki_alloc(dir, err);
+    if (pki == NULL) {
+        rc = EM_ERR_NOMEM;
         EVP_PKEY_free(key);
         X509_free(ca);
         sk_X509_pop_free(chain, X509_free);

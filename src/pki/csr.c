@@ -61,7 +61,7 @@ em_err_t em__pki_csr_check(const char *csr_pem, size_t len, X509_REQ **req, em_e
     *req = NULL;
     if (csr_pem == NULL || len == 0)
         return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, "csr", "no CSR");
-    if (len > EM_PKI_CSR_MAX)
+    if (len > (size_t)EM_PKI_CSR_MAX)
         return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, "csr",
                             "the CSR is larger than %d bytes", EM_PKI_CSR_MAX);
     BIO *bio = BIO_new_mem_buf(csr_pem, (int)len);

@@ -25,17 +25,20 @@
 
 char *em__pki_path(const char *dir, const char *name)
 {
-    size_t n = strlen(dir) + 1 + strlen(name) + 1;
-    if (n > EM__PKI_PATH_MAX)
-        return NULL;
     size_t dl = strlen(dir);
     size_t nl = strlen(name);
-    char *p = malloc(n);
-    if (p != NULL) {
-        memcpy(p, dir, dl);
-        p[dl] = '/';
-        memcpy(p + dl + 1, name, nl + 1);
-    }
+    if (dl + 1 + nl + 1 > EM__PKI_PATH_MAX)
+        return NULL;
+    char *p = malloc(dl + 1 + nl + 1);
+    if (p == NULL)
+        return NULL;
+    /* Both lengths are known: copies of exact sizes, terminated by hand. */
+    for (size_t i = 0; i < dl; i++)
+        p[i] = dir[i];
+    p[dl] = '/';
+    for (size_t i = 0; i < nl; i++)
+        p[dl + 1 + i] = name[i];
+    p[dl + 1 + nl] = '\0';
     return p;
 }
 

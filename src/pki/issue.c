@@ -32,13 +32,24 @@
 
 /* ---- small helpers shared by the PKI ---------------------------------------- */
 
+/* n bytes as 2n lower-case hex digits and a NUL. */
+static void hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char HEX[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = HEX[in[i] >> 4];
+        out[2 * i + 1] = HEX[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 bool em__pki_asn1_time_ms(const ASN1_TIME *t, int64_t *out)
 {
     struct tm tm;
     if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
         return false;
     time_t s = timegm(&tm);
-    if (s == (time_t)-1 || s < 0 || s > INT64_MAX / 1000)
+    if (s < 0 || s > INT64_MAX / 1000)
         return false;
     *out = (int64_t)s * 1000;
     return true;
@@ -60,12 +71,7 @@ bool em__pki_serial_hex(const ASN1_INTEGER *serial, char *out, size_t size)
         return false;
     }
     BN_free(bn);
-    static const char HEX[] = "0123456789abcdef";
-    for (int i = 0; i < n; i++) {
-        out[2 * i] = HEX[buf[i] >> 4];
-        out[2 * i + 1] = HEX[buf[i] & 15];
-    }
-    out[2 * n] = '\0';
+    hex_encode(buf, (size_t)n, out);
     return true;
 }
 
@@ -123,12 +129,7 @@ void em_pki_fingerprint(X509 *cert, char out[EM_PKI_SHA256_LEN + 1])
     out[0] = '\0';
     if (cert == NULL || X509_digest(cert, EVP_sha256(), md, &n) != 1 || n != 32)
         return;
-    static const char HEX[] = "0123456789abcdef";
-    for (unsigned i = 0; i < n; i++) {
-        out[2 * i] = HEX[md[i] >> 4];
-        out[2 * i + 1] = HEX[md[i] & 15];
-    }
-    out[2 * n] = '\0';
+    hex_encode(md, n, out);
 }
 
 /* ---- building certificates --------------------------------------------------- */
@@ -248,7 +249,9 @@ static bool dns_name_valid(const char *s)
     }
     size_t label = 0;
     for (size_t i = 0; i <= len; i++) {
-        char c = i < len ? s[i] : '.';
+        char c = '.';
+        if (i < len)
+            c = s[i];
         if (c == '.') {
             if (label == 0 || label > 63 || s[i - 1] == '-')
                 return false;
@@ -476,8 +479,7 @@ em_err_t em__pki_issue_key(em_pki_t *pki, const em_pki_issue_options_t *o, EVP_P
     for (int i = 0; i < SERIAL_ATTEMPTS && !fresh; i++) {
         if (!random_serial(serial))
             break;
-        for (int j = 0; j < SERIAL_BYTES; j++)
-            snprintf(c.serial + 2 * j, 3, "%02x", serial[j]);
+        hex_encode(serial, SERIAL_BYTES, c.serial);
         fresh = em__pki_index_find(&pki->index, c.serial) == NULL;
     }
     X509 *cert = NULL;

@@ -30,14 +30,14 @@
 #define EM__PKI_LOCK      "lock"
 
 #define EM__PKI_PATH_MAX       4096
-#define EM__PKI_PEM_FILE_MAX   (1024 * 1024) /* ca.crt, a certificate, a CRL head */
-#define EM__PKI_CRL_FILE_MAX   (256 * 1024 * 1024)
+#define EM__PKI_PEM_FILE_MAX   (1024L * 1024) /* ca.crt, a certificate, a CRL head */
+#define EM__PKI_CRL_FILE_MAX   (256L * 1024 * 1024)
 #define EM__PKI_SKEW_S         300 /* not_before = now - 5 minutes */
 #define EM__PKI_CRL_DAYS       30
 #define EM__PKI_CA_DAYS        3650
 #define EM__PKI_RSA_BITS_MAX   8192
 #define EM__PKI_SIG_MAX        1024 /* bytes: an RSA-8192 signature */
-#define EM__PKI_VERIFY_PEM_MAX (64 * 1024)
+#define EM__PKI_VERIFY_PEM_MAX (64L * 1024)
 
 /* The index in memory: records in file order. */
 typedef struct em__pki_index {

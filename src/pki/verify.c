@@ -398,7 +398,7 @@ em_err_t em_verifier_check_pem(em_verifier_t *v, const char *pem, size_t len,
 {
     if (pem == NULL || len == 0 || len > EM__PKI_VERIFY_PEM_MAX)
         return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, "certificate",
-                            "no certificate, or one larger than %d bytes", EM__PKI_VERIFY_PEM_MAX);
+                            "no certificate, or one larger than %ld bytes", EM__PKI_VERIFY_PEM_MAX);
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
     STACK_OF(X509) *chain = sk_X509_new_null();
     if (bio == NULL || chain == NULL) {
