@@ -117,7 +117,8 @@ em_err_t em__daemon_identity_open(em_daemon_t *d, em_error_t *err)
         /* The broker may be down: the API answers 503 until the retry
          * timer (em__daemon_identity_start) connects. */
         if (connect_dynsec(d, &e) != EM_OK) {
-            if (e.code == EM_ERR_CONFIGURATION || e.code == EM_ERR_AUTHENTICATION) {
+            if (e.code == EM_ERR_CONFIGURATION || e.code == EM_ERR_AUTHENTICATION ||
+                e.code == EM_ERR_PERMISSION_DENIED) {
                 if (err != NULL)
                     *err = e;
                 return e.code;

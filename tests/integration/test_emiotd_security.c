@@ -28,9 +28,12 @@
 
 #include <cjson/cJSON.h>
 #include <cmocka.h>
+#include <fcntl.h>
+#include <openssl/pem.h>
 
 #include "broker.h"
 #include "daemon.h"
+#include "emiot/keystore.h"
 #include "testutil.h"
 
 /* The system python3, where Debian's python3-jwt and python3-cryptography
@@ -446,6 +449,52 @@ static void mint(const char *mode, const char *claims_json, char *tok, size_t si
 
 /* ---- set-up -------------------------------------------------------------- */
 
+/* The daemon seals its JWT key with its keystore key file (DATA/keystore.key):
+ * the forging tests need the key itself, as an attacker who stole both files
+ * would. Checks that the file on disk is sealed, then writes the PEM to a 0600
+ * file in the daemon's directory and points jwt_key at it. */
+static int unseal_jwt_key(void)
+{
+    unsigned char head[16];
+    size_t len = 0;
+    FILE *in = fopen(jwt_key, "rb");
+    if (in != NULL) {
+        len = fread(head, 1, sizeof(head), in);
+        fclose(in);
+    }
+    if (!em_keystore_is_sealed(head, len)) {
+        fprintf(stderr, "JWT key %s is not sealed in a keystore\n", jwt_key);
+        return -1;
+    }
+    char ks[EM_TEST_PATH_MAX + 16];
+    snprintf(ks, sizeof(ks), "%s/keystore.key", dmn.data_dir);
+    em_keystore_secret_t *secret = NULL;
+    EVP_PKEY *key = NULL;
+    em_error_t err;
+    em_error_clear(&err);
+    if (em_keystore_secret_key_file(ks, &secret, &err) != EM_OK ||
+        em_key_load(jwt_key, secret, NULL, false, &key, &err) != EM_OK) {
+        fprintf(stderr, "cannot unseal %s: %s\n", jwt_key, err.message);
+        em_keystore_secret_free(secret);
+        return -1;
+    }
+    em_keystore_secret_free(secret);
+    snprintf(jwt_key, sizeof(jwt_key), "%s/jwt-unsealed.pem", dmn.dir);
+    FILE *f = NULL;
+    int fd = open(jwt_key, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd >= 0)
+        f = fdopen(fd, "w");
+    int rc = f != NULL && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) == 1 ? 0 : -1;
+    if (f != NULL)
+        fclose(f);
+    else if (fd >= 0)
+        close(fd);
+    EVP_PKEY_free(key);
+    if (rc != 0)
+        fprintf(stderr, "cannot write %s\n", jwt_key);
+    return rc;
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -469,6 +518,8 @@ static int group_setup(void **state)
                 (unsigned)(st.st_mode & 0777));
         return -1;
     }
+    if (unseal_jwt_key() != 0)
+        return -1;
     /* The daemon's issuer and audience, read from a token it issued. */
     char *buf = malloc(BODY_MAX);
     if (buf == NULL)
