@@ -576,6 +576,46 @@ static void test_unwritable_directory_fails_before_the_token_is_spent(void **sta
     assert_int_equal(run_enroll("enr-nodir-01", &ok, NULL), ST_OK);
 }
 
+static void test_disabled_device_is_refused(void **state)
+{
+    enroll_files_t f;
+    char token[128], out[BODY_MAX];
+    (void)state;
+
+    files_init(&f);
+    register_device("enr-off-01");
+    new_token("enr-off-01", token, sizeof token);
+    write_file(f.tok, token, 0600);
+    assert_int_equal(em_test_daemon_request(&fx.d, fx.d.admin_key, "PATCH",
+                                            "/api/v1/devices/enr-off-01", "{\"enabled\":false}",
+                                            out, sizeof out),
+                     200);
+    assert_int_equal(run_enroll("enr-off-01", &f, NULL), ST_REFUSED);
+    assert_int_equal(count_entries(f.dir), 0);
+}
+
+static void test_daemon_without_a_ca_is_a_server_error(void **state)
+{
+    em_test_daemon_t bare;
+    enroll_files_t f;
+    (void)state;
+
+    memset(&bare, 0, sizeof bare);
+    assert_int_equal(em_test_daemon_start(&bare, NULL, NULL), 0);
+    files_init(&f);
+    write_file(f.tok, "enr_0123456789abcdef0123456789abcdef0123456789abcdef\n", 0600);
+    {
+        const char *argv[] = {AGENT,       "enroll", "--api",       bare.url,       "--ca",
+                              bare.ca,     "--id",   "enr-bare-01", "--token-file", f.tok,
+                              "--key-out", f.key,    "--cert-out",  f.cert,         NULL};
+        int rc = agent(argv, f.log);
+        em_test_daemon_cleanup(&bare);
+        assert_int_equal(rc, ST_SERVER);
+    }
+    assert_true(file_contains(f.log, "503"));
+    assert_int_equal(count_entries(f.dir), 0);
+}
+
 static void test_api_certificate_from_another_ca_is_a_connection_error(void **state)
 {
     enroll_files_t f;
@@ -872,6 +912,8 @@ int main(void)
         cmocka_unit_test(test_token_on_the_command_line_is_refused_without_echo),
         cmocka_unit_test(test_existing_key_is_kept_and_the_token_not_spent_without_force),
         cmocka_unit_test(test_unwritable_directory_fails_before_the_token_is_spent),
+        cmocka_unit_test(test_disabled_device_is_refused),
+        cmocka_unit_test(test_daemon_without_a_ca_is_a_server_error),
         cmocka_unit_test(test_api_certificate_from_another_ca_is_a_connection_error),
         cmocka_unit_test(test_unreachable_api_is_a_connection_error),
         cmocka_unit_test(test_plain_http_api_is_a_usage_error),
