@@ -24,8 +24,9 @@
 #include "emiot/log.h"
 #include "emiot/pki.h"
 
-#define MODULE         "daemon"
-#define DYNSEC_RETRY_S 30
+#define MODULE          "daemon"
+#define DYNSEC_RETRY_S  30
+#define CRL_REPUBLISH_S 86400 /* a CRL lives crl_days (30 by default): renew it daily */
 
 static em_err_t open_secret(em_daemon_t *d, em_error_t *err)
 {
@@ -130,8 +131,33 @@ em_err_t em__daemon_identity_open(em_daemon_t *d, em_error_t *err)
     return rc;
 }
 
+/* A CRL past its nextUpdate makes every certificate of the CA fail
+ * ("revocation status unknown"), in emiotd, OpenSSL and the broker alike:
+ * while it holds the CA, emiotd publishes a fresh one at start and daily. */
+static void on_crl_republish(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    em_daemon_t *d = arg;
+    em_error_t e;
+    em_error_clear(&e);
+    if (em_pki_crl_publish(d->pki, 0, &e) != EM_OK) {
+        em__daemon_log_error("pki: cannot publish a fresh CRL", &e);
+        return;
+    }
+    em_log_field_t f[] = {EM_LOG_STR("file", em_pki_crl_file(d->pki))};
+    em_log(EM_LOG_INFO, MODULE, NULL, "pki: published a fresh CRL", f, 1);
+}
+
 em_err_t em__daemon_identity_start(em_daemon_t *d, em_error_t *err)
 {
+    if (d->pki != NULL) {
+        on_crl_republish(-1, 0, d);
+        d->ev_crl = event_new(d->base, -1, EV_PERSIST, on_crl_republish, d);
+        struct timeval day = {CRL_REPUBLISH_S, 0};
+        if (d->ev_crl == NULL || event_add(d->ev_crl, &day) != 0)
+            return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "cannot add the CRL timer");
+    }
     if (d->cfg.dynsec_url[0] == '\0' || d->dynsec != NULL)
         return EM_OK;
     d->ev_dynsec = event_new(d->base, -1, EV_PERSIST, on_dynsec_retry, d);
@@ -150,6 +176,10 @@ void em__daemon_identity_api_options(const em_daemon_t *d, em_api_options_t *ao)
 
 void em__daemon_identity_close(em_daemon_t *d)
 {
+    if (d->ev_crl != NULL) {
+        event_free(d->ev_crl);
+        d->ev_crl = NULL;
+    }
     if (d->ev_dynsec != NULL) {
         event_free(d->ev_dynsec);
         d->ev_dynsec = NULL;

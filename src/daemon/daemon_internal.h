@@ -65,6 +65,7 @@ struct em_daemon {
     em_pki_t *pki;                  /* [pki] dir, or NULL */
     em_dynsec_t *dynsec;            /* [dynsec], or NULL (not configured or not yet connected) */
     struct event *ev_dynsec;        /* retries the dynsec connection */
+    struct event *ev_crl;           /* republishes the CA's CRL daily */
 
     /* The connector thread. */
     pthread_t connector;
