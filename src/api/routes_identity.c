@@ -206,7 +206,7 @@ static char *read_text_file(const char *path, size_t max)
     char *buf = malloc(max + 1);
     size_t n = buf != NULL ? fread(buf, 1, max + 1, f) : 0;
     bool ok = buf != NULL && !ferror(f) && n > 0 && n <= max;
-    fclose(f);
+    (void)fclose(f); /* read only: nothing to lose */
     if (!ok) {
         free(buf);
         return NULL;
@@ -552,7 +552,7 @@ static void list_certificates(em__api_req_t *r)
 static bool csr_ok(em__api_req_t *r, const char *id, const char *csr, size_t len)
 {
     char msg[EM_ERROR_MESSAGE_MAX + 16];
-    if (len == 0 || len > EM_PKI_CSR_MAX) {
+    if (len == 0 || len > (size_t)EM_PKI_CSR_MAX) {
         snprintf(msg, sizeof msg, "csr: must be a PEM certificate request of at most %d bytes",
                  EM_PKI_CSR_MAX);
         refuse(r, 400, "validation", msg, "enroll_refused", EM_SEV_MEDIUM, id, msg);
@@ -614,6 +614,58 @@ static cJSON *enroll_answer(em__api_req_t *r, const char *pem, const em_pki_cert
     return data;
 }
 
+/*
+ * The enrollment token tok presented for device id: its shape, then used
+ * (burnt) by this presentation whatever follows; unknown, already used,
+ * expired or another device's is refused. Returns false when it answered;
+ * *t receives the token's record.
+ */
+static bool use_token(em__api_req_t *r, const char *id, const char *tok, em_store_enroll_token_t *t)
+{
+    static const char *const type = "enroll_refused";
+    size_t tlen = strlen(tok);
+    if (!em__id_token_shape_ok(tok, tlen)) {
+        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, "malformed enrollment token");
+        return false;
+    }
+    unsigned char hash[32];
+    if (!sha256(tok, tlen, hash)) {
+        em__api_error(r, 500, NULL, NULL, "SHA-256 failed");
+        return false;
+    }
+    memset(t, 0, sizeof *t);
+    em_error_t e;
+    em_error_clear(&e);
+    em_err_t rc = em_store_enroll_token_use(r->store, hash, r->now_ms, t, &e);
+    OPENSSL_cleanse(hash, sizeof hash);
+    if (rc == EM_ERR_NOT_FOUND) {
+        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, "unknown enrollment token");
+        return false;
+    }
+    if (rc != EM_OK) {
+        em__api_error_from(r, rc, &e);
+        return false;
+    }
+    char why[160];
+    if (t->used_at_ms != 0) {
+        snprintf(why, sizeof why, "enrollment token %s used again", t->token_id);
+        refuse(r, 401, NULL, NULL, type, EM_SEV_HIGH, id, why);
+        return false;
+    }
+    if (t->expires_at_ms <= r->now_ms) {
+        snprintf(why, sizeof why, "enrollment token %s expired", t->token_id);
+        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, why);
+        return false;
+    }
+    if (strcmp(t->device_id, id) != 0) {
+        snprintf(why, sizeof why, "enrollment token %s of device %s presented for another",
+                 t->token_id, t->device_id);
+        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, why);
+        return false;
+    }
+    return true;
+}
+
 static void enroll(em__api_req_t *r)
 {
     static const char *const type = "enroll_refused";
@@ -631,53 +683,15 @@ static void enroll(em__api_req_t *r)
         return;
     const char *id = b.device_id, *tok = b.token, *csr = b.csr;
 
-    /* The token: its shape, then used (burnt) by this presentation. */
-    size_t tlen = strlen(tok);
-    if (!em__id_token_shape_ok(tok, tlen)) {
-        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, "malformed enrollment token");
-        goto out;
-    }
-    unsigned char hash[32];
-    if (!sha256(tok, tlen, hash)) {
-        em__api_error(r, 500, NULL, NULL, "SHA-256 failed");
-        goto out;
-    }
     em_store_enroll_token_t t;
-    memset(&t, 0, sizeof t);
-    em_error_t e;
-    em_error_clear(&e);
-    em_err_t rc = em_store_enroll_token_use(r->store, hash, r->now_ms, &t, &e);
-    OPENSSL_cleanse(hash, sizeof hash);
-    if (rc == EM_ERR_NOT_FOUND) {
-        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, "unknown enrollment token");
+    if (!use_token(r, id, tok, &t))
         goto out;
-    }
-    if (rc != EM_OK) {
-        em__api_error_from(r, rc, &e);
-        goto out;
-    }
-    char why[160];
-    if (t.used_at_ms != 0) {
-        snprintf(why, sizeof why, "enrollment token %s used again", t.token_id);
-        refuse(r, 401, NULL, NULL, type, EM_SEV_HIGH, id, why);
-        goto out;
-    }
-    if (t.expires_at_ms <= r->now_ms) {
-        snprintf(why, sizeof why, "enrollment token %s expired", t.token_id);
-        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, why);
-        goto out;
-    }
-    if (strcmp(t.device_id, id) != 0) {
-        snprintf(why, sizeof why, "enrollment token %s of device %s presented for another",
-                 t.token_id, t.device_id);
-        refuse(r, 401, NULL, NULL, type, EM_SEV_MEDIUM, id, why);
-        goto out;
-    }
 
     /* The device: registered and enabled. */
     bool enabled = false;
+    em_error_t e;
     em_error_clear(&e);
-    rc = device_state(r, id, &enabled, &e);
+    em_err_t rc = device_state(r, id, &enabled, &e);
     if (rc != EM_OK && rc != EM_ERR_DEVICE_NOT_FOUND) {
         em__api_error_from(r, rc, &e);
         goto out;
@@ -964,7 +978,6 @@ static void device_token(em__api_req_t *r)
     X509 *cert = NULL;
     STACK_OF(X509) *chain = NULL;
     unsigned char *sig = NULL;
-    char *msg = NULL;
     const char *id = b.device_id, *nonce = b.nonce, *sig_text = b.signature,
                *presented = b.certificate;
 
@@ -1021,20 +1034,16 @@ static void device_token(em__api_req_t *r)
         goto out;
     }
 
-    /* The signature over exactly "emiot-device-auth-v1\n<id>\n<nonce>". */
-    size_t idlen = strlen(id);
-    size_t mlen = sizeof AUTH_MSG_PREFIX - 1 + idlen + 1 + nlen;
-    msg = malloc(mlen);
-    if (msg == NULL) {
-        em__api_error(r, 500, NULL, NULL, "out of memory");
+    /* The signature over exactly "emiot-device-auth-v1\n<id>\n<nonce>" (the
+     * id is a valid id and the nonce was one: both are short). */
+    char msg[sizeof AUTH_MSG_PREFIX + EM_DEVICE_ID_MAX + 1 + EM__NONCE_TEXT + 1];
+    int mlen = snprintf(msg, sizeof msg, AUTH_MSG_PREFIX "%s\n%s", id, nonce);
+    if (mlen < 0 || (size_t)mlen >= sizeof msg) {
+        em__api_error(r, 500, NULL, NULL, "challenge message too long");
         goto out;
     }
-    memcpy(msg, AUTH_MSG_PREFIX, sizeof AUTH_MSG_PREFIX - 1);
-    memcpy(msg + sizeof AUTH_MSG_PREFIX - 1, id, idlen);
-    msg[sizeof AUTH_MSG_PREFIX - 1 + idlen] = '\n';
-    memcpy(msg + sizeof AUTH_MSG_PREFIX + idlen, nonce, nlen);
     em_error_clear(&e);
-    if (em_pki_verify_signature(cert, msg, mlen, sig, (size_t)sig_len, &e) != EM_OK) {
+    if (em_pki_verify_signature(cert, msg, (size_t)mlen, sig, (size_t)sig_len, &e) != EM_OK) {
         refuse(r, 401, NULL, NULL, type, EM_SEV_HIGH, id, "signature does not verify");
         goto out;
     }
@@ -1079,7 +1088,6 @@ out:
     X509_free(cert);
     sk_X509_pop_free(chain, X509_free);
     free(sig);
-    free(msg);
     cJSON_Delete(body);
 }
 
