@@ -520,7 +520,7 @@ static const char *check_claims(em_api_t *api, const cJSON *c, int64_t now_ms,
         return "no valid iat";
     if (iat_s > now_s + JWT_SKEW_S)
         return "issued in the future";
-    if (exp_s - iat_s > EM__API_DEVICE_JWT_TTL_MAX)
+    if (exp_s - iat_s > (int64_t)EM__API_DEVICE_JWT_TTL_MAX)
         return "lifetime too long";
     if (cJSON_GetObjectItemCaseSensitive(c, "nbf") != NULL) {
         if (!claim_time(c, "nbf", &nbf_s))
