@@ -68,6 +68,7 @@ typedef struct key_def {
 #define C(f)  offsetof(em_daemon_config_t, f), sizeof(((em_daemon_config_t *)0)->f)
 #define L(f)  offsetof(em_daemon_listener_t, f), sizeof(((em_daemon_listener_t *)0)->f)
 #define NOLIM 0, 0, NULL
+#define DAY_S 86400LL
 
 static const key_def_t k_keys[] = {
     {EM__SEC_DAEMON, "data_dir", K_PATH, C(data_dir), NOLIM},
@@ -146,10 +147,11 @@ static const key_def_t k_keys[] = {
     {EM__SEC_PKI, "dir", K_PATH, C(pki_dir), NOLIM},
     {EM__SEC_PKI, "ca_file", K_PATH, C(pki_ca_file), NOLIM},
     {EM__SEC_PKI, "crl_file", K_PATH, C(pki_crl_file), NOLIM},
-    {EM__SEC_PKI, "device_cert_days", K_INT, C(device_cert_days), 1, EM_PKI_DAYS_MAX, NULL},
-    {EM__SEC_PKI, "enroll_token_ttl", K_INT, C(enroll_token_ttl_s), 1, 31 * 86400, NULL},
-    {EM__SEC_PKI, "enroll_token_ttl_max", K_INT, C(enroll_token_ttl_max_s), 1, 365 * 86400, NULL},
-    {EM__SEC_PKI, "device_token_ttl", K_INT, C(device_token_ttl_s), 60, 7 * 86400, NULL},
+    {EM__SEC_PKI, "device_cert_days", K_INT, C(device_cert_days), 1, (long long)EM_PKI_DAYS_MAX,
+     NULL},
+    {EM__SEC_PKI, "enroll_token_ttl", K_INT, C(enroll_token_ttl_s), 1, 31 * DAY_S, NULL},
+    {EM__SEC_PKI, "enroll_token_ttl_max", K_INT, C(enroll_token_ttl_max_s), 1, 365 * DAY_S, NULL},
+    {EM__SEC_PKI, "device_token_ttl", K_INT, C(device_token_ttl_s), 60, 7 * DAY_S, NULL},
     {EM__SEC_PKI, "nonce_ttl", K_INT, C(nonce_ttl_s), 1, 300, NULL},
     {EM__SEC_PKI, "nonces_max", K_SIZE, C(nonces_max), 1, 1000000, NULL},
 
@@ -175,6 +177,7 @@ static const key_def_t k_keys[] = {
 #undef C
 #undef L
 #undef NOLIM
+#undef DAY_S
 
 #define NKEYS (sizeof(k_keys) / sizeof(k_keys[0]))
 

@@ -425,6 +425,32 @@ static em_err_t open_store(em_daemon_t *d, em_error_t *err)
     return rc;
 }
 
+/* The manager, loaded with the stored registry, then listened to. */
+static em_err_t start_manager(em_daemon_t *d, em_error_t *err)
+{
+    em_manager_options_t mo;
+    em_daemon_config_manager_options(&d->cfg, &mo);
+    d->mgr = em_manager_new(&mo, err);
+    if (d->mgr == NULL)
+        return err != NULL && err->code != EM_OK ? err->code : EM_ERR_NOMEM;
+    em_err_t rc = em__daemon_load_registry(d, err);
+    if (rc != EM_OK)
+        return rc;
+    /* After loading: registering the stored devices is not news. */
+    rc = em_manager_on(
+        d->mgr,
+        EM_EVENT_MASK(EM_EVENT_STATUS) | EM_EVENT_MASK(EM_EVENT_TELEMETRY) |
+            EM_EVENT_MASK(EM_EVENT_COMMAND_RESPONSE) | EM_EVENT_MASK(EM_EVENT_COMMAND_ACKED) |
+            EM_EVENT_MASK(EM_EVENT_DEVICE_EVENT) | EM_EVENT_MASK(EM_EVENT_DEVICE_OFFLINE) |
+            EM_EVENT_MASK(EM_EVENT_DEVICE_ONLINE) | EM_EVENT_MASK(EM_EVENT_ERROR) |
+            EM_EVENT_MASK(EM_EVENT_CONNECTED) | EM_EVENT_MASK(EM_EVENT_DISCONNECTED),
+        em__daemon_on_manager_event, d);
+    if (rc != EM_OK)
+        return em_error_set(err, rc, EM_SEV_HIGH, NULL, "cannot listen to the manager's events");
+    d->listening = true;
+    return EM_OK;
+}
+
 em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *hooks,
                        em_daemon_t **out, em_error_t *err)
 {
@@ -466,30 +492,8 @@ em_err_t em_daemon_new(const em_daemon_config_t *cfg, const em_daemon_hooks_t *h
         rc = em__daemon_identity_open(d, err);
     if (rc == EM_OK)
         rc = open_store(d, err);
-    if (rc == EM_OK) {
-        em_manager_options_t mo;
-        em_daemon_config_manager_options(&d->cfg, &mo);
-        d->mgr = em_manager_new(&mo, err);
-        if (d->mgr == NULL)
-            rc = err != NULL && err->code != EM_OK ? err->code : EM_ERR_NOMEM;
-    }
     if (rc == EM_OK)
-        rc = em__daemon_load_registry(d, err);
-    if (rc == EM_OK) {
-        /* After loading: registering the stored devices is not news. */
-        rc = em_manager_on(
-            d->mgr,
-            EM_EVENT_MASK(EM_EVENT_STATUS) | EM_EVENT_MASK(EM_EVENT_TELEMETRY) |
-                EM_EVENT_MASK(EM_EVENT_COMMAND_RESPONSE) | EM_EVENT_MASK(EM_EVENT_COMMAND_ACKED) |
-                EM_EVENT_MASK(EM_EVENT_DEVICE_EVENT) | EM_EVENT_MASK(EM_EVENT_DEVICE_OFFLINE) |
-                EM_EVENT_MASK(EM_EVENT_DEVICE_ONLINE) | EM_EVENT_MASK(EM_EVENT_ERROR) |
-                EM_EVENT_MASK(EM_EVENT_CONNECTED) | EM_EVENT_MASK(EM_EVENT_DISCONNECTED),
-            em__daemon_on_manager_event, d);
-        if (rc == EM_OK)
-            d->listening = true;
-        else
-            em_error_set(err, rc, EM_SEV_HIGH, NULL, "cannot listen to the manager's events");
-    }
+        rc = start_manager(d, err);
     if (rc == EM_OK)
         rc = bootstrap(d, err);
     if (rc == EM_OK) {
