@@ -36,6 +36,7 @@ em_err_t em_key_generate_p256(EVP_PKEY **out, em_error_t *err)
 }
 
 /* Never prompt: a passphrase-protected PEM is not something emiot opens. */
+// NOLINTNEXTLINE(readability-non-const-parameter): pem_password_cb's signature
 static int no_password(char *buf, int size, int rwflag, void *u)
 {
     (void)buf;
@@ -78,7 +79,7 @@ em_err_t em__key_to_pem(EVP_PKEY *key, unsigned char **out, size_t *out_len, em_
         /* A key held in an HSM cannot be exported; that is the point. */
         rc = em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_HIGH, "key",
                           "the key cannot be exported (not a private key, or held in an HSM)");
-    } else if ((n = BIO_get_mem_data(b, &p)) <= 0 || (size_t)n > EM_KEYSTORE_DATA_MAX) {
+    } else if ((n = BIO_get_mem_data(b, &p)) <= 0 || (size_t)n > EM__KEYSTORE_DATA_MAX) {
         rc = em_error_set(err, EM_ERR_LIMIT, EM_SEV_HIGH, "key", "the key does not fit a keystore");
     } else if ((*out = malloc((size_t)n + 1)) == NULL) {
         rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");

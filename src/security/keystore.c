@@ -32,7 +32,7 @@
 #include "emiot/keystore.h"
 #include "security/security_internal.h"
 
-#define KS_MAGIC      "EMKS"
+#define KS_MAGIC_LEN  4
 #define KS_HEADER_LEN 60
 #define KS_TAG_LEN    16
 #define KS_SALT_OFF   12
@@ -47,6 +47,7 @@
 #define KS_SCRYPT_R   8
 #define KS_SCRYPT_P   1
 #define KS_KEY_LEN    32
+#define KS_KEY_HEX    ((size_t)2 * KS_KEY_LEN) /* digits of a key file */
 #define KS_OKM_LEN    64
 #define KS_HKDF_INFO  "emiot-keystore v1"
 #define KS_CHECK_TAG  "emiot-keystore-check"
@@ -54,6 +55,9 @@
 /* The most a passphrase file or a key file may hold: only the first line is
  * used, but a file much larger than a line is not what it claims to be. */
 #define SECRET_FILE_MAX 4096
+
+/* The file starts with these four bytes; they are not a C string. */
+static const unsigned char ks_magic[KS_MAGIC_LEN] = {'E', 'M', 'K', 'S'};
 
 _Static_assert(EM_KEYSTORE_FILE_MAX == EM_KEYSTORE_DATA_MAX + KS_HEADER_LEN + KS_TAG_LEN,
                "the largest file is the largest secret, a header and a tag");
@@ -160,6 +164,7 @@ static em_err_t read_private_file(const char *what, const char *path, unsigned c
     if ((mode & 077) != 0) {
         em_keystore_data_free(*buf, *len);
         *buf = NULL;
+        *len = 0;
         return em_error_set(err, EM_ERR_CONFIGURATION, EM_SEV_HIGH, what,
                             "%s: %s must not be accessible by group or others (chmod 600)", what,
                             path);
@@ -216,7 +221,7 @@ em_err_t em_keystore_secret_key_file(const char *path, em_keystore_secret_t **ou
     if (end > 0 && buf[end - 1] == '\r')
         end--;
     em_keystore_secret_t *s = NULL;
-    bool ok = end == 2 * KS_KEY_LEN;
+    bool ok = end == KS_KEY_HEX;
     if (ok) {
         s = calloc(1, sizeof *s);
         if (s == NULL) {
@@ -296,7 +301,7 @@ em_err_t em_keystore_key_file_create(const char *path, em_error_t *err)
     if (path == NULL || path[0] == '\0')
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "path is required");
     unsigned char key[KS_KEY_LEN];
-    char hex[2 * KS_KEY_LEN + 1];
+    char hex[KS_KEY_HEX + 1];
     static const char digits[] = "0123456789abcdef";
     if (RAND_bytes(key, sizeof key) != 1) {
         ERR_clear_error();
@@ -306,7 +311,7 @@ em_err_t em_keystore_key_file_create(const char *path, em_error_t *err)
         hex[2 * i] = digits[key[i] >> 4];
         hex[2 * i + 1] = digits[key[i] & 15];
     }
-    hex[2 * KS_KEY_LEN] = '\n';
+    hex[KS_KEY_HEX] = '\n';
     OPENSSL_cleanse(key, sizeof key);
     /* O_EXCL: an existing key file may be the only way into existing
      * keystores; it is never replaced. */
@@ -374,7 +379,7 @@ static bool derive(const em_keystore_secret_t *s, unsigned log2_n, const unsigne
         uint32_t p = KS_SCRYPT_P;
         /* OpenSSL's budget is 128 r (N + 2) for V plus 128 r p for B; the
          * default 32 MiB would refuse the costs the format allows. */
-        uint64_t maxmem = 128 * (uint64_t)r * (n + 2 + p) + 1024 * 1024;
+        uint64_t maxmem = 128 * (uint64_t)r * (n + 2 + p) + (uint64_t)1024 * 1024;
         params[i++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, s->pass, s->len);
         params[i++] =
             OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, KS_SALT_LEN);
@@ -473,7 +478,7 @@ em_err_t em_keystore_seal(const em_keystore_secret_t *s, const void *data, size_
                             "secret, data (at least one byte) and out are required");
     *out = NULL;
     *out_len = 0;
-    if (len > EM_KEYSTORE_DATA_MAX)
+    if (len > EM__KEYSTORE_DATA_MAX)
         return em_error_set(err, EM_ERR_LIMIT, EM_SEV_MEDIUM, "data",
                             "a keystore holds at most %d bytes", EM_KEYSTORE_DATA_MAX);
     size_t total = KS_HEADER_LEN + len + KS_TAG_LEN;
@@ -481,7 +486,7 @@ em_err_t em_keystore_seal(const em_keystore_secret_t *s, const void *data, size_
     if (f == NULL)
         return nomem(err);
     memset(f, 0, KS_HEADER_LEN);
-    memcpy(f, KS_MAGIC, 4);
+    memcpy(f, ks_magic, KS_MAGIC_LEN);
     f[4] = EM_KEYSTORE_VERSION;
     f[5] = (unsigned char)s->kind;
     if (s->kind == KS_KDF_SCRYPT) {
@@ -512,16 +517,20 @@ em_err_t em_keystore_seal(const em_keystore_secret_t *s, const void *data, size_
     return EM_OK;
 }
 
+/* Returns the code itself rather than em_error_set's result, so that the
+ * callers' "not EM_OK" is visible here (the analyzers do not see into
+ * em_error_set). */
 static em_err_t bad_format(em_error_t *err, const char *what)
 {
-    return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_HIGH, "keystore", "keystore: %s", what);
+    (void)em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_HIGH, "keystore", "keystore: %s", what);
+    return EM_ERR_MESSAGE_FORMAT;
 }
 
 /* Everything in the header that can be judged without the secret. */
 static em_err_t check_header(const em_keystore_secret_t *s, const unsigned char *f, size_t len,
                              size_t *ct_len, em_error_t *err)
 {
-    if (len < 4 || memcmp(f, KS_MAGIC, 4) != 0)
+    if (len < KS_MAGIC_LEN || memcmp(f, ks_magic, KS_MAGIC_LEN) != 0)
         return bad_format(err, "not an emiot keystore");
     if (len < 5)
         return bad_format(err, "truncated");
@@ -625,7 +634,7 @@ void em_keystore_data_free(unsigned char *data, size_t len)
 
 bool em_keystore_is_sealed(const void *data, size_t len)
 {
-    return data != NULL && len >= 4 && memcmp(data, KS_MAGIC, 4) == 0;
+    return data != NULL && len >= KS_MAGIC_LEN && memcmp(data, ks_magic, KS_MAGIC_LEN) == 0;
 }
 
 /* ---- files ----------------------------------------------------------------- */

@@ -111,6 +111,45 @@ static em_err_t text_attr(const char *v, size_t n, char *out, bool *has, em_erro
     return EM_OK;
 }
 
+static em_err_t id_attr(const char *v, size_t n, uri_t *u, em_error_t *err)
+{
+    if (u->has_id)
+        return uri_error(err, "an attribute is given twice");
+    long d = pct_decode(v, n, u->id, sizeof u->id, false);
+    if (d <= 0)
+        return uri_error(err, "id is empty, too long or badly encoded");
+    u->id_len = (size_t)d;
+    u->has_id = true;
+    return EM_OK;
+}
+
+static em_err_t type_attr(const char *v, size_t n, uri_t *u, em_error_t *err)
+{
+    if (u->has_type)
+        return uri_error(err, "an attribute is given twice");
+    if (n != 7 || memcmp(v, "private", 7) != 0)
+        return uri_error(err, "type must be private (a private key)");
+    u->has_type = true;
+    return EM_OK;
+}
+
+/* One name=value attribute of the path (name: nlen bytes, value: vlen). */
+static em_err_t uri_attr(const char *name, size_t nlen, const char *v, size_t vlen, uri_t *u,
+                         em_error_t *err)
+{
+    if (nlen == 5 && memcmp(name, "token", 5) == 0)
+        return text_attr(v, vlen, u->token, &u->has_token, err);
+    if (nlen == 6 && memcmp(name, "object", 6) == 0)
+        return text_attr(v, vlen, u->object, &u->has_object, err);
+    if (nlen == 6 && memcmp(name, "serial", 6) == 0)
+        return text_attr(v, vlen, u->serial, &u->has_serial, err);
+    if (nlen == 2 && memcmp(name, "id", 2) == 0)
+        return id_attr(v, vlen, u, err);
+    if (nlen == 4 && memcmp(name, "type", 4) == 0)
+        return type_attr(v, vlen, u, err);
+    return uri_error(err, "unknown attribute (token, object, id, serial, type accepted)");
+}
+
 static em_err_t uri_parse(const char *ref, uri_t *u, em_error_t *err)
 {
     memset(u, 0, sizeof *u);
@@ -131,33 +170,8 @@ static em_err_t uri_parse(const char *ref, uri_t *u, em_error_t *err)
         const char *eq = memchr(p, '=', (size_t)(stop - p));
         if (eq == NULL || eq == p)
             return uri_error(err, "each attribute is name=value, separated by ;");
-        size_t nlen = (size_t)(eq - p);
         const char *v = eq + 1;
-        size_t vlen = (size_t)(stop - v);
-        em_err_t rc = EM_OK;
-        if (nlen == 5 && memcmp(p, "token", 5) == 0) {
-            rc = text_attr(v, vlen, u->token, &u->has_token, err);
-        } else if (nlen == 6 && memcmp(p, "object", 6) == 0) {
-            rc = text_attr(v, vlen, u->object, &u->has_object, err);
-        } else if (nlen == 6 && memcmp(p, "serial", 6) == 0) {
-            rc = text_attr(v, vlen, u->serial, &u->has_serial, err);
-        } else if (nlen == 2 && memcmp(p, "id", 2) == 0) {
-            if (u->has_id)
-                return uri_error(err, "an attribute is given twice");
-            long d = pct_decode(v, vlen, u->id, sizeof u->id, false);
-            if (d <= 0)
-                return uri_error(err, "id is empty, too long or badly encoded");
-            u->id_len = (size_t)d;
-            u->has_id = true;
-        } else if (nlen == 4 && memcmp(p, "type", 4) == 0) {
-            if (u->has_type)
-                return uri_error(err, "an attribute is given twice");
-            if (vlen != 7 || memcmp(v, "private", 7) != 0)
-                return uri_error(err, "type must be private (a private key)");
-            u->has_type = true;
-        } else {
-            return uri_error(err, "unknown attribute (token, object, id, serial, type accepted)");
-        }
+        em_err_t rc = uri_attr(p, (size_t)(eq - p), v, (size_t)(stop - v), u, err);
         if (rc != EM_OK)
             return rc;
         if (semi == NULL)
@@ -349,16 +363,16 @@ static em_err_t find_key(em_pkcs11_t *p, const uri_t *u, EVP_PKEY **out, em_erro
                         "no such private key in the PKCS#11 token");
 }
 
-em_err_t em__pkcs11_load_key(em_pkcs11_t *p, const char *ref, EVP_PKEY **out, em_error_t *err)
+em_err_t em__pkcs11_load_key(em_pkcs11_t *hsm, const char *ref, EVP_PKEY **out, em_error_t *err)
 {
     *out = NULL;
     uri_t u;
     em_err_t rc = uri_parse(ref, &u, err);
     if (rc != EM_OK)
         return rc;
-    pthread_mutex_lock(&p->lock);
-    rc = find_key(p, &u, out, err);
-    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_lock(&hsm->lock);
+    rc = find_key(hsm, &u, out, err);
+    pthread_mutex_unlock(&hsm->lock);
     ERR_clear_error();
     return rc;
 }

@@ -13,6 +13,10 @@
 #include "emiot/error.h"
 #include "emiot/keystore.h"
 
+/* EM_KEYSTORE_DATA_MAX as a size_t, for comparisons with lengths (the public
+ * macro is an int product). */
+#define EM__KEYSTORE_DATA_MAX ((size_t)EM_KEYSTORE_DATA_MAX)
+
 /*
  * Reads a whole file (at most max bytes) into a malloc'd buffer with a NUL
  * after the data. When mode_out is not NULL it receives the file's mode.
