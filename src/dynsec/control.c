@@ -190,6 +190,19 @@ static em_err_t exchange(em_dynsec_t *d, const char *corr, const char *text, cJS
     return rc;
 }
 
+/* The message the plugin reads, {"commands":[...]}; NULL when memory ran
+ * out. */
+static char *batch_text(cJSON *commands)
+{
+    cJSON *root = cJSON_CreateObject();
+    char *text = NULL;
+    /* The array is lent to the message for printing, then taken back. */
+    if (root != NULL && cJSON_AddItemReferenceToObject(root, "commands", commands))
+        text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root); /* a reference: commands itself is not freed */
+    return text;
+}
+
 em_err_t em__dynsec_exec(em_dynsec_t *d, cJSON *commands, cJSON **responses, em_error_t *err)
 {
     *responses = NULL;
@@ -220,18 +233,13 @@ em_err_t em__dynsec_exec(em_dynsec_t *d, cJSON *commands, cJSON **responses, em_
             break;
         }
     }
-    cJSON *root = rc == EM_OK ? cJSON_CreateObject() : NULL;
     char *text = NULL;
-    if (rc == EM_OK) {
-        /* The array is lent to the message for printing, then taken back. */
-        if (root == NULL || !cJSON_AddItemReferenceToObject(root, "commands", commands) ||
-            (text = cJSON_PrintUnformatted(root)) == NULL)
-            rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
-    }
-    cJSON_Delete(root); /* a reference: commands itself is not freed */
+    if (rc == EM_OK && (text = batch_text(commands)) == NULL)
+        rc = em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
 
+    /* There is a text only when everything before succeeded. */
     cJSON *answer = NULL;
-    if (rc == EM_OK)
+    if (text != NULL)
         rc = exchange(d, corr, text, &answer, err);
     if (text != NULL) {
         /* It may hold a password. */

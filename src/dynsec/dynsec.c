@@ -140,20 +140,27 @@ static em_err_t run(em_dynsec_t *d, cJSON *cmds, bool built, cJSON **responses, 
     return rc;
 }
 
+/* Returns the code itself rather than em_error_set's result, so that the
+ * callers' "not EM_OK" is visible here (the analyzers do not see into
+ * em_error_set). */
 static em_err_t refused(em_error_t *err, const char *command, const char *why)
 {
-    return em_error_set(err, EM_ERR_PROTOCOL, EM_SEV_HIGH, NULL,
-                        "the dynamic-security plugin refused %s: %s", command, why);
+    (void)em_error_set(err, EM_ERR_PROTOCOL, EM_SEV_HIGH, NULL,
+                       "the dynamic-security plugin refused %s: %s", command, why);
+    return EM_ERR_PROTOCOL;
 }
 
 /* ---- whose client ----------------------------------------------------------- */
 
 typedef enum owner { CLIENT_NONE, CLIENT_OURS, CLIENT_FOREIGN } owner_t;
 
-/* Asks for the client named id and tells whether it exists and is emiot's. */
+/* Asks for the client named id and tells whether it exists and is emiot's.
+ * Until the plugin has answered, the client counts as someone else's: a
+ * failed question never lets emiot touch it. */
 static em_err_t client_owner(em_dynsec_t *d, const char *id, const names_t *nm, owner_t *out,
                              em_error_t *err)
 {
+    *out = CLIENT_FOREIGN;
     cJSON *cmds = cJSON_CreateArray();
     bool built = cmds != NULL && add_cmd(cmds, "getClient", "username", id) != NULL;
     cJSON *resp = NULL;
@@ -281,23 +288,35 @@ static em_err_t check_device(em_dynsec_t *d, const char *id, names_t *nm, em_err
     return EM_OK;
 }
 
-/* 32 random bytes as base64url without padding: 43 characters. */
-static em_err_t make_password(char *out, em_error_t *err)
+/* 32 random bytes as base64url without padding: 32 = 10 * 3 + 2, so ten
+ * whole groups of three bytes (four characters each) and a last group of two
+ * bytes (three characters): 43 characters. */
+#define PASSWORD_RAW    32
+#define PASSWORD_GROUPS (PASSWORD_RAW / 3)
+_Static_assert(PASSWORD_RAW % 3 == 2 && PASSWORD_GROUPS * 4 + 3 == EM_DYNSEC_PASSWORD_LEN,
+               "the password is ten whole groups and one of two bytes");
+
+static em_err_t make_password(char out[EM_DYNSEC_PASSWORD_LEN + 1], em_error_t *err)
 {
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    unsigned char raw[33];
-    if (RAND_bytes(raw, 32) != 1)
+    unsigned char raw[PASSWORD_RAW];
+    if (RAND_bytes(raw, sizeof raw) != 1)
         return em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "the CSPRNG failed");
-    raw[32] = 0; /* the last group has 2 bytes: 32 = 10 * 3 + 2 */
     size_t o = 0;
-    for (size_t i = 0; i < 33; i += 3) {
-        unsigned v = (unsigned)raw[i] << 16 | (unsigned)raw[i + 1] << 8 | raw[i + 2];
+    for (size_t g = 0; g < PASSWORD_GROUPS; g++) {
+        const unsigned char *b = raw + 3 * g;
+        unsigned v = (unsigned)b[0] << 16 | (unsigned)b[1] << 8 | b[2];
         out[o++] = b64[(v >> 18) & 63];
         out[o++] = b64[(v >> 12) & 63];
         out[o++] = b64[(v >> 6) & 63];
-        if (i + 2 < 32)
-            out[o++] = b64[v & 63];
+        out[o++] = b64[v & 63];
     }
+    /* The last two bytes, as if followed by a zero byte: 16 bits in three
+     * characters of 6 (the last one's two low bits are zero). */
+    unsigned v = (unsigned)raw[PASSWORD_RAW - 2] << 16 | (unsigned)raw[PASSWORD_RAW - 1] << 8;
+    out[o++] = b64[(v >> 18) & 63];
+    out[o++] = b64[(v >> 12) & 63];
+    out[o++] = b64[(v >> 6) & 63];
     out[o] = '\0';
     OPENSSL_cleanse(raw, sizeof raw);
     return EM_OK;
