@@ -98,7 +98,7 @@ static void print_result(const ctl_t *c, const char *action, const char *file, c
         return;
     }
     ctl_put_safe(stdout, text);
-    fputc('\n', stdout);
+    (void)fputc('\n', stdout);
 }
 
 static int run_seal(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
@@ -109,7 +109,7 @@ static int run_seal(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
         return rc;
     char *data = NULL;
     size_t len = 0;
-    rc = ctl_read_file(o.in, "input file", EM_KEYSTORE_DATA_MAX, false, &data, &len);
+    rc = ctl_read_file(o.in, "input file", (size_t)EM_KEYSTORE_DATA_MAX, false, &data, &len);
     if (rc != 0)
         return rc;
     if (len == 0) {

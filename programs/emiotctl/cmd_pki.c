@@ -24,6 +24,9 @@
 #include "emiot/pki.h"
 
 #define DAY_MS ((int64_t)86400000)
+/* The limits of pki.h in the types they are compared with. */
+#define DAYS_MAX ((long)EM_PKI_DAYS_MAX)
+#define CSR_MAX  ((size_t)EM_PKI_CSR_MAX)
 
 enum {
     O_CN = 1000,
@@ -68,7 +71,7 @@ static int on_opt(void *ud, int id, const char *arg)
         o->cn = arg;
         return 0;
     case O_DAYS:
-        return ctl_parse_long("--days", arg, 1, EM_PKI_DAYS_MAX, &o->days);
+        return ctl_parse_long("--days", arg, 1, DAYS_MAX, &o->days);
     case O_CRL_DAYS:
         return ctl_parse_long("--crl-days", arg, 1, 366, &o->crl_days);
     case O_KEY_URI:
@@ -121,7 +124,7 @@ static int on_opt(void *ud, int id, const char *arg)
         return 0;
     case O_EXPIRING:
         o->has_expiring = true;
-        return ctl_parse_long("--expiring", arg, 0, EM_PKI_DAYS_MAX, &o->expiring);
+        return ctl_parse_long("--expiring", arg, 0, DAYS_MAX, &o->expiring);
     default:
         return CTL_USAGE;
     }
@@ -250,9 +253,10 @@ static cJSON *cert_json(const em_pki_cert_t *r, int64_t now)
               cJSON_AddStringToObject(j, "notAfter", na) != NULL &&
               cJSON_AddStringToObject(j, "status", cert_status(r, now)) != NULL &&
               cJSON_AddStringToObject(j, "sha256", r->sha256) != NULL;
-    if (ok && r->revoked_at_ms == 0 && r->not_after_ms > now)
-        ok = cJSON_AddNumberToObject(j, "daysLeft", (double)((r->not_after_ms - now) / DAY_MS)) !=
-             NULL;
+    if (ok && r->revoked_at_ms == 0 && r->not_after_ms > now) {
+        int64_t whole_days = (r->not_after_ms - now) / DAY_MS; /* a part day does not count */
+        ok = cJSON_AddNumberToObject(j, "daysLeft", (double)whole_days) != NULL;
+    }
     if (ok && r->revoked_at_ms != 0) {
         fmt_time(r->revoked_at_ms, ra, sizeof ra);
         ok = cJSON_AddStringToObject(j, "revokedAt", ra) != NULL &&
@@ -445,6 +449,41 @@ static int write_fd(int fd, const char *path, const char *text)
     return 0;
 }
 
+/* The options of pki issue that only make sense together, or apart. */
+static int check_issue_opts(const ctl_cmd_t *cmd, const opts_t *o)
+{
+    if (o->profile == EM_CERT_NONE || o->out_cert == NULL) {
+        ctl_err(NULL, "--profile and --out-cert are required");
+        fprintf(stderr, "usage: " PROGRAM " %s\n", cmd->usage);
+        return CTL_USAGE;
+    }
+    if (o->csr != NULL && o->out_key != NULL) {
+        ctl_err(NULL, "--out-key: with --csr the key stays where the CSR was made");
+        return CTL_USAGE;
+    }
+    if (o->csr == NULL && (o->out_key == NULL || o->cn == NULL)) {
+        ctl_err(NULL, "without --csr, --cn and --out-key are required (the new key goes there)");
+        return CTL_USAGE;
+    }
+    if ((o->not_before == NULL) != (o->not_after == NULL)) {
+        ctl_err(NULL, "--not-before and --not-after go together");
+        return CTL_USAGE;
+    }
+    if (o->not_before != NULL && o->days > 0) {
+        ctl_err(NULL, "--days or --not-before/--not-after, not both");
+        return CTL_USAGE;
+    }
+    if (o->profile != EM_CERT_SERVER && o->ndns + o->nips > 0) {
+        ctl_err("validation", "--dns and --ip are for server certificates");
+        return CTL_INVALID;
+    }
+    if (strcmp(o->out_cert, o->out_key != NULL ? o->out_key : "") == 0) {
+        ctl_err(NULL, "--out-cert and --out-key must be different files");
+        return CTL_USAGE;
+    }
+    return 0;
+}
+
 static int run_issue(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 {
     static const struct option opt[] = {
@@ -466,35 +505,9 @@ static int run_issue(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     int rc = parse(c, cmd, argc, argv, opt, &o, &a);
     if (rc != 0)
         return rc;
-    if (o.profile == EM_CERT_NONE || o.out_cert == NULL) {
-        ctl_err(NULL, "--profile and --out-cert are required");
-        fprintf(stderr, "usage: " PROGRAM " %s\n", cmd->usage);
-        return CTL_USAGE;
-    }
-    if (o.csr != NULL && o.out_key != NULL) {
-        ctl_err(NULL, "--out-key: with --csr the key stays where the CSR was made");
-        return CTL_USAGE;
-    }
-    if (o.csr == NULL && (o.out_key == NULL || o.cn == NULL)) {
-        ctl_err(NULL, "without --csr, --cn and --out-key are required (the new key goes there)");
-        return CTL_USAGE;
-    }
-    if ((o.not_before == NULL) != (o.not_after == NULL)) {
-        ctl_err(NULL, "--not-before and --not-after go together");
-        return CTL_USAGE;
-    }
-    if (o.not_before != NULL && o.days > 0) {
-        ctl_err(NULL, "--days or --not-before/--not-after, not both");
-        return CTL_USAGE;
-    }
-    if (o.profile != EM_CERT_SERVER && o.ndns + o.nips > 0) {
-        ctl_err("validation", "--dns and --ip are for server certificates");
-        return CTL_INVALID;
-    }
-    if (strcmp(o.out_cert, o.out_key != NULL ? o.out_key : "") == 0) {
-        ctl_err(NULL, "--out-cert and --out-key must be different files");
-        return CTL_USAGE;
-    }
+    rc = check_issue_opts(cmd, &o);
+    if (rc != 0)
+        return rc;
     em_pki_issue_options_t io;
     memset(&io, 0, sizeof io);
     io.profile = o.profile;
@@ -515,7 +528,7 @@ static int run_issue(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     char *csr = NULL;
     size_t csr_len = 0;
     if (o.csr != NULL) {
-        rc = ctl_read_file(o.csr, "CSR", EM_PKI_CSR_MAX, false, &csr, &csr_len);
+        rc = ctl_read_file(o.csr, "CSR", CSR_MAX, false, &csr, &csr_len);
         if (rc != 0)
             return rc;
     }
@@ -723,11 +736,9 @@ static int run_list(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     l.horizon = l.now + o.expiring * DAY_MS;
     em_error_t e;
     em_error_clear(&e);
-    if (l.rows == NULL)
-        rc = oom();
-    else if (em_pki_list(ca.pki, list_one, &l, &e) != EM_OK)
+    if (l.rows != NULL && em_pki_list(ca.pki, list_one, &l, &e) != EM_OK)
         rc = ctl_em_fail("pki list", &e);
-    else if (l.failed)
+    else if (l.rows == NULL || l.failed)
         rc = oom();
     ca_close(&ca);
     if (rc == 0) {
@@ -783,7 +794,7 @@ static int run_show(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
             ctl_print_json(j);
         cJSON_Delete(j);
     } else if (!c->quiet) {
-        fputs(pem, stdout);
+        (void)fputs(pem, stdout);
     }
     free(pem);
     return 0;
