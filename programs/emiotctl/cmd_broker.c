@@ -56,8 +56,10 @@
 #define DYNSEC_PASSWORD_MAX 256
 #define DYNSEC_ENV          "EMIOT_DYNSEC_ADMIN_PASSWORD"
 #define DYNSEC_ROLE         "emiot-dynsec-admin"
-#define CERT_MAX            (256 * 1024)
-#define CONF_MAX            (64 * 1024)
+#define CERT_MAX            ((size_t)256 * 1024)
+#define CRL_MAX             (CERT_MAX * 64)
+#define CONF_MAX            ((size_t)64 * 1024)
+#define KEY_MAX             ((size_t)EM_KEYSTORE_DATA_MAX)
 
 enum {
     O_OUT = 1000,
@@ -357,8 +359,7 @@ static int read_server(const opts_t *o, out_file_t *cert, out_file_t *key)
                            &cert->len);
     if (rc != 0)
         return rc;
-    rc = ctl_read_file(o->server_key, "server key", EM_KEYSTORE_DATA_MAX, true, &key->data,
-                       &key->len);
+    rc = ctl_read_file(o->server_key, "server key", KEY_MAX, true, &key->data, &key->len);
     if (rc != 0)
         return rc;
     if (em_keystore_is_sealed(key->data, key->len)) {
@@ -667,6 +668,181 @@ static void make_acl(sbuf_t *b, const opts_t *o, const char *when)
 
 enum { F_CONF, F_ACL, F_CA, F_CRL, F_CERT, F_KEY, F_DYNSEC, F_COUNT };
 
+/* Checks the options against each other and fills in the defaults
+ * (o->dynsec_admin too, once it is known not to stand alone). */
+static int config_opts(const ctl_cmd_t *cmd, opts_t *o)
+{
+    if (o->out == NULL || o->server_cert == NULL || o->server_key == NULL) {
+        ctl_err(NULL, "--out, --server-cert and --server-key are required");
+        fprintf(stderr, "usage: " PROGRAM " %s\n", cmd->usage);
+        return CTL_USAGE;
+    }
+    if (o->port == 0)
+        o->port = 8883;
+    if (o->manager_cn == NULL)
+        o->manager_cn = "emiotd.manager";
+    if (o->prefix == NULL)
+        o->prefix = "device/";
+    if (o->dynsec_port == 0 &&
+        (o->dynsec_admin != NULL || o->dynsec_password_file != NULL || o->dynsec_plugin != NULL)) {
+        ctl_err(NULL, "--dynsec-admin, --dynsec-password-file and --dynsec-plugin go with "
+                      "--dynsec-port");
+        return CTL_USAGE;
+    }
+    if (o->dynsec_admin == NULL)
+        o->dynsec_admin = "emiotd.dynsec";
+    if (o->dynsec_port != 0 && o->dynsec_port == o->port) {
+        ctl_err("validation", "--dynsec-port must differ from --port");
+        return CTL_INVALID;
+    }
+    int rc;
+    if ((rc = check_identity("--manager-cn", o->manager_cn)) != 0 ||
+        (rc = check_prefix(o->prefix)) != 0 ||
+        (o->dynsec_port > 0 && (rc = check_identity("--dynsec-admin", o->dynsec_admin)) != 0) ||
+        (o->bind != NULL && (rc = check_word("--bind", o->bind, ".:-", 253)) != 0) ||
+        (o->user != NULL && (rc = check_word("--user", o->user, "_-", 32)) != 0) ||
+        (rc = check_path("--out", o->out)) != 0)
+        return rc;
+    if (o->dynsec_port > 0 && strcmp(o->dynsec_admin, o->manager_cn) == 0) {
+        ctl_err("validation", "--dynsec-admin must differ from --manager-cn");
+        return CTL_INVALID;
+    }
+    return 0;
+}
+
+/* The output directory, created 0700 (it holds the server's key), as an
+ * absolute path in dir. */
+static int out_dir(const char *out, char dir[PATH_MAX])
+{
+    if (mkdir(out, 0700) != 0 && errno != EEXIST) {
+        ctl_err("io", "cannot create %s: %s", out, strerror(errno));
+        return CTL_ERROR;
+    }
+    if (realpath(out, dir) == NULL) {
+        ctl_err("io", "%s: %s", out, strerror(errno));
+        return CTL_ERROR;
+    }
+    return check_path("--out", dir);
+}
+
+/* Nothing is written when any file exists (without --force). With --force,
+ * dynsec.json is kept: the plugin keeps the devices emiotd provisioned
+ * there, and regenerating it would delete them. */
+static int check_existing(const char *dir, out_file_t *f, size_t nfiles, bool force)
+{
+    for (size_t i = 0; i < nfiles; i++) {
+        char path[CTL_PATH_MAX];
+        struct stat st;
+        if (!join(path, sizeof path, dir, f[i].name, "") || lstat(path, &st) != 0)
+            continue;
+        if (i == F_DYNSEC && force) {
+            f[i].keep = true;
+        } else if (!force) {
+            ctl_err("already_exists", "%s exists: give --force to replace the generated files",
+                    path);
+            return CTL_INVALID;
+        }
+    }
+    return 0;
+}
+
+/* The CA directory's CA certificate and (unless --crl) its CRL, checked
+ * against each other. */
+static int read_ca(const opts_t *o, out_file_t *ca, out_file_t *crl)
+{
+    const char *pki_dir = ctl_secret_dir(&o->s);
+    if (pki_dir == NULL)
+        return CTL_USAGE;
+    em_pki_t *pki = NULL;
+    em_error_t e;
+    em_error_clear(&e);
+    if (em_pki_open(pki_dir, NULL, NULL, &pki, &e) != EM_OK)
+        return ctl_em_fail("cannot open the CA", &e);
+    const char *crl_src = o->crl != NULL ? o->crl : em_pki_crl_file(pki);
+    int rc =
+        ctl_read_file(em_pki_ca_file(pki), "CA certificate", CERT_MAX, false, &ca->data, &ca->len);
+    if (rc == 0)
+        rc = ctl_read_file(crl_src, "CRL", CRL_MAX, false, &crl->data, &crl->len);
+    if (rc == 0)
+        rc = check_crl(crl_src, crl->data, crl->len, em_pki_ca_cert(pki));
+    em_pki_free(pki);
+    return rc;
+}
+
+/* mosquitto.conf and acl into their files. */
+static int make_texts(const opts_t *o, const char *dir, const char *plugin, out_file_t *conf_file,
+                      out_file_t *acl_file)
+{
+    sbuf_t conf = {0}, acl_text = {0};
+    char when[EM_TIME_STR_MAX];
+    em_time_format(em_now_ms(), when, sizeof when);
+    make_conf(&conf, o, dir, plugin, o->dynsec_admin, when);
+    make_acl(&acl_text, o, when);
+    if (conf.failed || acl_text.failed) {
+        free(conf.s);
+        free(acl_text.s);
+        ctl_err("out_of_memory", "out of memory");
+        return CTL_ERROR;
+    }
+    conf_file->data = conf.s;
+    conf_file->len = conf.len;
+    acl_file->data = acl_text.s;
+    acl_file->len = acl_text.len;
+    return 0;
+}
+
+/* The files in an order where the configuration comes last: a broker never
+ * reads one naming files that are not there yet. */
+static int write_files(const char *dir, const out_file_t *f, size_t nfiles)
+{
+    static const int order[] = {F_CA, F_CRL, F_CERT, F_KEY, F_ACL, F_DYNSEC, F_CONF};
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof order / sizeof order[0]; i++) {
+        const out_file_t *x = &f[order[i]];
+        if ((size_t)order[i] < nfiles && !x->keep)
+            rc = write_atomic(dir, x);
+    }
+    return rc;
+}
+
+static int print_config(const ctl_t *c, const opts_t *o, const char *dir, bool dynsec_kept)
+{
+    if (c->quiet)
+        return 0;
+    if (c->format == CTL_OUT_JSON) {
+        cJSON *j = cJSON_CreateObject();
+        bool ok = j != NULL && cJSON_AddStringToObject(j, "directory", dir) != NULL &&
+                  cJSON_AddNumberToObject(j, "port", (double)o->port) != NULL &&
+                  cJSON_AddStringToObject(j, "managerCn", o->manager_cn) != NULL &&
+                  cJSON_AddStringToObject(j, "prefix", o->prefix) != NULL;
+        if (ok && o->dynsec_port > 0)
+            ok = cJSON_AddNumberToObject(j, "dynsecPort", (double)o->dynsec_port) != NULL &&
+                 cJSON_AddStringToObject(j, "dynsecAdmin", o->dynsec_admin) != NULL &&
+                 cJSON_AddBoolToObject(j, "dynsecKept", dynsec_kept) != NULL;
+        if (ok)
+            ctl_print_json(j);
+        cJSON_Delete(j);
+        return ok ? 0 : CTL_ERROR;
+    }
+    printf("wrote %s/mosquitto.conf, acl, ca.crt, crl.pem, server.crt, server.key", dir);
+    if (o->dynsec_port > 0)
+        printf(dynsec_kept ? " (dynsec.json kept: it holds the provisioned devices)"
+                           : ", dynsec.json");
+    printf("\nlistener A: mqtts on port %ld, client certificates required; manager identity "
+           "%s; topic prefix %s\n",
+           o->port, o->manager_cn, o->prefix);
+    if (o->dynsec_port > 0)
+        printf("listener B: mqtts on port %ld, passwords (dynamic security; administrator %s, "
+               "PBKDF2-SHA512 with %d iterations)\n",
+               o->dynsec_port, o->dynsec_admin, DYNSEC_ITERATIONS);
+    printf("start:   mosquitto -c %s/mosquitto.conf\n"
+           "revoked: after `" PROGRAM " pki revoke`, run this command again with --force and send "
+           "mosquitto SIGHUP\n"
+           "         (new connections see the new CRL; restart it to drop connected clients)\n",
+           dir);
+    return 0;
+}
+
 static int run_config(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 {
     static const struct option opt[] = {
@@ -693,51 +869,10 @@ static int run_config(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     int rc = ctl_parse(c, cmd, argc, argv, opt, on_opt, &o, &a);
     if (rc != 0)
         return rc;
-    if (o.out == NULL || o.server_cert == NULL || o.server_key == NULL) {
-        ctl_err(NULL, "--out, --server-cert and --server-key are required");
-        fprintf(stderr, "usage: " PROGRAM " %s\n", cmd->usage);
-        return CTL_USAGE;
-    }
-    if (o.port == 0)
-        o.port = 8883;
-    if (o.manager_cn == NULL)
-        o.manager_cn = "emiotd.manager";
-    if (o.prefix == NULL)
-        o.prefix = "device/";
-    const char *admin = o.dynsec_admin != NULL ? o.dynsec_admin : "emiotd.dynsec";
-    if (o.dynsec_port == 0 &&
-        (o.dynsec_admin != NULL || o.dynsec_password_file != NULL || o.dynsec_plugin != NULL)) {
-        ctl_err(NULL, "--dynsec-admin, --dynsec-password-file and --dynsec-plugin go with "
-                      "--dynsec-port");
-        return CTL_USAGE;
-    }
-    if (o.dynsec_port != 0 && o.dynsec_port == o.port) {
-        ctl_err("validation", "--dynsec-port must differ from --port");
-        return CTL_INVALID;
-    }
-    if ((rc = check_identity("--manager-cn", o.manager_cn)) != 0 ||
-        (rc = check_prefix(o.prefix)) != 0 ||
-        (o.dynsec_port > 0 && (rc = check_identity("--dynsec-admin", admin)) != 0) ||
-        (o.bind != NULL && (rc = check_word("--bind", o.bind, ".:-", 253)) != 0) ||
-        (o.user != NULL && (rc = check_word("--user", o.user, "_-", 32)) != 0) ||
-        (rc = check_path("--out", o.out)) != 0)
+    if ((rc = config_opts(cmd, &o)) != 0)
         return rc;
-    if (o.dynsec_port > 0 && strcmp(admin, o.manager_cn) == 0) {
-        ctl_err("validation", "--dynsec-admin must differ from --manager-cn");
-        return CTL_INVALID;
-    }
-
-    /* The output directory: created 0700 (it holds the server's key). */
-    if (mkdir(o.out, 0700) != 0 && errno != EEXIST) {
-        ctl_err("io", "cannot create %s: %s", o.out, strerror(errno));
-        return CTL_ERROR;
-    }
     char dir[PATH_MAX];
-    if (realpath(o.out, dir) == NULL) {
-        ctl_err("io", "%s: %s", o.out, strerror(errno));
-        return CTL_ERROR;
-    }
-    if ((rc = check_path("--out", dir)) != 0)
+    if ((rc = out_dir(o.out, dir)) != 0)
         return rc;
 
     out_file_t f[F_COUNT] = {
@@ -750,113 +885,26 @@ static int run_config(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
         [F_DYNSEC] = {"dynsec.json", 0600, NULL, 0, false, false},
     };
     size_t nfiles = o.dynsec_port > 0 ? F_COUNT : F_DYNSEC;
+    if ((rc = check_existing(dir, f, nfiles, o.force)) != 0)
+        return rc;
 
-    /* Nothing is written when any file exists (without --force). With
-     * --force, dynsec.json is kept: the plugin keeps the devices emiotd
-     * provisioned there, and regenerating it would delete them. */
-    for (size_t i = 0; i < nfiles; i++) {
-        char path[CTL_PATH_MAX];
-        struct stat st;
-        if (!join(path, sizeof path, dir, f[i].name, "") || lstat(path, &st) != 0)
-            continue;
-        if (i == F_DYNSEC && o.force) {
-            f[i].keep = true;
-        } else if (!o.force) {
-            ctl_err("already_exists", "%s exists: give --force to replace the generated files",
-                    path);
-            return CTL_INVALID;
-        }
-    }
-
-    /* The CA directory: its CA certificate and (unless --crl) its CRL. */
-    const char *pki_dir = ctl_secret_dir(&o.s);
-    if (pki_dir == NULL)
-        return CTL_USAGE;
-    em_pki_t *pki = NULL;
-    em_error_t e;
-    em_error_clear(&e);
-    if (em_pki_open(pki_dir, NULL, NULL, &pki, &e) != EM_OK)
-        return ctl_em_fail("cannot open the CA", &e);
-    const char *crl_src = o.crl != NULL ? o.crl : em_pki_crl_file(pki);
     char plugin[CTL_PATH_MAX] = "";
-    sbuf_t conf = {0}, acl_text = {0};
-    rc = ctl_read_file(em_pki_ca_file(pki), "CA certificate", CERT_MAX, false, &f[F_CA].data,
-                       &f[F_CA].len);
-    if (rc == 0)
-        rc = ctl_read_file(crl_src, "CRL", CERT_MAX * 64, false, &f[F_CRL].data, &f[F_CRL].len);
-    if (rc == 0)
-        rc = check_crl(crl_src, f[F_CRL].data, f[F_CRL].len, em_pki_ca_cert(pki));
-    em_pki_free(pki);
+    rc = read_ca(&o, &f[F_CA], &f[F_CRL]);
     if (rc == 0)
         rc = read_server(&o, &f[F_CERT], &f[F_KEY]);
     if (rc == 0 && o.dynsec_port > 0)
         rc = find_plugin(&o, plugin, sizeof plugin);
     if (rc == 0 && o.dynsec_port > 0 && !f[F_DYNSEC].keep)
-        rc = make_dynsec(&o, admin, &f[F_DYNSEC]);
-    if (rc == 0) {
-        char when[EM_TIME_STR_MAX];
-        em_time_format(em_now_ms(), when, sizeof when);
-        make_conf(&conf, &o, dir, plugin, admin, when);
-        make_acl(&acl_text, &o, when);
-        if (conf.failed || acl_text.failed) {
-            ctl_err("out_of_memory", "out of memory");
-            rc = CTL_ERROR;
-        }
-        f[F_CONF].data = conf.s;
-        f[F_CONF].len = conf.len;
-        f[F_ACL].data = acl_text.s;
-        f[F_ACL].len = acl_text.len;
-        conf.s = acl_text.s = NULL;
-    }
-    free(conf.s);
-    free(acl_text.s);
-    /* The configuration last: a broker never reads one naming files that
-     * are not there yet. */
-    static const int order[] = {F_CA, F_CRL, F_CERT, F_KEY, F_ACL, F_DYNSEC, F_CONF};
-    for (size_t i = 0; rc == 0 && i < sizeof order / sizeof order[0]; i++) {
-        const out_file_t *x = &f[order[i]];
-        if ((size_t)order[i] < nfiles && !x->keep)
-            rc = write_atomic(dir, x);
-    }
+        rc = make_dynsec(&o, o.dynsec_admin, &f[F_DYNSEC]);
+    if (rc == 0)
+        rc = make_texts(&o, dir, plugin, &f[F_CONF], &f[F_ACL]);
+    if (rc == 0)
+        rc = write_files(dir, f, nfiles);
     for (size_t i = 0; i < F_COUNT; i++)
         out_free(&f[i]);
     if (rc != 0)
         return rc;
-
-    if (c->quiet)
-        return 0;
-    if (c->format == CTL_OUT_JSON) {
-        cJSON *j = cJSON_CreateObject();
-        bool ok = j != NULL && cJSON_AddStringToObject(j, "directory", dir) != NULL &&
-                  cJSON_AddNumberToObject(j, "port", (double)o.port) != NULL &&
-                  cJSON_AddStringToObject(j, "managerCn", o.manager_cn) != NULL &&
-                  cJSON_AddStringToObject(j, "prefix", o.prefix) != NULL;
-        if (ok && o.dynsec_port > 0)
-            ok = cJSON_AddNumberToObject(j, "dynsecPort", (double)o.dynsec_port) != NULL &&
-                 cJSON_AddStringToObject(j, "dynsecAdmin", admin) != NULL &&
-                 cJSON_AddBoolToObject(j, "dynsecKept", f[F_DYNSEC].keep) != NULL;
-        if (ok)
-            ctl_print_json(j);
-        cJSON_Delete(j);
-        return ok ? 0 : CTL_ERROR;
-    }
-    printf("wrote %s/mosquitto.conf, acl, ca.crt, crl.pem, server.crt, server.key", dir);
-    if (o.dynsec_port > 0)
-        printf(f[F_DYNSEC].keep ? " (dynsec.json kept: it holds the provisioned devices)"
-                                : ", dynsec.json");
-    printf("\nlistener A: mqtts on port %ld, client certificates required; manager identity "
-           "%s; topic prefix %s\n",
-           o.port, o.manager_cn, o.prefix);
-    if (o.dynsec_port > 0)
-        printf("listener B: mqtts on port %ld, passwords (dynamic security; administrator %s, "
-               "PBKDF2-SHA512 with %d iterations)\n",
-               o.dynsec_port, admin, DYNSEC_ITERATIONS);
-    printf("start:   mosquitto -c %s/mosquitto.conf\n"
-           "revoked: after `" PROGRAM " pki revoke`, run this command again with --force and send "
-           "mosquitto SIGHUP\n"
-           "         (new connections see the new CRL; restart it to drop connected clients)\n",
-           dir);
-    return 0;
+    return print_config(c, &o, dir, f[F_DYNSEC].keep);
 }
 
 const ctl_cmd_t ctl_broker_cmds[] = {
