@@ -1,7 +1,8 @@
 /*
  * emiot - identity.h (internal): what the public device identity routes
- * (routes_identity.c) read from a request, checked without the server, so
- * that fuzz/fuzz_api_identity.c reaches the same code.
+ * (identity_routes.h: identity_enroll.c, identity_auth.c) read from a
+ * request, checked without the server, so that fuzz/fuzz_api_identity.c
+ * reaches the same code.
  */
 #ifndef EM_API_IDENTITY_H
 #define EM_API_IDENTITY_H
