@@ -597,6 +597,21 @@ static void make_conf(sbuf_t *b, const opts_t *o, const char *dir, const char *p
               "# HTTPS. A larger packet is refused.\n"
               "max_packet_size 262144\n\n");
     sb_add(b,
+           "# emiot uses QoS 1 both ways and counts on the broker never dropping a message it\n"
+           "# accepted (docs/OPERATIONS.md): mosquitto's default queue limits discard\n"
+           "# messages for a subscriber that falls behind, with no error anywhere.\n"
+           "max_queued_messages 0\n"
+           "max_queued_bytes 0\n"
+           "max_inflight_messages 0\n"
+           "max_inflight_bytes 0\n"
+           "# QoS 0 is at most once: not queued for a disconnected client.\n"
+           "queue_qos0_messages false\n"
+           "# Sessions and queued messages survive a broker restart (this directory must be\n"
+           "# writable by the broker's account).\n"
+           "persistence true\n"
+           "persistence_location %s/\n\n",
+           dir);
+    sb_add(b,
            "# ---- listener A: mqtts with client certificates (devices, the manager) ----\n"
            "listener %ld%s%s\n"
            "protocol mqtt\n",

@@ -498,6 +498,12 @@ static void test_generated_configuration_is_complete(void **state)
     expect_in(buf, "allow_anonymous false");
     expect_in(buf, "acl_file ");
     expect_in(buf, "plugin_opt_config_file ");
+    /* emiot's no-drop queueing (docs/OPERATIONS.md). */
+    expect_in(buf, "\nmax_queued_messages 0\n");
+    expect_in(buf, "\nmax_queued_bytes 0\n");
+    expect_in(buf, "\nmax_inflight_messages 0\n");
+    expect_in(buf, "\nqueue_qos0_messages false\n");
+    expect_in(buf, "\npersistence true\n");
     expect_in(buf, "\n# ");
     join(p, sizeof p, fx.broker, "acl");
     read_into(p, buf, sizeof buf);
