@@ -1,10 +1,10 @@
 /*
  * libFuzzer target: the JSON bodies of the three public device identity
  * routes (POST /api/v1/enroll, /api/v1/auth/challenge,
- * /api/v1/auth/device-token), parsed and checked as routes_identity.c does
- * before it looks anything up: em__id_body_validate, then the shape of the
- * enrollment token, the CSR's PEM, the nonce, the signature's base64url and
- * the presented certificate's PEM. The first byte chooses the route.
+ * /api/v1/auth/device-token), parsed and checked as routes_identity.c,
+ * identity_enroll.c and identity_auth.c do before they look anything up: em__id_body_validate, then
+ * the shape of the enrollment token, the CSR's PEM, the nonce, the signature's base64url and the
+ * presented certificate's PEM. The first byte chooses the route.
  */
 #include <stddef.h>
 #include <stdint.h>

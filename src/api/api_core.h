@@ -1,8 +1,8 @@
 /*
  * emiot - api_core.h: what the API server's own files share (server.c,
  * server_request.c, tls.c, auth.c, auth_jwt.c, bucket.c, respond.c,
- * metrics.c, routes_access.c, routes_identity.c). Route handlers in other
- * files use api_internal.h only.
+ * metrics.c, devcache.c, routes_access.c, routes_identity.c, identity_enroll.c,
+ * identity_auth.c). Route handlers in other files use api_internal.h only.
  *
  * Everything here runs on the thread of the event loop the API was created on,
  * so nothing is locked.
@@ -117,7 +117,7 @@ struct em_api {
     struct em__devcache *devcache; /* stored device records (devcache.h); NULL: none */
     char date[40];                 /* the Date header of answers (respond.c), for date_s */
     int64_t date_s;                /* the second date was made for */
-    /* device identity (routes_identity.c, tls.c) */
+    /* device identity (routes_identity.c, identity_enroll.c, identity_auth.c, tls.c) */
     struct em__nonces *nonces;    /* challenge nonces (nonce.h) */
     em_verifier_t *dev_verifier;  /* device certificates against the pki's CA; NULL: no pki */
     int64_t dev_verifier_mono_ms; /* when its files were last looked at */
