@@ -73,35 +73,53 @@ void em__dynsec_ctl_cleanup(em_dynsec_t *d)
 
 /* ---- the network thread's side ------------------------------------------ */
 
+cJSON *em__dynsec_answer_take(const void *payload, size_t len, const char *want)
+{
+    if (payload == NULL || len == 0 || len > EM__DYNSEC_ANSWER_MAX || want == NULL ||
+        want[0] == '\0')
+        return NULL;
+    cJSON *root = cJSON_ParseWithLength(payload, len);
+    cJSON *responses = cJSON_GetObjectItemCaseSensitive(root, "responses");
+    cJSON *first = cJSON_IsArray(responses) ? cJSON_GetArrayItem(responses, 0) : NULL;
+    const cJSON *corr = cJSON_GetObjectItemCaseSensitive(first, "correlationData");
+    cJSON *answer = NULL;
+    if (cJSON_IsString(corr) && corr->valuestring != NULL && strcmp(corr->valuestring, want) == 0)
+        answer = cJSON_DetachItemViaPointer(root, responses);
+    cJSON_Delete(root);
+    return answer;
+}
+
 static void on_message(void *ud, const char *topic, const void *payload, size_t len, int qos,
                        bool retain)
 {
     (void)qos;
     (void)retain;
     em_dynsec_t *d = ud;
-    if (strcmp(topic, EM__DYNSEC_RESPONSE_TOPIC) != 0 || len == 0 || len > EM__DYNSEC_ANSWER_MAX)
+    if (strcmp(topic, EM__DYNSEC_RESPONSE_TOPIC) != 0)
         return;
+    char want[EM__DYNSEC_CORR_MAX];
     pthread_mutex_lock(&d->mu);
     bool waiting = d->want[0] != '\0' && d->answer == NULL;
+    memcpy(want, d->want, sizeof want);
     pthread_mutex_unlock(&d->mu);
     if (!waiting)
         return;
 
     /* Parsed outside the lock: answers to other administrators are parsed
-     * too, and the waiting thread need not wait for that. */
-    cJSON *root = cJSON_ParseWithLength(payload, len);
-    cJSON *responses = cJSON_GetObjectItemCaseSensitive(root, "responses");
-    cJSON *first = cJSON_IsArray(responses) ? cJSON_GetArrayItem(responses, 0) : NULL;
-    const cJSON *corr = cJSON_GetObjectItemCaseSensitive(first, "correlationData");
-    if (cJSON_IsString(corr) && corr->valuestring != NULL) {
-        pthread_mutex_lock(&d->mu);
-        if (d->want[0] != '\0' && d->answer == NULL && strcmp(corr->valuestring, d->want) == 0) {
-            d->answer = cJSON_DetachItemViaPointer(root, responses);
-            pthread_cond_broadcast(&d->cv);
-        }
-        pthread_mutex_unlock(&d->mu);
+     * too, and the waiting thread need not wait for that. The exchange may
+     * have ended meanwhile (a timeout), so the answer is taken only if the
+     * same one is still awaited. */
+    cJSON *answer = em__dynsec_answer_take(payload, len, want);
+    if (answer == NULL)
+        return;
+    pthread_mutex_lock(&d->mu);
+    if (d->answer == NULL && strcmp(d->want, want) == 0) {
+        d->answer = answer;
+        answer = NULL;
+        pthread_cond_broadcast(&d->cv);
     }
-    cJSON_Delete(root);
+    pthread_mutex_unlock(&d->mu);
+    cJSON_Delete(answer);
 }
 
 static void on_event(void *ud, em_mqtt_event_t ev, const em_error_t *err)
@@ -250,23 +268,31 @@ em_err_t em__dynsec_exec(em_dynsec_t *d, cJSON *commands, cJSON **responses, em_
     if (rc != EM_OK)
         return rc;
 
-    /* One response per command, in order, for the same commands. */
-    bool ok = cJSON_GetArraySize(answer) == n;
-    for (int i = 0; ok && i < n; i++) {
-        const cJSON *want =
-            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(commands, i), "command");
-        const cJSON *got =
-            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(answer, i), "command");
-        ok = cJSON_IsString(want) && cJSON_IsString(got) &&
-             strcmp(want->valuestring, got->valuestring) == 0;
-    }
-    if (!ok) {
+    if (!em__dynsec_answer_matches(commands, answer)) {
         cJSON_Delete(answer);
         return em_error_set(err, EM_ERR_PROTOCOL, EM_SEV_HIGH, NULL,
                             "the dynamic-security plugin's answer does not match the commands");
     }
     *responses = answer;
     return EM_OK;
+}
+
+bool em__dynsec_answer_matches(const cJSON *commands, const cJSON *answer)
+{
+    /* One response per command, in order, for the same commands. */
+    if (!cJSON_IsArray(commands) || !cJSON_IsArray(answer))
+        return false;
+    int n = cJSON_GetArraySize(commands);
+    bool ok = cJSON_GetArraySize(answer) == n;
+    for (int i = 0; ok && i < n; i++) {
+        const cJSON *want =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(commands, i), "command");
+        const cJSON *got =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(answer, i), "command");
+        ok = cJSON_IsString(want) && want->valuestring != NULL && cJSON_IsString(got) &&
+             got->valuestring != NULL && strcmp(want->valuestring, got->valuestring) == 0;
+    }
+    return ok;
 }
 
 const char *em__dynsec_response_error(const cJSON *response)

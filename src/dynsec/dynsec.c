@@ -152,37 +152,43 @@ static em_err_t refused(em_error_t *err, const char *command, const char *why)
 
 /* ---- whose client ----------------------------------------------------------- */
 
-typedef enum owner { CLIENT_NONE, CLIENT_OURS, CLIENT_FOREIGN } owner_t;
+em__dynsec_owner_t em__dynsec_client_owner(const cJSON *response, const char *marker,
+                                           const char **why)
+{
+    const char *error = em__dynsec_response_error(response);
+    if (why != NULL)
+        *why = error;
+    if (error != NULL)
+        return em__dynsec_is_not_found(error) ? EM__DYNSEC_CLIENT_NONE : EM__DYNSEC_CLIENT_FOREIGN;
+    const cJSON *client = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(response, "data"), "client");
+    const cJSON *tn = cJSON_GetObjectItemCaseSensitive(client, "textname");
+    return cJSON_IsString(tn) && tn->valuestring != NULL && marker != NULL &&
+                   strcmp(tn->valuestring, marker) == 0
+               ? EM__DYNSEC_CLIENT_OURS
+               : EM__DYNSEC_CLIENT_FOREIGN;
+}
 
 /* Asks for the client named id and tells whether it exists and is emiot's.
  * Until the plugin has answered, the client counts as someone else's: a
  * failed question never lets emiot touch it. */
-static em_err_t client_owner(em_dynsec_t *d, const char *id, const names_t *nm, owner_t *out,
-                             em_error_t *err)
+static em_err_t client_owner(em_dynsec_t *d, const char *id, const names_t *nm,
+                             em__dynsec_owner_t *out, em_error_t *err)
 {
-    *out = CLIENT_FOREIGN;
+    *out = EM__DYNSEC_CLIENT_FOREIGN;
     cJSON *cmds = cJSON_CreateArray();
     bool built = cmds != NULL && add_cmd(cmds, "getClient", "username", id) != NULL;
     cJSON *resp = NULL;
     em_err_t rc = run(d, cmds, built, &resp, err);
     if (rc != EM_OK)
         return rc;
-    const cJSON *r0 = cJSON_GetArrayItem(resp, 0);
-    const char *why = em__dynsec_response_error(r0);
-    if (why != NULL) {
-        if (em__dynsec_is_not_found(why))
-            *out = CLIENT_NONE;
-        else
-            rc = refused(err, "getClient", why);
-    } else {
-        const cJSON *client = cJSON_GetObjectItemCaseSensitive(
-            cJSON_GetObjectItemCaseSensitive(r0, "data"), "client");
-        const cJSON *tn = cJSON_GetObjectItemCaseSensitive(client, "textname");
-        *out = cJSON_IsString(tn) && tn->valuestring != NULL &&
-                       strcmp(tn->valuestring, nm->marker) == 0
-                   ? CLIENT_OURS
-                   : CLIENT_FOREIGN;
-    }
+    const char *why = NULL;
+    em__dynsec_owner_t owner =
+        em__dynsec_client_owner(cJSON_GetArrayItem(resp, 0), nm->marker, &why);
+    if (owner == EM__DYNSEC_CLIENT_FOREIGN && why != NULL)
+        rc = refused(err, "getClient", why);
+    else
+        *out = owner;
     cJSON_Delete(resp);
     return rc;
 }
@@ -334,10 +340,10 @@ em_err_t em_dynsec_provision(em_dynsec_t *d, const char *device_id, char *passwo
                             "needs %d bytes", EM_DYNSEC_PASSWORD_LEN + 1);
     password[0] = '\0';
 
-    owner_t owner;
+    em__dynsec_owner_t owner;
     if ((rc = client_owner(d, device_id, &nm, &owner, err)) != EM_OK)
         return rc;
-    if (owner == CLIENT_FOREIGN)
+    if (owner == EM__DYNSEC_CLIENT_FOREIGN)
         return em_error_set(err, EM_ERR_EXISTS, EM_SEV_MEDIUM, "deviceId",
                             "the broker has a client named %s that emiot did not create",
                             device_id);
@@ -369,13 +375,13 @@ em_err_t em_dynsec_provision(em_dynsec_t *d, const char *device_id, char *passwo
      * password, exactly this role, no group, and is enabled. Changing its
      * password ends its sessions (the plugin kicks the client). */
     cmds = cJSON_CreateArray();
-    const char *verb = owner == CLIENT_NONE ? "createClient" : "modifyClient";
+    const char *verb = owner == EM__DYNSEC_CLIENT_NONE ? "createClient" : "modifyClient";
     cJSON *c = cmds != NULL ? add_cmd(cmds, verb, "username", device_id) : NULL;
     built =
         c != NULL && cJSON_AddStringToObject(c, "password", pw) != NULL && add_roles(c, nm.role);
-    if (built && owner == CLIENT_NONE)
+    if (built && owner == EM__DYNSEC_CLIENT_NONE)
         built = cJSON_AddStringToObject(c, "textname", nm.marker) != NULL;
-    if (built && owner == CLIENT_OURS)
+    if (built && owner == EM__DYNSEC_CLIENT_OURS)
         built = cJSON_AddArrayToObject(c, "groups") != NULL &&
                 add_cmd(cmds, "enableClient", "username", device_id) != NULL;
     resp = NULL;
@@ -394,8 +400,9 @@ em_err_t em_dynsec_provision(em_dynsec_t *d, const char *device_id, char *passwo
     if (rc != EM_OK)
         return rc;
 
-    em_log_field_t f[2] = {EM_LOG_STR("device", device_id),
-                           EM_LOG_STR("action", owner == CLIENT_NONE ? "created" : "replaced")};
+    em_log_field_t f[2] = {
+        EM_LOG_STR("device", device_id),
+        EM_LOG_STR("action", owner == EM__DYNSEC_CLIENT_NONE ? "created" : "replaced")};
     em_log(EM_LOG_INFO, "dynsec", NULL, "MQTT password provisioned", f, 2);
     return EM_OK;
 }
@@ -406,7 +413,7 @@ em_err_t em_dynsec_remove(em_dynsec_t *d, const char *device_id, em_error_t *err
     em_err_t rc = check_device(d, device_id, &nm, err);
     if (rc != EM_OK)
         return rc;
-    owner_t owner;
+    em__dynsec_owner_t owner;
     if ((rc = client_owner(d, device_id, &nm, &owner, err)) != EM_OK)
         return rc;
 
@@ -414,7 +421,7 @@ em_err_t em_dynsec_remove(em_dynsec_t *d, const char *device_id, em_error_t *err
      * that stopped half way leaves one). */
     cJSON *cmds = cJSON_CreateArray();
     bool built = cmds != NULL;
-    if (built && owner == CLIENT_OURS)
+    if (built && owner == EM__DYNSEC_CLIENT_OURS)
         built = add_cmd(cmds, "deleteClient", "username", device_id) != NULL;
     if (built)
         built = add_cmd(cmds, "deleteRole", "rolename", nm.role) != NULL;
@@ -447,10 +454,10 @@ em_err_t em_dynsec_set_enabled(em_dynsec_t *d, const char *device_id, int enable
     em_err_t rc = check_device(d, device_id, &nm, err);
     if (rc != EM_OK)
         return rc;
-    owner_t owner;
+    em__dynsec_owner_t owner;
     if ((rc = client_owner(d, device_id, &nm, &owner, err)) != EM_OK)
         return rc;
-    if (owner != CLIENT_OURS)
+    if (owner != EM__DYNSEC_CLIENT_OURS)
         return em_error_set(err, EM_ERR_NOT_FOUND, EM_SEV_LOW, "deviceId",
                             "device %s has no MQTT password", device_id);
     const char *verb = enabled ? "enableClient" : "disableClient";

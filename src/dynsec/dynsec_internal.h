@@ -70,11 +70,48 @@ void em__dynsec_callbacks(em_dynsec_t *d, em_mqtt_callbacks_t *cbs);
  */
 em_err_t em__dynsec_exec(em_dynsec_t *d, cJSON *commands, cJSON **responses, em_error_t *err);
 
+/*
+ * The plugin's answer read from the response topic (payload, len bytes, not
+ * NUL-terminated), when it is the one awaited: a JSON object whose
+ * "responses" array's first entry has "correlationData" equal to want.
+ * Returns that array, detached from the rest (the caller frees it with
+ * cJSON_Delete). NULL for anything else: empty or longer than
+ * EM__DYNSEC_ANSWER_MAX, not JSON, no "responses" array, no correlation
+ * string in its first entry, an answer to another exchange (or to another
+ * administrator on the same broker), want NULL or empty, or memory ran out.
+ * The network thread calls it for every message on the response topic.
+ */
+cJSON *em__dynsec_answer_take(const void *payload, size_t len, const char *want);
+
+/* True when answer (a "responses" array) holds one response per command of
+ * commands, in order, each naming the same "command" string. False for
+ * anything else, NULL arguments included. */
+bool em__dynsec_answer_matches(const cJSON *commands, const cJSON *answer);
+
 /* The "error" of one response, or NULL when the command succeeded. */
 const char *em__dynsec_response_error(const cJSON *response);
 
 /* True when a response's error says the object does not exist ("Client not
  * found", "Role not found"). */
 bool em__dynsec_is_not_found(const char *error);
+
+/* Whose client a getClient answer describes. */
+typedef enum em__dynsec_owner {
+    EM__DYNSEC_CLIENT_NONE,    /* no such client */
+    EM__DYNSEC_CLIENT_OURS,    /* its text name is emiot's marker */
+    EM__DYNSEC_CLIENT_FOREIGN, /* someone else's, or the question failed */
+} em__dynsec_owner_t;
+
+/*
+ * Reads getClient's response (one entry of the "responses" array; NULL is
+ * accepted): EM__DYNSEC_CLIENT_NONE when its error says the client does not
+ * exist, EM__DYNSEC_CLIENT_OURS when it succeeded and data.client.textname is
+ * exactly marker, EM__DYNSEC_CLIENT_FOREIGN otherwise. *why (when why is
+ * not NULL) is the response's error (as em__dynsec_response_error), NULL
+ * when it succeeded: a foreign answer with an error means the plugin refused
+ * the question.
+ */
+em__dynsec_owner_t em__dynsec_client_owner(const cJSON *response, const char *marker,
+                                           const char **why);
 
 #endif /* EMIOT_DYNSEC_INTERNAL_H */
