@@ -26,7 +26,9 @@ static void usage(FILE *out)
                  "       emiotd --help | --version\n"
                  "\n"
                  "emiot's daemon: keeps devices, statuses, telemetry, commands and events in a\n"
-                 "store (SQLite or PostgreSQL) and serves the HTTPS API (docs/API.md).\n"
+                 "store (SQLite or PostgreSQL) and serves the HTTPS API (docs/API.md). With a\n"
+                 "CA directory ([pki] dir) it enrolls devices and issues device tokens by\n"
+                 "challenge-response (docs/SECURITY.md).\n"
                  "\n"
                  "  -c, --config FILE   the configuration file (default " DEFAULT_CONFIG ");\n"
                  "                      deploy/emiotd.conf documents every key\n"
@@ -41,7 +43,9 @@ static void usage(FILE *out)
                  "configuration.\n"
                  "\n"
                  "On the first start the admin's bootstrap API key is written, mode 0600, to\n"
-                 "[daemon] bootstrap_key_file (default DATA_DIR/bootstrap-admin.key).\n");
+                 "[daemon] bootstrap_key_file (default DATA_DIR/bootstrap-admin.key); with no\n"
+                 "[keystore] passphrase, DATA_DIR/keystore.key is made to seal emiotd's keys:\n"
+                 "keep a copy of it apart from the data directory's backups.\n");
 }
 
 /* The bootstrap key, once: to stderr only when the configuration asked for
