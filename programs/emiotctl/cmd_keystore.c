@@ -101,6 +101,22 @@ static void print_result(const ctl_t *c, const char *action, const char *file, c
     (void)fputc('\n', stdout);
 }
 
+/* Opens the keystore file --in with the passphrase or key file given; the
+ * secret is freed before returning. *data: em_keystore_data_free. */
+static int open_in(const opts_t *o, unsigned char **data, size_t *len)
+{
+    em_keystore_secret_t *s = NULL;
+    int rc = ctl_secret_keystore(o->s.key_file, o->s.passphrase_file, CTL_ENV_PASSPHRASE, &s);
+    if (rc != 0)
+        return rc;
+    em_error_t e;
+    em_error_clear(&e);
+    if (em_keystore_read_file(o->in, s, data, len, &e) != EM_OK)
+        rc = ctl_em_fail(o->in, &e);
+    em_keystore_secret_free(s);
+    return rc;
+}
+
 static int run_seal(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 {
     opts_t o;
@@ -149,17 +165,9 @@ static int run_open(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     int rc = parse(c, cmd, argc, argv, &o, true, true);
     if (rc != 0)
         return rc;
-    em_keystore_secret_t *s = NULL;
-    rc = ctl_secret_keystore(o.s.key_file, o.s.passphrase_file, CTL_ENV_PASSPHRASE, &s);
-    if (rc != 0)
-        return rc;
     unsigned char *data = NULL;
     size_t len = 0;
-    em_error_t e;
-    em_error_clear(&e);
-    if (em_keystore_read_file(o.in, s, &data, &len, &e) != EM_OK)
-        rc = ctl_em_fail(o.in, &e);
-    em_keystore_secret_free(s);
+    rc = open_in(&o, &data, &len);
     if (rc == 0)
         rc = ctl_write_new_file(o.out, 0600, data, len);
     em_keystore_data_free(data, len);
@@ -181,21 +189,17 @@ static int run_rekey(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
         ctl_err(NULL, "rekey replaces --in in place: --out is not used");
         return CTL_USAGE;
     }
-    em_keystore_secret_t *old = NULL, *neu = NULL;
-    rc = ctl_secret_keystore(o.s.key_file, o.s.passphrase_file, CTL_ENV_PASSPHRASE, &old);
-    if (rc != 0)
-        return rc;
     unsigned char *data = NULL;
     size_t len = 0;
-    em_error_t e;
-    em_error_clear(&e);
     /* Open with the old secret before asking for the new one: a wrong old
      * passphrase must fail before anything else happens. */
-    if (em_keystore_read_file(o.in, old, &data, &len, &e) != EM_OK)
-        rc = ctl_em_fail(o.in, &e);
-    em_keystore_secret_free(old);
-    if (rc == 0)
-        rc = ctl_secret_keystore(o.new_key_file, o.new_pass_file, CTL_ENV_NEW_PASSPHRASE, &neu);
+    rc = open_in(&o, &data, &len);
+    if (rc != 0)
+        return rc;
+    em_keystore_secret_t *neu = NULL;
+    rc = ctl_secret_keystore(o.new_key_file, o.new_pass_file, CTL_ENV_NEW_PASSPHRASE, &neu);
+    em_error_t e;
+    em_error_clear(&e);
     /* em_keystore_write_file replaces the file atomically: a crash leaves
      * either the old or the new file, never a mix. */
     if (rc == 0 && em_keystore_write_file(o.in, neu, data, len, &e) != EM_OK)
@@ -256,17 +260,9 @@ static int run_verify(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     int rc = parse(c, cmd, argc, argv, &o, true, false);
     if (rc != 0)
         return rc;
-    em_keystore_secret_t *s = NULL;
-    rc = ctl_secret_keystore(o.s.key_file, o.s.passphrase_file, CTL_ENV_PASSPHRASE, &s);
-    if (rc != 0)
-        return rc;
     unsigned char *data = NULL;
     size_t len = 0;
-    em_error_t e;
-    em_error_clear(&e);
-    if (em_keystore_read_file(o.in, s, &data, &len, &e) != EM_OK)
-        rc = ctl_em_fail(o.in, &e);
-    em_keystore_secret_free(s);
+    rc = open_in(&o, &data, &len);
     if (rc != 0)
         return rc;
     char what[128];
