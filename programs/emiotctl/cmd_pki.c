@@ -216,6 +216,16 @@ static int ca_open(const opts_t *o, bool with_key, ca_t *ca)
     return rc;
 }
 
+/* Parses the command line, then opens the CA directory (ca_open). */
+static int parse_open(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv,
+                      const struct option *opt, bool with_key, opts_t *o, ctl_args_t *a, ca_t *ca)
+{
+    int rc = parse(c, cmd, argc, argv, opt, o, a);
+    if (rc != 0)
+        return rc;
+    return ca_open(o, with_key, ca);
+}
+
 /* The secret or HSM for a new CA's key (init, import). */
 static int new_ca_secret(const opts_t *o, const char *key_ref, ca_t *ca)
 {
@@ -621,11 +631,8 @@ static int run_revoke(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     };
     opts_t o;
     ctl_args_t a;
-    int rc = parse(c, cmd, argc, argv, opt, &o, &a);
-    if (rc != 0)
-        return rc;
     ca_t ca;
-    rc = ca_open(&o, true, &ca);
+    int rc = parse_open(c, cmd, argc, argv, opt, true, &o, &a, &ca);
     if (rc != 0)
         return rc;
     em_error_t e;
@@ -725,11 +732,8 @@ static int run_list(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     };
     opts_t o;
     ctl_args_t a;
-    int rc = parse(c, cmd, argc, argv, opt, &o, &a);
-    if (rc != 0)
-        return rc;
     ca_t ca;
-    rc = ca_open(&o, false, &ca);
+    int rc = parse_open(c, cmd, argc, argv, opt, false, &o, &a, &ca);
     if (rc != 0)
         return rc;
     list_ctx_t l = {cJSON_CreateArray(), em_now_ms(), o.has_expiring, 0, false};
@@ -767,11 +771,8 @@ static int run_show(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     };
     opts_t o;
     ctl_args_t a;
-    int rc = parse(c, cmd, argc, argv, opt, &o, &a);
-    if (rc != 0)
-        return rc;
     ca_t ca;
-    rc = ca_open(&o, false, &ca);
+    int rc = parse_open(c, cmd, argc, argv, opt, false, &o, &a, &ca);
     if (rc != 0)
         return rc;
     em_pki_cert_t info;
