@@ -294,6 +294,22 @@ static const ctl_col_t cert_cols[] = {
 };
 static const ctl_view_t cert_view = CTL_VIEW(cert_cols);
 
+/* Prints the record with the file it names under name (and file2 under name2
+ * when file2 is not NULL). */
+static int print_cert(ctl_t *c, const em_pki_cert_t *info, const char *name, const char *file,
+                      const char *name2, const char *file2)
+{
+    cJSON *j = cert_json(info, em_now_ms());
+    if (j == NULL || cJSON_AddStringToObject(j, name, file) == NULL ||
+        (file2 != NULL && cJSON_AddStringToObject(j, name2, file2) == NULL)) {
+        cJSON_Delete(j);
+        return oom();
+    }
+    ctl_print(c, j, &cert_view);
+    cJSON_Delete(j);
+    return 0;
+}
+
 /* ---- pki init, pki import ------------------------------------------------------ */
 
 /* Prints what the new CA directory holds. */
@@ -597,15 +613,7 @@ static int run_issue(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
                     info.serial, info.serial);
         return rc;
     }
-    cJSON *j = cert_json(&info, em_now_ms());
-    if (j == NULL || cJSON_AddStringToObject(j, "certificate", o.out_cert) == NULL ||
-        (o.out_key != NULL && cJSON_AddStringToObject(j, "key", o.out_key) == NULL)) {
-        cJSON_Delete(j);
-        return oom();
-    }
-    ctl_print(c, j, &cert_view);
-    cJSON_Delete(j);
-    return 0;
+    return print_cert(c, &info, "certificate", o.out_cert, "key", o.out_key);
 }
 
 /* ---- pki revoke, crl, list, show ----------------------------------------------------- */
@@ -647,13 +655,9 @@ static int run_revoke(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     ca_close(&ca);
     if (rc != 0)
         return rc;
-    cJSON *j = cert_json(&info, em_now_ms());
-    if (j == NULL || cJSON_AddStringToObject(j, "crl", crl) == NULL) {
-        cJSON_Delete(j);
-        return oom();
-    }
-    ctl_print(c, j, &cert_view);
-    cJSON_Delete(j);
+    rc = print_cert(c, &info, "crl", crl, NULL, NULL);
+    if (rc != 0)
+        return rc;
     broker_hint(c, crl);
     return 0;
 }
