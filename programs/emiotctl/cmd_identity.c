@@ -152,7 +152,10 @@ static int run_enroll_token(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **arg
 
 /* ---- lists --------------------------------------------------------------------- */
 
-static int run_enroll_tokens(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
+/* GET /api/v1/devices/ID/what for the device ID on the command line, shown
+ * with view. */
+static int get_device_list(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv, const char *what,
+                           const ctl_view_t *view)
 {
     ctl_args_t a;
     int rc = ctl_parse(c, cmd, argc, argv, NULL, NULL, NULL, &a);
@@ -161,8 +164,13 @@ static int run_enroll_tokens(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **ar
     if (rc != 0)
         return rc;
     ctl_buf_t b;
-    const char *path = device_path(&b, a.pos[0], "/enrollment-tokens");
-    return path == NULL ? CTL_INVALID : ctl_call(c, "GET", path, NULL, &token_view);
+    const char *path = device_path(&b, a.pos[0], what);
+    return path == NULL ? CTL_INVALID : ctl_call(c, "GET", path, NULL, view);
+}
+
+static int run_enroll_tokens(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
+{
+    return get_device_list(c, cmd, argc, argv, "/enrollment-tokens", &token_view);
 }
 
 static const ctl_col_t cert_cols[] = {
@@ -174,15 +182,7 @@ static const ctl_view_t cert_view = CTL_VIEW(cert_cols);
 
 static int run_certificates(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 {
-    ctl_args_t a;
-    int rc = ctl_parse(c, cmd, argc, argv, NULL, NULL, NULL, &a);
-    if (rc == 0)
-        rc = ctl_check_device_id(a.pos[0]);
-    if (rc != 0)
-        return rc;
-    ctl_buf_t b;
-    const char *path = device_path(&b, a.pos[0], "/certificates");
-    return path == NULL ? CTL_INVALID : ctl_call(c, "GET", path, NULL, &cert_view);
+    return get_device_list(c, cmd, argc, argv, "/certificates", &cert_view);
 }
 
 const ctl_cmd_t ctl_identity_cmds[] = {
