@@ -35,6 +35,7 @@
 #include <cmocka.h>
 
 #include "broker.h"
+#include "cli.h"
 #include "emiot/clock.h"
 #include "testutil.h"
 
@@ -44,7 +45,6 @@
 #define ADMIN_PW      "dynsec admin password for the test"
 #define MANAGER       "emiotd.manager"
 #define RUN_MS        60000
-#define ENV_MAX       24
 #define OUT_MAX       65536
 #define WAIT_MS       15000
 #define DAY_MS        ((int64_t)86400000)
@@ -67,9 +67,8 @@ static struct {
     int seq;
 } fx;
 
-/* Storage of the children's environment strings (not in fx: they are
- * written from fx's own strings). */
-static char env_store[ENV_MAX][EM_TEST_PATH_MAX + 64];
+/* The children's environment (large: not on the stack). */
+static em_test_env_t child_env;
 
 static struct {
     int rc;
@@ -107,82 +106,23 @@ static const char *in_dir(const char *name)
     return p;
 }
 
-static size_t read_into(const char *path, char *buf, size_t size)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return n;
-}
-
-static void make_env(const char *const *extra, const char *envp[ENV_MAX + 1])
-{
-    size_t n = 0;
-    static const char *const pass[] = {"PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
-                                       "TZ"};
-    for (size_t i = 0; i < sizeof pass / sizeof pass[0]; i++) {
-        const char *v = getenv(pass[i]);
-        if (v != NULL) {
-            snprintf(env_store[n], sizeof env_store[n], "%s=%s", pass[i], v);
-            envp[n] = env_store[n];
-            n++;
-        }
-    }
-    snprintf(env_store[n], sizeof env_store[n], "HOME=%s", fx.dir);
-    envp[n] = env_store[n];
-    n++;
-    snprintf(env_store[n], sizeof env_store[n], "EMIOT_PKI_DIR=%s", fx.ca);
-    envp[n] = env_store[n];
-    n++;
-    envp[n++] = "EMIOT_KEYSTORE_PASSPHRASE=" PASS;
-    envp[n++] = "EMIOT_KEYSTORE_SCRYPT_COST=14";
-    envp[n++] = "EMIOT_DYNSEC_ADMIN_PASSWORD=" ADMIN_PW;
-    /* extra: "NAME=value" replaces NAME. */
-    for (size_t i = 0; extra != NULL && extra[i] != NULL; i++) {
-        size_t nl = (size_t)(strchr(extra[i], '=') - extra[i]);
-        for (size_t j = 0; j < n; j++)
-            if (strncmp(envp[j], extra[i], nl + 1) == 0) {
-                envp[j] = envp[--n];
-                break;
-            }
-        if (n < ENV_MAX)
-            envp[n++] = extra[i];
-    }
-    envp[n] = NULL;
-}
-
-/* Runs argv to completion; exit code, stdout and stderr in R. */
+/* Runs argv to completion with the basic environment and extra ("NAME=value"
+ * replaces NAME); exit code, stdout and stderr in R. */
 static int run_env(const char *const *extra, const char *const *argv)
 {
-    const char *envp[ENV_MAX + 1];
-    make_env(extra, envp);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        int o = open(fx.out_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        int e = open(fx.err_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (o < 0 || e < 0)
-            _exit(126);
-        dup2(o, STDOUT_FILENO);
-        dup2(e, STDERR_FILENO);
-        if (strchr(argv[0], '/') != NULL)
-            execve(argv[0], (char *const *)argv, (char *const *)envp);
-        else
-            execvpe(argv[0], (char *const *)argv, (char *const *)envp);
-        _exit(127);
-    }
-    R.rc = em_test_wait(pid, RUN_MS);
-    if (R.rc == -1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
-    read_into(fx.out_file, R.out, sizeof R.out);
-    read_into(fx.err_file, R.err, sizeof R.err);
+    static char home[EM_TEST_PATH_MAX + 64], pki[EM_TEST_PATH_MAX + 64];
+    snprintf(home, sizeof home, "HOME=%s", fx.dir);
+    snprintf(pki, sizeof pki, "EMIOT_PKI_DIR=%s", fx.ca);
+    const char *const base[] = {home,
+                                pki,
+                                "EMIOT_KEYSTORE_PASSPHRASE=" PASS,
+                                "EMIOT_KEYSTORE_SCRYPT_COST=14",
+                                "EMIOT_DYNSEC_ADMIN_PASSWORD=" ADMIN_PW,
+                                NULL};
+    em_test_env_build(&child_env, base, extra);
+    R.rc = em_test_run_env(child_env.envp, argv, fx.out_file, fx.err_file, RUN_MS);
+    em_test_read_file(fx.out_file, R.out, sizeof R.out);
+    em_test_read_file(fx.err_file, R.err, sizeof R.err);
     if (strcmp(argv[0], CTL_BIN) == 0 &&
         (strstr(R.out, PASS) != NULL || strstr(R.err, PASS) != NULL ||
          strstr(R.out, ADMIN_PW) != NULL || strstr(R.err, ADMIN_PW) != NULL)) {
@@ -213,42 +153,6 @@ static void expect_in(const char *hay, const char *needle)
     }
 }
 
-static bool port_accepts(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((unsigned short)port);
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    close(fd);
-    return ok;
-}
-
-static int count_in_file(const char *path, const char *needle)
-{
-    static char buf[1 << 20];
-    read_into(path, buf, sizeof buf);
-    int n = 0;
-    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p++)
-        n++;
-    return n;
-}
-
-/* Waits until path holds needle at least n times. */
-static bool wait_for(const char *path, const char *needle, int n, int timeout_ms)
-{
-    for (int waited = 0; waited <= timeout_ms; waited += 50) {
-        if (count_in_file(path, needle) >= n)
-            return true;
-        em_test_sleep_ms(50);
-    }
-    return false;
-}
-
 /* ---- the broker ---------------------------------------------------------------------- */
 
 static int start_broker(void)
@@ -265,11 +169,11 @@ static int start_broker(void)
             fx.broker_pid = 0;
             fprintf(stderr, "mosquitto exited at start; its log:\n");
             char buf[8192];
-            read_into(fx.log, buf, sizeof buf);
+            em_test_read_file(fx.log, buf, sizeof buf);
             fprintf(stderr, "%s\n", buf);
             return -1;
         }
-        if (port_accepts(fx.port) && port_accepts(fx.dport))
+        if (em_test_port_accepts(fx.port) && em_test_port_accepts(fx.dport))
             return 0;
         em_test_sleep_ms(20);
     }
@@ -322,7 +226,7 @@ static void pub_until_seen(const char *name, const char *topic, const char *msg,
     snprintf(line, sizeof line, "%s %s", topic, msg);
     for (int i = 0; i < WAIT_MS / 200; i++) {
         assert_int_equal(pub(name, topic, msg), 0);
-        if (wait_for(out, line, 1, 200))
+        if (em_test_wait_in_file(out, line, 1, 200))
             return;
     }
     fprintf(stderr, "\"%s\" never reached the subscriber\n", line);
@@ -489,7 +393,7 @@ static void test_generated_configuration_is_complete(void **state)
     join(p, sizeof p, fx.broker, "server.key");
     assert_int_equal(mode_of(p), 0600);
     join(p, sizeof p, fx.broker, "mosquitto.conf");
-    read_into(p, buf, sizeof buf);
+    em_test_read_file(p, buf, sizeof buf);
     expect_in(buf, "per_listener_settings true");
     expect_in(buf, "require_certificate true");
     expect_in(buf, "use_identity_as_username true");
@@ -506,7 +410,7 @@ static void test_generated_configuration_is_complete(void **state)
     expect_in(buf, "\npersistence true\n");
     expect_in(buf, "\n# ");
     join(p, sizeof p, fx.broker, "acl");
-    read_into(p, buf, sizeof buf);
+    em_test_read_file(p, buf, sizeof buf);
     expect_in(buf, "user " MANAGER "\n");
     expect_in(buf, "topic read device/+/status\n");
     expect_in(buf, "topic read device/+/availability\n");
@@ -515,7 +419,7 @@ static void test_generated_configuration_is_complete(void **state)
     expect_in(buf, "pattern read device/%u/command\n");
     assert_null(strstr(buf, "pattern write device/%u/command"));
     join(p, sizeof p, fx.broker, "dynsec.json");
-    read_into(p, buf, sizeof buf);
+    em_test_read_file(p, buf, sizeof buf);
     expect_in(buf, "\"iterations\":\t210000");
     expect_in(buf, ADMIN);
     assert_null(strstr(buf, ADMIN_PW));
@@ -528,11 +432,11 @@ static void test_config_never_overwrites_without_force_and_keeps_dynsec(void **s
     char before[OUT_MAX], after[OUT_MAX];
     client_files("server", crt, key);
     join(p, sizeof p, fx.broker, "dynsec.json");
-    read_into(p, before, sizeof before);
+    em_test_read_file(p, before, sizeof before);
     EXPECT(7, CTL("broker", "config", "--out", fx.broker, "--server-cert", crt, "--server-key", key,
                   "--port", fx.port_s, "--dynsec-port", fx.dport_s));
     expect_in(R.err, "--force");
-    read_into(p, after, sizeof after);
+    em_test_read_file(p, after, sizeof after);
     assert_string_equal(before, after);
 }
 
@@ -615,7 +519,7 @@ static void test_device_cannot_publish_another_devices_status(void **state)
     pub_until_seen("dev-b", "device/dev-b/status", marker("after"), out);
     em_test_stop(s);
     char buf[OUT_MAX];
-    read_into(out, buf, sizeof buf);
+    em_test_read_file(out, buf, sizeof buf);
     assert_null(strstr(buf, "FORGED-BY-A"));
 }
 
@@ -636,7 +540,7 @@ static void test_device_cannot_read_another_devices_commands(void **state)
     em_test_stop(sa);
     em_test_stop(sb);
     char buf[OUT_MAX];
-    read_into(out_a, buf, sizeof buf);
+    em_test_read_file(out_a, buf, sizeof buf);
     assert_null(strstr(buf, "FOR-B"));
 }
 
@@ -652,7 +556,7 @@ static void test_device_cannot_publish_commands_or_outside_its_topics(void **sta
     pub_until_seen("manager", "device/dev-b/command", marker("b-after"), out_b);
     em_test_stop(sb);
     char buf[OUT_MAX];
-    read_into(out_b, buf, sizeof buf);
+    em_test_read_file(out_b, buf, sizeof buf);
     assert_null(strstr(buf, "CMD-FROM-A"));
     /* Its own command topic, another prefix, a topic of no kind: refused. */
     static const char *const refused[] = {"device/dev-a/command", "other/dev-a/status",
@@ -706,16 +610,16 @@ static void test_dynsec_admin_logs_in_with_the_generated_hash(void **state)
                           NULL};
     pid_t s = em_test_spawn(argv, out);
     assert_true(s > 0);
-    for (int i = 0; i < 50 && count_in_file(out, ADMIN) == 0; i++) {
+    for (int i = 0; i < 50 && em_test_count_in_file(out, ADMIN) == 0; i++) {
         assert_int_equal(RUN("mosquitto_pub", "-V", "mqttv5", "-h", "localhost", "-p", fx.dport_s,
                              "--cafile", ca, "-u", ADMIN, "-P", ADMIN_PW, "-t",
                              "$CONTROL/dynamic-security/v1", "-m",
                              "{\"commands\":[{\"command\":\"listClients\"}]}"),
                          0);
-        wait_for(out, ADMIN, 1, 300);
+        em_test_wait_in_file(out, ADMIN, 1, 300);
     }
     em_test_stop(s);
-    assert_true(count_in_file(out, ADMIN) >= 1);
+    assert_true(em_test_count_in_file(out, ADMIN) >= 1);
     /* A wrong password is refused; the admin may not touch device topics. */
     assert_int_not_equal(RUN("mosquitto_pub", "-h", "localhost", "-p", fx.dport_s, "--cafile", ca,
                              "-u", ADMIN, "-P", "not the password at all", "-t", "x", "-m", "x"),
@@ -767,9 +671,9 @@ static void test_revoked_certificate_refused_after_broker_reload(void **state)
                   getuid() == 0 ? "root" : (getenv("USER") != NULL ? getenv("USER") : "root"),
                   "--force"));
     expect_in(R.out, "dynsec.json kept");
-    int reloads = count_in_file(fx.log, "Reloading config");
+    int reloads = em_test_count_in_file(fx.log, "Reloading config");
     assert_int_equal(kill(fx.broker_pid, SIGHUP), 0);
-    assert_true(wait_for(fx.log, "Reloading config", reloads + 1, WAIT_MS));
+    assert_true(em_test_wait_in_file(fx.log, "Reloading config", reloads + 1, WAIT_MS));
     em_test_sleep_ms(200); /* the reload finishes after its log line */
     assert_int_not_equal(pub("dev-rev", "device/dev-rev/status", "REVOKED"), 0);
     /* What mosquitto 2.0.11 does (docs/EMIOTCTL.md says so): the reload does
@@ -780,7 +684,7 @@ static void test_revoked_certificate_refused_after_broker_reload(void **state)
     pub_until_seen("dev-a", "device/dev-a/status", marker("still"), out);
     em_test_stop(s);
     char buf[OUT_MAX];
-    read_into(out, buf, sizeof buf);
+    em_test_read_file(out, buf, sizeof buf);
     assert_null(strstr(buf, "REVOKED"));
     /* And after a restart too. */
     em_test_stop(fx.broker_pid);

@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "broker.h"
+#include "cli.h"
 #include "testutil.h"
 
 #define CTL_BIN    EM_TEST_BINARY_DIR "/emiotctl"
@@ -35,7 +36,6 @@
 #define PASS_NEW   "a brand new passphrase for rekey 7"
 #define PASS_WRONG "this is not the passphrase at all"
 #define RUN_MS     60000
-#define ENV_MAX    24
 #define OUT_MAX    262144
 
 static struct {
@@ -46,9 +46,8 @@ static struct {
     bool ca_ready;
 } fx;
 
-/* Storage of the children's environment strings (not in fx: they are
- * written from fx's own strings). */
-static char env_store[ENV_MAX][EM_TEST_PATH_MAX + 64];
+/* The children's environment (large: not on the stack). */
+static em_test_env_t child_env;
 
 static struct {
     int rc;
@@ -78,18 +77,6 @@ static void path_in(char *out, size_t size, const char *name)
     assert_true(n > 0 && (size_t)n < size);
 }
 
-static size_t read_into(const char *path, char *buf, size_t size)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return n;
-}
-
 static void write_file(const char *path, const char *text, mode_t mode)
 {
     unlink(path);
@@ -113,74 +100,22 @@ static unsigned mode_of(const char *path)
     return (unsigned)(st.st_mode & 0777);
 }
 
-/* The environment of a run: the basics, then extra ("NAME=value" replaces
- * NAME; "-NAME" removes it). */
-static void make_env(const char *const *extra, const char *envp[ENV_MAX + 1])
-{
-    size_t n = 0;
-    static const char *const pass[] = {"PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
-                                       "TZ"};
-    for (size_t i = 0; i < sizeof pass / sizeof pass[0]; i++) {
-        const char *v = getenv(pass[i]);
-        if (v != NULL) {
-            snprintf(env_store[n], sizeof env_store[n], "%s=%s", pass[i], v);
-            envp[n] = env_store[n];
-            n++;
-        }
-    }
-    snprintf(env_store[n], sizeof env_store[n], "HOME=%s", fx.dir);
-    envp[n] = env_store[n];
-    n++;
-    snprintf(env_store[n], sizeof env_store[n], "EMIOT_PKI_DIR=%s", fx.ca);
-    envp[n] = env_store[n];
-    n++;
-    envp[n++] = "EMIOT_KEYSTORE_PASSPHRASE=" PASS;
-    envp[n++] = "EMIOT_KEYSTORE_SCRYPT_COST=14"; /* fast tests; files record their cost */
-    for (size_t i = 0; extra != NULL && extra[i] != NULL; i++) {
-        const char *e = extra[i];
-        bool remove = e[0] == '-';
-        const char *name = remove ? e + 1 : e;
-        size_t nl = remove ? strlen(name) : (size_t)(strchr(name, '=') - name);
-        for (size_t j = 0; j < n; j++) {
-            if (strncmp(envp[j], name, nl) == 0 && envp[j][nl] == '=') {
-                envp[j] = envp[--n];
-                break;
-            }
-        }
-        if (!remove && n < ENV_MAX)
-            envp[n++] = e;
-    }
-    envp[n] = NULL;
-}
-
-/* Runs argv (a path, or a name looked up in PATH); stdout and stderr into R. */
+/* Runs argv (a path, or a name looked up in PATH) with the basic environment
+ * and extra ("NAME=value" replaces NAME; "-NAME" removes it); stdout and
+ * stderr into R. */
 static int run_env(const char *const *extra, const char *const *argv)
 {
-    const char *envp[ENV_MAX + 1];
-    make_env(extra, envp);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        int o = open(fx.out_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        int e = open(fx.err_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (o < 0 || e < 0)
-            _exit(126);
-        dup2(o, STDOUT_FILENO);
-        dup2(e, STDERR_FILENO);
-        if (strchr(argv[0], '/') != NULL)
-            execve(argv[0], (char *const *)argv, (char *const *)envp);
-        else
-            execvpe(argv[0], (char *const *)argv, (char *const *)envp);
-        _exit(127);
-    }
-    R.rc = em_test_wait(pid, RUN_MS);
-    if (R.rc == -1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
-    read_into(fx.out_file, R.out, sizeof R.out);
-    read_into(fx.err_file, R.err, sizeof R.err);
+    static char home[EM_TEST_PATH_MAX + 64], pki[EM_TEST_PATH_MAX + 64];
+    snprintf(home, sizeof home, "HOME=%s", fx.dir);
+    snprintf(pki, sizeof pki, "EMIOT_PKI_DIR=%s", fx.ca);
+    const char *const base[] = {
+        home, pki, "EMIOT_KEYSTORE_PASSPHRASE=" PASS,
+        "EMIOT_KEYSTORE_SCRYPT_COST=14", /* fast tests; files record their cost */
+        NULL};
+    em_test_env_build(&child_env, base, extra);
+    R.rc = em_test_run_env(child_env.envp, argv, fx.out_file, fx.err_file, RUN_MS);
+    em_test_read_file(fx.out_file, R.out, sizeof R.out);
+    em_test_read_file(fx.err_file, R.err, sizeof R.err);
     /* Whatever happened, no secret is ever printed. */
     static const char *const secrets[] = {PASS, PASS_NEW, PASS_WRONG, "PRIVATE KEY"};
     if (strcmp(argv[0], CTL_BIN) == 0)
@@ -303,7 +238,7 @@ static void snapshot_index(char *buf, size_t size)
 {
     char p[EM_TEST_PATH_MAX];
     join(p, sizeof p, fx.ca, "index");
-    read_into(p, buf, size);
+    em_test_read_file(p, buf, size);
 }
 
 /* ---- set-up ------------------------------------------------------------------------ */
@@ -374,7 +309,7 @@ static void test_init_makes_private_ca_directory(void **state)
     join(p, sizeof p, fx.ca, "ca.key");
     assert_int_equal(mode_of(p), 0600);
     /* The key is sealed, never plain PEM. */
-    read_into(p, buf, sizeof buf);
+    em_test_read_file(p, buf, sizeof buf);
     assert_memory_equal(buf, "EMKS", 4);
     join(p, sizeof p, fx.ca, "ca.crt");
     EXPECT(0, RUN("openssl", "x509", "-in", p, "-noout", "-text"));
@@ -390,9 +325,9 @@ static void test_init_twice_refused_and_ca_kept(void **state)
     need_ca();
     char p[EM_TEST_PATH_MAX], before[8192], after[8192];
     join(p, sizeof p, fx.ca, "ca.crt");
-    read_into(p, before, sizeof before);
+    em_test_read_file(p, before, sizeof before);
     EXPECT(7, CTL("pki", "init"));
-    read_into(p, after, sizeof after);
+    em_test_read_file(p, after, sizeof after);
     assert_string_equal(before, after);
 }
 
@@ -501,7 +436,7 @@ static void test_issue_never_overwrites_files(void **state)
     EXPECT(7, CTL("pki", "issue", "--profile", "device", "--cn", "dev-keep", "--out-cert", crt,
                   "--out-key", key));
     char buf[64];
-    read_into(key, buf, sizeof buf);
+    em_test_read_file(key, buf, sizeof buf);
     assert_string_equal(buf, "do not touch\n");
     assert_false(exists(crt)); /* nothing half made */
     /* and nothing was issued */
@@ -705,7 +640,7 @@ static void test_show_prints_the_certificate(void **state)
     EXPECT(0, CTL("pki", "show", serial));
     char crt[EM_TEST_PATH_MAX], file[8192];
     path_in(crt, sizeof crt, "dev-show.crt");
-    read_into(crt, file, sizeof file);
+    em_test_read_file(crt, file, sizeof file);
     assert_string_equal(R.out, file);
     EXPECT(6, CTL("pki", "show", "0123456789abcdef0123456789abcdef"));
 }
@@ -732,7 +667,7 @@ static void test_wrong_passphrase_refused_and_nothing_changed(void **state)
     path_in(crt, sizeof crt, "wrongpass.crt");
     path_in(key, sizeof key, "wrongpass.key");
     snapshot_index(before, sizeof before);
-    read_into(crl, crl_before, sizeof crl_before);
+    em_test_read_file(crl, crl_before, sizeof crl_before);
     const char *const env[] = {"EMIOT_KEYSTORE_PASSPHRASE=" PASS_WRONG, NULL};
     EXPECT_FAIL(CTL_ENV(env, "pki", "issue", "--profile", "device", "--cn", "dev-wrong",
                         "--out-cert", crt, "--out-key", key));
@@ -742,7 +677,7 @@ static void test_wrong_passphrase_refused_and_nothing_changed(void **state)
     EXPECT_FAIL(CTL_ENV(env, "pki", "crl"));
     expect_in(R.err, "wrong passphrase");
     snapshot_index(after, sizeof after);
-    read_into(crl, crl_after, sizeof crl_after);
+    em_test_read_file(crl, crl_after, sizeof crl_after);
     assert_string_equal(before, after);
     assert_string_equal(crl_before, crl_after);
 }
@@ -796,7 +731,7 @@ static void test_import_operator_ca(void **state)
     expect_in(R.out, "Operator Root");
     char p[EM_TEST_PATH_MAX], buf[8];
     join(p, sizeof p, d, "ca.key");
-    read_into(p, buf, sizeof buf);
+    em_test_read_file(p, buf, sizeof buf);
     assert_memory_equal(buf, "EMKS", 4);
     /* It issues certificates that chain to the operator's CA. */
     char dc[EM_TEST_PATH_MAX], dk[EM_TEST_PATH_MAX], cadir[EM_TEST_PATH_MAX];
@@ -837,8 +772,8 @@ static void test_keystore_seal_open_round_trip(void **state)
     EXPECT(0, CTL("keystore", "seal", "--in", plain, "--out", sealed));
     assert_int_equal(mode_of(sealed), 0600);
     char a[8192], b[8192];
-    size_t na = read_into(plain, a, sizeof a);
-    read_into(sealed, b, sizeof b);
+    size_t na = em_test_read_file(plain, a, sizeof a);
+    em_test_read_file(sealed, b, sizeof b);
     assert_memory_equal(b, "EMKS", 4);
     assert_null(strstr(b, "PRIVATE KEY"));
     EXPECT(0, CTL("keystore", "verify", "--in", sealed));
@@ -846,7 +781,7 @@ static void test_keystore_seal_open_round_trip(void **state)
     expect_in(R.out, "EC");
     EXPECT(0, CTL("keystore", "open", "--in", sealed, "--out", back));
     assert_int_equal(mode_of(back), 0600);
-    size_t nb = read_into(back, b, sizeof b);
+    size_t nb = em_test_read_file(back, b, sizeof b);
     assert_int_equal(na, nb);
     assert_memory_equal(a, b, na);
     /* open never overwrites */
@@ -915,15 +850,15 @@ static void test_keystore_rekey_changes_the_passphrase(void **state)
     const char *const newenv[] = {"EMIOT_KEYSTORE_PASSPHRASE=" PASS_NEW, NULL};
     EXPECT(0, CTL_ENV(newenv, "keystore", "open", "--in", sealed, "--out", out));
     char a[8192], b[8192];
-    size_t na = read_into(plain, a, sizeof a);
-    size_t nb = read_into(out, b, sizeof b);
+    size_t na = em_test_read_file(plain, a, sizeof a);
+    size_t nb = em_test_read_file(out, b, sizeof b);
     assert_int_equal(na, nb);
     assert_memory_equal(a, b, na);
     /* A wrong old passphrase changes nothing. */
     char before[8192], after[8192];
-    size_t n1 = read_into(sealed, before, sizeof before);
+    size_t n1 = em_test_read_file(sealed, before, sizeof before);
     EXPECT_FAIL(CTL_ENV(env, "keystore", "rekey", "--in", sealed));
-    size_t n2 = read_into(sealed, after, sizeof after);
+    size_t n2 = em_test_read_file(sealed, after, sizeof after);
     assert_int_equal(n1, n2);
     assert_memory_equal(before, after, n1);
 }
@@ -948,8 +883,8 @@ static void test_keystore_key_file_round_trip(void **state)
     EXPECT(0, CTL_ENV(env, "keystore", "open", "--keystore-key-file", kf, "--in", sealed, "--out",
                       out));
     char a[8192], b[8192];
-    size_t na = read_into(plain, a, sizeof a);
-    size_t nb = read_into(out, b, sizeof b);
+    size_t na = em_test_read_file(plain, a, sizeof a);
+    size_t nb = em_test_read_file(out, b, sizeof b);
     assert_int_equal(na, nb);
     assert_memory_equal(a, b, na);
 }
