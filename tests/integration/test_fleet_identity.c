@@ -60,6 +60,7 @@
 #include <openssl/x509.h>
 
 #include "broker.h"
+#include "cli.h"
 #include "daemon.h"
 #include "emiot/clock.h"
 #include "testutil.h"
@@ -128,18 +129,6 @@ static void ident(const char *name, char crt[P], char key[P])
     path_in(key, n);
 }
 
-static size_t read_into(const char *path, char *buf, size_t size)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return n;
-}
-
 static void write_text(const char *path, const char *text, mode_t mode)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
@@ -147,26 +136,6 @@ static void write_text(const char *path, const char *text, mode_t mode)
     size_t n = strlen(text);
     assert_int_equal(write(fd, text, n), (ssize_t)n);
     assert_int_equal(close(fd), 0);
-}
-
-static int count_in_file(const char *path, const char *needle)
-{
-    static char buf[1 << 20];
-    read_into(path, buf, sizeof buf);
-    int n = 0;
-    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p++)
-        n++;
-    return n;
-}
-
-static bool wait_in_file(const char *path, const char *needle, int n, int timeout_ms)
-{
-    for (int waited = 0; waited <= timeout_ms; waited += 50) {
-        if (count_in_file(path, needle) >= n)
-            return true;
-        em_test_sleep_ms(50);
-    }
-    return false;
 }
 
 /* A marker unique in this run. */
@@ -184,13 +153,7 @@ static int run(const char *const *argv)
     char out[P], name[32];
     snprintf(name, sizeof name, "run-%d.out", ++fx.seq);
     path_in(out, name);
-    pid_t pid = em_test_spawn(argv, out);
-    assert_true(pid > 0);
-    R.rc = em_test_wait(pid, RUN_MS);
-    if (R.rc == -1)
-        em_test_stop(pid);
-    read_into(out, R.out, sizeof R.out);
-    unlink(out);
+    R.rc = em_test_run_capture(argv, out, R.out, sizeof R.out, RUN_MS);
     if (strstr(R.out, PASS) != NULL) {
         fprintf(stderr, "%s printed the passphrase:\n%s\n", argv[0], R.out);
         fail();
@@ -221,21 +184,6 @@ static void expect_in(const char *hay, const char *needle)
 
 /* ---- the broker ----------------------------------------------------------------- */
 
-static bool port_accepts(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((unsigned short)port);
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    close(fd);
-    return ok;
-}
-
 /* mosquitto -c fx.conf; returns once the port accepts connections. */
 static int start_broker(void)
 {
@@ -250,11 +198,11 @@ static int start_broker(void)
         if (waitpid(fx.broker_pid, &st, WNOHANG) == fx.broker_pid) {
             fx.broker_pid = 0;
             char buf[8192];
-            read_into(fx.blog, buf, sizeof buf);
+            em_test_read_file(fx.blog, buf, sizeof buf);
             fprintf(stderr, "mosquitto exited at start:\n%s\n", buf);
             return -1;
         }
-        if (port_accepts(fx.port))
+        if (em_test_port_accepts(fx.port))
             return 0;
         em_test_sleep_ms(20);
     }
@@ -332,7 +280,7 @@ static void pub_until_seen(const char *name, const char *topic, const char *msg,
     snprintf(line, sizeof line, "%s %s", topic, msg);
     for (int waited = 0; waited < SEEN_MS; waited += 200) {
         EXPECT(0, pub(name, topic, msg));
-        if (wait_in_file(out, line, 1, 200))
+        if (em_test_wait_in_file(out, line, 1, 200))
             return;
     }
     fprintf(stderr, "\"%s\" never reached the subscriber\n", line);
@@ -620,8 +568,8 @@ static void test_operator_registers_and_enrolls_d1_with_emiotctl_and_emiot_agent
     expect_in(R.out, ": OK");
     /* The CA the device learnt is the operator's. */
     static char a[8192], b[8192];
-    read_into(fx.ca_crt, a, sizeof a);
-    read_into(ca_out, b, sizeof b);
+    em_test_read_file(fx.ca_crt, a, sizeof a);
+    em_test_read_file(ca_out, b, sizeof b);
     assert_string_equal(a, b);
     EXPECT(0, RUN("openssl", "x509", "-in", crt, "-noout", "-subject"));
     expect_in(R.out, "CN = d-1");
@@ -750,10 +698,10 @@ static void test_revoked_certificate_refused_by_broker_and_emiotd(void **state)
     EXPECT(0, CTL_RUN("-o", "json", "pki", "show", serial));
     expect_in(R.out, "\"status\":\t\"revoked\"");
     /* The broker's copy of the CRL, and a reload. */
-    int reloads = count_in_file(fx.blog, "Reloading config");
+    int reloads = em_test_count_in_file(fx.blog, "Reloading config");
     assert_int_equal(broker_config("server", true), 0);
     assert_int_equal(kill(fx.broker_pid, SIGHUP), 0);
-    assert_true(wait_in_file(fx.blog, "Reloading config", reloads + 1, SEEN_MS));
+    assert_true(em_test_wait_in_file(fx.blog, "Reloading config", reloads + 1, SEEN_MS));
     em_test_sleep_ms(200); /* the reload finishes after its log line */
     /* The broker's copy of the CRL names it (as openssl reads it). */
     char crl[P];
@@ -832,13 +780,13 @@ static void test_d2_does_not_receive_commands_for_d1(void **state)
     /* emiotd publishes them in this order, over one connection, and the
      * broker delivers to d-2's one connection in order: once d-2 has its
      * own, d-1's would already be there. */
-    bool d1_got = wait_in_file(out1, for_d1, 1, SEEN_MS);
-    bool d2_got = wait_in_file(out2, for_d2, 1, SEEN_MS);
+    bool d1_got = em_test_wait_in_file(out1, for_d1, 1, SEEN_MS);
+    bool d2_got = em_test_wait_in_file(out2, for_d2, 1, SEEN_MS);
     em_test_stop(s1);
     em_test_stop(s2);
     static char b1[OUT_MAX], b2[OUT_MAX];
-    read_into(out1, b1, sizeof b1);
-    read_into(out2, b2, sizeof b2);
+    em_test_read_file(out1, b1, sizeof b1);
+    em_test_read_file(out2, b2, sizeof b2);
     if (!d1_got || !d2_got)
         fprintf(stderr, "d-1 saw:\n%s\nd-2 saw:\n%s\n", b1, b2);
     assert_true(d1_got);
@@ -860,7 +808,7 @@ static void test_agent_token_reads_d1_and_is_refused_on_d2(void **state)
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
-    read_into(path, jwt, sizeof jwt);
+    em_test_read_file(path, jwt, sizeof jwt);
     char *nl = strchr(jwt, '\n');
     if (nl != NULL)
         *nl = '\0';
@@ -941,7 +889,7 @@ static void test_openssl_signed_certificate_from_imported_ca_is_accepted(void **
     assert_int_equal(registered_certificates("d-3"), 1);
     char path[P], jwt[4096];
     path_in(path, "d-3.jwt");
-    read_into(path, jwt, sizeof jwt);
+    em_test_read_file(path, jwt, sizeof jwt);
     char *nl = strchr(jwt, '\n');
     if (nl != NULL)
         *nl = '\0';
