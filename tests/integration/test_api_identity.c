@@ -36,6 +36,7 @@
 #include <openssl/x509.h>
 
 #include "broker.h"
+#include "cli.h"
 #include "emiot/api.h"
 #include "emiot/clock.h"
 #include "emiot/keystore.h"
@@ -153,32 +154,13 @@ static void write_file(const char *path, const void *data, size_t len)
     close(fd);
 }
 
-static size_t read_file(const char *path, char *buf, size_t size)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return n;
-}
-
 /* Runs argv with its output (stdout and stderr) into buf; returns the exit
  * status. */
 static int run_capture(const char *const argv[], char *buf, size_t size)
 {
     char out[PATHSZ];
     tmp_path(out, sizeof out, "out");
-    pid_t pid = em_test_spawn(argv, out);
-    assert_true(pid > 0);
-    int rc = em_test_wait(pid, 60000);
-    if (rc == -1)
-        em_test_stop(pid);
-    read_file(out, buf, size);
-    unlink(out);
-    return rc;
+    return em_test_run_capture(argv, out, buf, size, 60000);
 }
 
 static int run_quiet(const char *const argv[])
@@ -259,10 +241,10 @@ static int http_to(int port, const char *method, const char *path, const char *c
     assert_true(pid > 0);
     R.curl_exit = em_test_wait(pid, 30000);
     char code[64];
-    read_file(out, code, sizeof code);
+    em_test_read_file(out, code, sizeof code);
     R.status = (int)strtol(code, NULL, 10);
-    read_file(bodyf, R.body, sizeof R.body);
-    read_file(hdrf, R.headers, sizeof R.headers);
+    em_test_read_file(bodyf, R.body, sizeof R.body);
+    em_test_read_file(hdrf, R.headers, sizeof R.headers);
     unlink(out);
     unlink(bodyf);
     unlink(hdrf);
@@ -443,7 +425,7 @@ static void make_csr(devkey_t *d, const char *cn, const char *alg)
 static char *file_text(const char *path)
 {
     static char buf[65536];
-    assert_true(read_file(path, buf, sizeof buf) > 0);
+    assert_true(em_test_read_file(path, buf, sizeof buf) > 0);
     return buf;
 }
 
@@ -1517,7 +1499,7 @@ static void test_emiotctl_enroll_token_out_writes_a_private_file(void **state)
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     char tok[128];
-    read_file(path, tok, sizeof tok);
+    em_test_read_file(path, tok, sizeof tok);
     assert_int_equal(strlen(tok), 53);
     tok[52] = '\0';
     watch_secret(tok);

@@ -33,6 +33,7 @@
 #include <openssl/x509.h>
 
 #include "broker.h"
+#include "cli.h"
 #include "daemon.h"
 #include "emiot/clock.h"
 #include "emiot/keystore.h"
@@ -70,30 +71,11 @@ static void write_file(const char *path, const void *data, size_t len)
     close(fd);
 }
 
-static size_t read_file(const char *path, char *buf, size_t size)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return n;
-}
-
 static int run_capture(const char *const argv[], char *buf, size_t size)
 {
     char out[PATHSZ];
     tmp_path(out, sizeof out, "out");
-    pid_t pid = em_test_spawn(argv, out);
-    assert_true(pid > 0);
-    int rc = em_test_wait(pid, 60000);
-    if (rc == -1)
-        em_test_stop(pid);
-    read_file(out, buf, size);
-    unlink(out);
-    return rc;
+    return em_test_run_capture(argv, out, buf, size, 60000);
 }
 
 static int run_quiet(const char *const argv[])
@@ -108,7 +90,7 @@ static int run_quiet(const char *const argv[])
 static char *file_text(const char *path)
 {
     static char buf[65536];
-    assert_true(read_file(path, buf, sizeof buf) > 0);
+    assert_true(em_test_read_file(path, buf, sizeof buf) > 0);
     return buf;
 }
 
