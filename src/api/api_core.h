@@ -256,6 +256,11 @@ const char *em__api_jwt_verify_bound(em_api_t *api, const char *token, size_t le
  */
 const char *em__api_bearer(const char *header, size_t *len);
 
+/* Decodes canonical base64url without padding (len characters) into out (at
+ * most size bytes); the number of bytes, or -1 when it is not that (a bad
+ * character, a lone trailing character, bits left over that are not zero). */
+long em__b64url_decode(const char *s, size_t len, unsigned char *out, size_t size);
+
 /* Forgets a cached user (created, deleted) so that the next certificate
  * with that name is looked up again. */
 void em__api_auth_forget_user(em_api_t *api, const char *name);

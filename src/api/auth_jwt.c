@@ -410,8 +410,7 @@ out:
     return rc;
 }
 
-/* Decodes base64url (no padding) into out (at most size bytes). -1 on bad input. */
-static long b64url_decode(const char *s, size_t len, unsigned char *out, size_t size)
+long em__b64url_decode(const char *s, size_t len, unsigned char *out, size_t size)
 {
     uint32_t acc = 0;
     int bits = 0;
@@ -450,7 +449,7 @@ static long b64url_decode(const char *s, size_t len, unsigned char *out, size_t 
 static cJSON *segment_json(const char *s, size_t len)
 {
     unsigned char buf[EM__API_JWT_MAX];
-    long n = b64url_decode(s, len, buf, sizeof buf - 1);
+    long n = em__b64url_decode(s, len, buf, sizeof buf - 1);
     if (n <= 0)
         return NULL;
     if (memchr(buf, '\0', (size_t)n) != NULL)

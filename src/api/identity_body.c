@@ -3,7 +3,6 @@
  * checked before anything is looked up (identity.h).
  */
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
 #include "api/identity.h"
@@ -90,41 +89,4 @@ bool em__id_token_shape_ok(const char *s, size_t len)
         if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
             return false;
     return true;
-}
-
-long em__id_b64url_decode(const char *s, size_t len, unsigned char *out, size_t size)
-{
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        int v;
-        if (c >= 'A' && c <= 'Z')
-            v = c - 'A';
-        else if (c >= 'a' && c <= 'z')
-            v = c - 'a' + 26;
-        else if (c >= '0' && c <= '9')
-            v = c - '0' + 52;
-        else if (c == '-')
-            v = 62;
-        else if (c == '_')
-            v = 63;
-        else
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (n >= size)
-                return -1;
-            out[n++] = (unsigned char)(acc >> bits);
-        }
-        acc &= (1u << bits) - 1;
-    }
-    /* A lone trailing character, or bits left over that are not zero, is
-     * not what an encoder writes. */
-    if (bits >= 6 || acc != 0)
-        return -1;
-    return (long)n;
 }
