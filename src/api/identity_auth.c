@@ -33,23 +33,6 @@ static const char *const device_caps[] = {"device:read", "status:read", "telemet
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static bool add(cJSON *o, const char *name, cJSON *v)
-{
-    if (v == NULL)
-        return false;
-    if (!cJSON_AddItemToObject(o, name, v)) {
-        cJSON_Delete(v);
-        return false;
-    }
-    return true;
-}
-
-static bool no_params(em__api_req_t *r)
-{
-    static const char *const none[] = {NULL};
-    return em__api_only_params(r, none);
-}
-
 /* em_verifier_check_device's question, asked of the store (not a cache:
  * enrollment and device tokens are rare, and must see a disable at once). */
 static em_err_t device_check(const char *device_id, void *userdata)
@@ -95,7 +78,7 @@ static em_verifier_t *device_verifier(em_api_t *api)
 void em__id_challenge(em__api_req_t *r)
 {
     static const char *const type = "challenge_refused";
-    if (!no_params(r) || !em__id_public_gate(r))
+    if (!em__id_no_params(r) || !em__id_public_gate(r))
         return;
     em_api_t *api = r->api;
     if (device_verifier(api) == NULL) {
@@ -131,8 +114,8 @@ void em__id_challenge(em__api_req_t *r)
         goto out;
     }
     cJSON *data = cJSON_CreateObject();
-    if (data == NULL || !add(data, "nonce", cJSON_CreateString(nonce)) ||
-        !add(data, "expiresAt", em__enc_time(r->now_ms + ttl_ms))) {
+    if (data == NULL || !em__id_add(data, "nonce", cJSON_CreateString(nonce)) ||
+        !em__id_add(data, "expiresAt", em__enc_time(r->now_ms + ttl_ms))) {
         cJSON_Delete(data);
         em__api_error(r, 500, NULL, NULL, "out of memory");
         goto out;
@@ -283,7 +266,7 @@ static bool register_cert(em__api_req_t *r, const char *id, X509 *cert,
 void em__id_device_token(em__api_req_t *r)
 {
     static const char *const type = "device_auth_refused";
-    if (!no_params(r) || !em__id_public_gate(r))
+    if (!em__id_no_params(r) || !em__id_public_gate(r))
         return;
     em_api_t *api = r->api;
     em_verifier_t *v = device_verifier(api);
@@ -393,9 +376,9 @@ void em__id_device_token(em__api_req_t *r)
     em__api_audit(r, "device_token_issued", id, "device token for %s (certificate %s), %d s", id,
                   ci.serial, ttl);
     cJSON *data = cJSON_CreateObject();
-    bool ok = data != NULL && add(data, "token", cJSON_CreateString(tok)) &&
-              add(data, "tokenType", cJSON_CreateString("Bearer")) &&
-              add(data, "expiresAt", em__enc_time(exp_ms));
+    bool ok = data != NULL && em__id_add(data, "token", cJSON_CreateString(tok)) &&
+              em__id_add(data, "tokenType", cJSON_CreateString("Bearer")) &&
+              em__id_add(data, "expiresAt", em__enc_time(exp_ms));
     OPENSSL_cleanse(tok, TOKEN_BUF);
     free(tok);
     if (!ok) {

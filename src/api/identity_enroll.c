@@ -25,23 +25,6 @@
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static bool add(cJSON *o, const char *name, cJSON *v)
-{
-    if (v == NULL)
-        return false;
-    if (!cJSON_AddItemToObject(o, name, v)) {
-        cJSON_Delete(v);
-        return false;
-    }
-    return true;
-}
-
-static bool no_params(em__api_req_t *r)
-{
-    static const char *const none[] = {NULL};
-    return em__api_only_params(r, none);
-}
-
 static bool sha256(const void *data, size_t len, unsigned char out[32])
 {
     unsigned int n = 0;
@@ -115,7 +98,7 @@ static bool route_device(em__api_req_t *r, const char *id, bool *enabled)
 void em__id_create_enroll_token(em__api_req_t *r)
 {
     static const char *const fields[] = {"ttl", NULL};
-    if (!no_params(r))
+    if (!em__id_no_params(r))
         return;
     const em_api_options_t *o = em__api_options(r->api);
     const char *id = r->captures[0];
@@ -178,10 +161,10 @@ void em__id_create_enroll_token(em__api_req_t *r)
     em__api_audit(r, "enroll_token_created", id, "enrollment token %s for %s, valid %lld s",
                   rec.token_id, id, (long long)ttl);
     cJSON *data = cJSON_CreateObject();
-    bool ok = data != NULL && add(data, "token", cJSON_CreateString(tok)) &&
-              add(data, "tokenId", cJSON_CreateString(rec.token_id)) &&
-              add(data, "deviceId", cJSON_CreateString(id)) &&
-              add(data, "expiresAt", em__enc_time(rec.expires_at_ms));
+    bool ok = data != NULL && em__id_add(data, "token", cJSON_CreateString(tok)) &&
+              em__id_add(data, "tokenId", cJSON_CreateString(rec.token_id)) &&
+              em__id_add(data, "deviceId", cJSON_CreateString(id)) &&
+              em__id_add(data, "expiresAt", em__enc_time(rec.expires_at_ms));
     OPENSSL_cleanse(tok, sizeof tok);
     if (!ok) {
         cJSON_Delete(data);
@@ -206,13 +189,14 @@ static int token_row(const em_store_enroll_token_t *t, void *ud)
                         : t->expires_at_ms <= c->now_ms ? "expired"
                                                         : "unused";
     cJSON *o = cJSON_CreateObject();
-    bool ok = o != NULL && add(o, "tokenId", cJSON_CreateString(t->token_id)) &&
-              add(o, "deviceId", cJSON_CreateString(t->device_id)) &&
-              add(o, "owner", em__enc_str_or_null(t->owner)) &&
-              add(o, "state", cJSON_CreateString(state)) &&
-              add(o, "createdAt", em__enc_time(t->created_at_ms)) &&
-              add(o, "expiresAt", em__enc_time(t->expires_at_ms)) &&
-              add(o, "usedAt", em__enc_time(t->used_at_ms)) && cJSON_AddItemToArray(c->arr, o);
+    bool ok = o != NULL && em__id_add(o, "tokenId", cJSON_CreateString(t->token_id)) &&
+              em__id_add(o, "deviceId", cJSON_CreateString(t->device_id)) &&
+              em__id_add(o, "owner", em__enc_str_or_null(t->owner)) &&
+              em__id_add(o, "state", cJSON_CreateString(state)) &&
+              em__id_add(o, "createdAt", em__enc_time(t->created_at_ms)) &&
+              em__id_add(o, "expiresAt", em__enc_time(t->expires_at_ms)) &&
+              em__id_add(o, "usedAt", em__enc_time(t->used_at_ms)) &&
+              cJSON_AddItemToArray(c->arr, o);
     if (!ok) {
         cJSON_Delete(o);
         c->oom = true;
@@ -238,7 +222,7 @@ static void answer_list(em__api_req_t *r, em_err_t rc, const em_error_t *e, list
 
 void em__id_list_enroll_tokens(em__api_req_t *r)
 {
-    if (!no_params(r))
+    if (!em__id_no_params(r))
         return;
     const char *id = r->captures[0];
     bool enabled = false;
@@ -262,12 +246,13 @@ static int cert_row(const em_store_device_cert_t *dc, void *ud)
     list_ctx_t *c = ud;
     cJSON *o = cJSON_CreateObject();
     const char *state = dc->not_after_ms <= c->now_ms ? "expired" : "valid";
-    bool ok = o != NULL && add(o, "serial", cJSON_CreateString(dc->serial)) &&
-              add(o, "state", cJSON_CreateString(state)) &&
-              add(o, "sha256", cJSON_CreateString(dc->sha256)) &&
-              add(o, "notAfter", em__enc_time(dc->not_after_ms)) &&
-              add(o, "createdAt", em__enc_time(dc->created_at_ms)) &&
-              add(o, "certificate", cJSON_CreateString(dc->pem)) && cJSON_AddItemToArray(c->arr, o);
+    bool ok = o != NULL && em__id_add(o, "serial", cJSON_CreateString(dc->serial)) &&
+              em__id_add(o, "state", cJSON_CreateString(state)) &&
+              em__id_add(o, "sha256", cJSON_CreateString(dc->sha256)) &&
+              em__id_add(o, "notAfter", em__enc_time(dc->not_after_ms)) &&
+              em__id_add(o, "createdAt", em__enc_time(dc->created_at_ms)) &&
+              em__id_add(o, "certificate", cJSON_CreateString(dc->pem)) &&
+              cJSON_AddItemToArray(c->arr, o);
     if (!ok) {
         cJSON_Delete(o);
         c->oom = true;
@@ -298,7 +283,7 @@ static bool add_revocations(em__api_req_t *r, cJSON *arr)
                 return false;
             }
         }
-        if (!add(row, "revokedAt", em__enc_time(revoked_at)))
+        if (!em__id_add(row, "revokedAt", em__enc_time(revoked_at)))
             return false;
     }
     return true;
@@ -306,7 +291,7 @@ static bool add_revocations(em__api_req_t *r, cJSON *arr)
 
 void em__id_list_certificates(em__api_req_t *r)
 {
-    if (!no_params(r))
+    if (!em__id_no_params(r))
         return;
     const char *id = r->captures[0];
     if (!em__id_valid_id(id)) {
@@ -383,10 +368,11 @@ static cJSON *enroll_answer(em__api_req_t *r, const char *pem, const em_pki_cert
     if (ca == NULL)
         ca = em__id_cert_pem(em_pki_ca_cert(pki), CA_FILE_MAX);
     cJSON *data = cJSON_CreateObject();
-    bool ok = data != NULL && ca != NULL && add(data, "certificate", cJSON_CreateString(pem)) &&
-              add(data, "caCertificate", cJSON_CreateString(ca)) &&
-              add(data, "serial", cJSON_CreateString(info->serial)) &&
-              add(data, "notAfter", em__enc_time(info->not_after_ms));
+    bool ok = data != NULL && ca != NULL &&
+              em__id_add(data, "certificate", cJSON_CreateString(pem)) &&
+              em__id_add(data, "caCertificate", cJSON_CreateString(ca)) &&
+              em__id_add(data, "serial", cJSON_CreateString(info->serial)) &&
+              em__id_add(data, "notAfter", em__enc_time(info->not_after_ms));
     free(ca);
     if (!ok) {
         cJSON_Delete(data);
@@ -450,7 +436,7 @@ static bool use_token(em__api_req_t *r, const char *id, const char *tok, em_stor
 void em__id_enroll(em__api_req_t *r)
 {
     static const char *const type = "enroll_refused";
-    if (!no_params(r) || !em__id_public_gate(r))
+    if (!em__id_no_params(r) || !em__id_public_gate(r))
         return;
     em_api_t *api = r->api;
     const em_api_options_t *o = em__api_options(api);

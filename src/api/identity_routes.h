@@ -71,6 +71,13 @@ bool em__id_public_gate(em__api_req_t *r);
  */
 cJSON *em__id_pub_body(em__api_req_t *r, em__id_route_t route, const char *type, em__id_body_t *b);
 
+/* Adds v to o under name; takes v over (also on failure, and NULL: memory
+ * ran out). false when it could not. */
+bool em__id_add(cJSON *o, const char *name, cJSON *v);
+
+/* em__api_only_params with no parameter allowed. */
+bool em__id_no_params(em__api_req_t *r);
+
 /* cert as PEM, NUL-terminated (free); NULL when memory ran out or it is
  * longer than max bytes. */
 char *em__id_cert_pem(X509 *cert, size_t max);

@@ -41,6 +41,23 @@ void em__id_copy_id(char *dst, const char *id)
     dst[n] = '\0';
 }
 
+bool em__id_add(cJSON *o, const char *name, cJSON *v)
+{
+    if (v == NULL)
+        return false;
+    if (!cJSON_AddItemToObject(o, name, v)) {
+        cJSON_Delete(v);
+        return false;
+    }
+    return true;
+}
+
+bool em__id_no_params(em__api_req_t *r)
+{
+    static const char *const none[] = {NULL};
+    return em__api_only_params(r, none);
+}
+
 /* The client address without the port. */
 static void source_host(const char *source, char *out, size_t size)
 {
