@@ -11,7 +11,6 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ctl.h"
 
@@ -122,31 +121,8 @@ static int run_enroll_token(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **arg
         return CTL_ERROR;
     if (o.ttl > 0)
         cJSON_AddNumberToObject(body, "ttl", (double)o.ttl);
-    int fd = -1;
-    if (o.out != NULL && (fd = ctl_create_private(o.out)) < 0) {
-        cJSON_Delete(body);
-        return CTL_ERROR;
-    }
-    ctl_resp_t r;
-    rc = ctl_request(c, "POST", path, body, true, true, &r);
+    rc = ctl_post_secret(c, path, body, "token", o.out, show_token);
     cJSON_Delete(body);
-    if (rc == 0)
-        rc = show_token(c, &r, fd, o.out);
-    if (r.data != NULL) {
-        cJSON *tok = cJSON_GetObjectItemCaseSensitive((cJSON *)r.data, "token");
-        if (cJSON_IsString(tok) && tok->valuestring != NULL)
-            OPENSSL_cleanse(tok->valuestring, strlen(tok->valuestring));
-    }
-    ctl_resp_cleanup(&r);
-    if (fd >= 0) {
-        if (close(fd) != 0 && rc == 0) {
-            ctl_err("io", "cannot write %s", o.out);
-            rc = CTL_ERROR;
-        }
-        /* No half-written or empty token file is left behind. */
-        if (rc != 0)
-            unlink(o.out);
-    }
     return rc;
 }
 

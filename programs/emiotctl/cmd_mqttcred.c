@@ -11,7 +11,6 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ctl.h"
 
@@ -75,33 +74,6 @@ static int show_password(ctl_t *c, ctl_resp_t *r, int fd, const char *out)
     return 0;
 }
 
-static int issue(ctl_t *c, const char *path, const char *out)
-{
-    int fd = -1;
-    if (out != NULL && (fd = ctl_create_private(out)) < 0)
-        return CTL_ERROR;
-    ctl_resp_t r;
-    int rc = ctl_request(c, "POST", path, NULL, true, true, &r);
-    if (rc == 0)
-        rc = show_password(c, &r, fd, out);
-    if (r.data != NULL) {
-        cJSON *pw = cJSON_GetObjectItemCaseSensitive((cJSON *)r.data, "password");
-        if (cJSON_IsString(pw) && pw->valuestring != NULL)
-            OPENSSL_cleanse(pw->valuestring, strlen(pw->valuestring));
-    }
-    ctl_resp_cleanup(&r);
-    if (fd >= 0) {
-        if (close(fd) != 0 && rc == 0) {
-            ctl_err("io", "cannot write %s", out);
-            rc = CTL_ERROR;
-        }
-        /* No half-written or empty password file is left behind. */
-        if (rc != 0)
-            unlink(out);
-    }
-    return rc;
-}
-
 static int run_mqttcred(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -129,7 +101,7 @@ static int run_mqttcred(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     if (path == NULL)
         return CTL_INVALID;
     if (!o.revoke)
-        return issue(c, path, o.out);
+        return ctl_post_secret(c, path, NULL, "password", o.out, show_password);
     char done[128];
     snprintf(done, sizeof done, "revoked the MQTT password of device %s", id);
     return ctl_call_done(c, "DELETE", path, NULL, done);

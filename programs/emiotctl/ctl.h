@@ -349,6 +349,21 @@ void ctl_free_file(char *data, size_t len);
  * the file is removed. Returns 0 or an exit code. */
 int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t len);
 
+/* Shows the answer r of a request for a secret, or writes the secret to fd
+ * (out: its file's name) when fd >= 0. Returns 0 or an exit code. */
+typedef int (*ctl_show_secret_fn)(ctl_t *c, ctl_resp_t *r, int fd, const char *out);
+
+/*
+ * POSTs body (may be NULL) to path, whose answer holds a secret shown once,
+ * in its string field: with out, the file out is created first (O_EXCL,
+ * 0600, before anything is asked of the server) and show writes the secret
+ * there; then field's string is wiped in the answer and the answer cleaned
+ * up. A failure removes out: no half-written or empty file is left behind.
+ * Returns 0 or an exit code.
+ */
+int ctl_post_secret(ctl_t *c, const char *path, const cJSON *body, const char *field,
+                    const char *out, ctl_show_secret_fn show);
+
 /* ==== end of secret.c's declarations ==================================== */
 
 #endif /* EMIOTCTL_CTL_H */

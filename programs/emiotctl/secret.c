@@ -1,6 +1,7 @@
 /*
  * emiotctl - secret.c: the secrets of the local commands (pki, broker,
- * keystore) and the file helpers they share.
+ * keystore) and the file helpers they share; and the request for a secret
+ * emiotd shows once (an enrollment token, an MQTT password).
  *
  * A secret typed on the command line can be read by every user of the
  * machine (ps, /proc/PID/cmdline) and lands in shell histories, so none is
@@ -290,4 +291,35 @@ int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t l
         return CTL_ERROR;
     }
     return 0;
+}
+
+/* ---- secrets emiotd shows once ------------------------------------------------ */
+
+int ctl_post_secret(ctl_t *c, const char *path, const cJSON *body, const char *field,
+                    const char *out, ctl_show_secret_fn show)
+{
+    int fd = -1;
+    /* The file is made before the request: a secret the server has made
+     * must have somewhere to go. */
+    if (out != NULL && (fd = ctl_create_private(out)) < 0)
+        return CTL_ERROR;
+    ctl_resp_t r;
+    int rc = ctl_request(c, "POST", path, body, true, true, &r);
+    if (rc == 0)
+        rc = show(c, &r, fd, out);
+    if (r.data != NULL) {
+        cJSON *v = cJSON_GetObjectItemCaseSensitive((cJSON *)r.data, field);
+        if (cJSON_IsString(v) && v->valuestring != NULL)
+            OPENSSL_cleanse(v->valuestring, strlen(v->valuestring));
+    }
+    ctl_resp_cleanup(&r);
+    if (fd >= 0) {
+        if (close(fd) != 0 && rc == 0) {
+            ctl_err("io", "cannot write %s", out);
+            rc = CTL_ERROR;
+        }
+        if (rc != 0)
+            unlink(out);
+    }
+    return rc;
 }
