@@ -159,25 +159,8 @@ static int start_broker(void)
 {
     char conf[EM_TEST_PATH_MAX];
     join(conf, sizeof conf, fx.broker, "mosquitto.conf");
-    const char *argv[] = {"mosquitto", "-c", conf, NULL};
-    fx.broker_pid = em_test_spawn(argv, fx.log);
-    if (fx.broker_pid < 0)
-        return -1;
-    for (int waited = 0; waited < 10000; waited += 20) {
-        int st;
-        if (waitpid(fx.broker_pid, &st, WNOHANG) == fx.broker_pid) {
-            fx.broker_pid = 0;
-            fprintf(stderr, "mosquitto exited at start; its log:\n");
-            char buf[8192];
-            em_test_read_file(fx.log, buf, sizeof buf);
-            fprintf(stderr, "%s\n", buf);
-            return -1;
-        }
-        if (em_test_port_accepts(fx.port) && em_test_port_accepts(fx.dport))
-            return 0;
-        em_test_sleep_ms(20);
-    }
-    return -1;
+    const int ports[] = {fx.port, fx.dport};
+    return em_test_mosquitto_start(conf, fx.log, ports, 2, &fx.broker_pid);
 }
 
 /* The certificate files of a client: dir/NAME.crt, dir/NAME.key. */
@@ -204,19 +187,7 @@ static pid_t sub(const char *name, const char *const *topics, const char *out)
     char crt[EM_TEST_PATH_MAX], key[EM_TEST_PATH_MAX], ca[EM_TEST_PATH_MAX];
     client_files(name, crt, key);
     join(ca, sizeof ca, fx.broker, "ca.crt");
-    const char *argv[32] = {"mosquitto_sub", "-V", "mqttv5",  "-q",       "1", "-v",     "-h",
-                            "localhost",     "-p", fx.port_s, "--cafile", ca,  "--cert", crt,
-                            "--key",         key};
-    size_t n = 16;
-    for (size_t i = 0; topics[i] != NULL && n < 30; i++) {
-        argv[n++] = "-t";
-        argv[n++] = topics[i];
-    }
-    argv[n] = NULL;
-    unlink(out);
-    pid_t pid = em_test_spawn(argv, out);
-    assert_true(pid > 0);
-    return pid;
+    return em_test_mosquitto_sub(fx.port_s, ca, crt, key, topics, out);
 }
 
 /* Publishes msg as NAME to topic every 200 ms until it shows in out. */

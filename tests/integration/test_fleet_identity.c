@@ -187,27 +187,7 @@ static void expect_in(const char *hay, const char *needle)
 /* mosquitto -c fx.conf; returns once the port accepts connections. */
 static int start_broker(void)
 {
-    const char *argv[] = {"mosquitto", "-c", fx.conf, NULL};
-    fx.broker_pid = em_test_spawn(argv, fx.blog);
-    if (fx.broker_pid < 0) {
-        fx.broker_pid = 0;
-        return -1;
-    }
-    for (int waited = 0; waited < 10000; waited += 20) {
-        int st;
-        if (waitpid(fx.broker_pid, &st, WNOHANG) == fx.broker_pid) {
-            fx.broker_pid = 0;
-            char buf[8192];
-            em_test_read_file(fx.blog, buf, sizeof buf);
-            fprintf(stderr, "mosquitto exited at start:\n%s\n", buf);
-            return -1;
-        }
-        if (em_test_port_accepts(fx.port))
-            return 0;
-        em_test_sleep_ms(20);
-    }
-    fprintf(stderr, "mosquitto does not listen on %d\n", fx.port);
-    return -1;
+    return em_test_mosquitto_start(fx.conf, fx.blog, &fx.port, 1, &fx.broker_pid);
 }
 
 static void stop_broker(void)
@@ -257,19 +237,7 @@ static pid_t sub(const char *name, const char *const *topics, const char *out)
     char crt[P], key[P], ca[P];
     ident(name, crt, key);
     join(ca, fx.broker, "ca.crt");
-    const char *argv[32] = {"mosquitto_sub", "-V", "mqttv5",  "-q",       "1", "-v",     "-h",
-                            "localhost",     "-p", fx.port_s, "--cafile", ca,  "--cert", crt,
-                            "--key",         key};
-    size_t n = 16;
-    for (size_t i = 0; topics[i] != NULL && n < 29; i++) {
-        argv[n++] = "-t";
-        argv[n++] = topics[i];
-    }
-    argv[n] = NULL;
-    unlink(out);
-    pid_t pid = em_test_spawn(argv, out);
-    assert_true(pid > 0);
-    return pid;
+    return em_test_mosquitto_sub(fx.port_s, ca, crt, key, topics, out);
 }
 
 /* Publishes msg as NAME to topic every 200 ms until it shows in out: the

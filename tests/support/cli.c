@@ -145,3 +145,50 @@ bool em_test_port_accepts(int port)
     close(fd);
     return ok;
 }
+
+int em_test_mosquitto_start(const char *conf, const char *log, const int *ports, size_t nports,
+                            pid_t *pid)
+{
+    const char *argv[] = {"mosquitto", "-c", conf, NULL};
+    *pid = em_test_spawn(argv, log);
+    if (*pid < 0) {
+        *pid = 0;
+        return -1;
+    }
+    for (int waited = 0; waited < 10000; waited += 20) {
+        int st;
+        if (waitpid(*pid, &st, WNOHANG) == *pid) {
+            *pid = 0;
+            char buf[8192];
+            em_test_read_file(log, buf, sizeof buf);
+            fprintf(stderr, "mosquitto exited at start; its log:\n%s\n", buf);
+            return -1;
+        }
+        size_t up = 0;
+        while (up < nports && em_test_port_accepts(ports[up]))
+            up++;
+        if (up == nports)
+            return 0;
+        em_test_sleep_ms(20);
+    }
+    fprintf(stderr, "mosquitto does not listen on all of its %zu ports\n", nports);
+    return -1;
+}
+
+pid_t em_test_mosquitto_sub(const char *port, const char *ca, const char *crt, const char *key,
+                            const char *const *topics, const char *out)
+{
+    const char *argv[32] = {"mosquitto_sub", "-V", "mqttv5", "-q",       "1", "-v",     "-h",
+                            "localhost",     "-p", port,     "--cafile", ca,  "--cert", crt,
+                            "--key",         key};
+    size_t n = 16;
+    for (size_t i = 0; topics[i] != NULL && n < 29; i++) {
+        argv[n++] = "-t";
+        argv[n++] = topics[i];
+    }
+    argv[n] = NULL;
+    unlink(out);
+    pid_t pid = em_test_spawn(argv, out);
+    assert_true(pid > 0);
+    return pid;
+}

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "broker.h" /* EM_TEST_PATH_MAX */
 
@@ -62,5 +63,20 @@ bool em_test_wait_in_file(const char *path, const char *needle, int n, int timeo
 
 /* True when 127.0.0.1:port accepts a TCP connection now. */
 bool em_test_port_accepts(int port);
+
+/* Starts `mosquitto -c conf` with its output into log and waits (up to
+ * 10 s) until each of ports[0..nports) accepts connections. *pid is the
+ * broker's pid, 0 when it is not running. Returns 0 when it listens; -1
+ * when it cannot start, exits at start (its log printed to stderr) or does
+ * not listen in time (it is then left running: stop *pid). */
+int em_test_mosquitto_start(const char *conf, const char *log, const int *ports, size_t nports,
+                            pid_t *pid);
+
+/* Starts `mosquitto_sub -V mqttv5 -q 1 -v` on localhost:port with the
+ * client certificate crt/key trusting ca, on topics (NULL-terminated, at
+ * most 6), its output into out (removed first). Fails the running cmocka
+ * test when it cannot start; returns the pid. */
+pid_t em_test_mosquitto_sub(const char *port, const char *ca, const char *crt, const char *key,
+                            const char *const *topics, const char *out);
 
 #endif /* EM_TEST_CLI_H */
