@@ -7,8 +7,6 @@
  * apart). The CA key is opened only by the commands that sign (issue,
  * revoke, crl), with the keystore passphrase or key file, or from an HSM.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -446,35 +444,6 @@ static int run_import(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
 
 /* ---- pki issue -------------------------------------------------------------------- */
 
-/* Creates path for writing, failing when it exists (never overwrites). */
-static int reserve(const char *path, mode_t mode)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-    if (fd < 0)
-        ctl_err(errno == EEXIST ? "already_exists" : "io", "cannot create %s: %s%s", path,
-                strerror(errno), errno == EEXIST ? " (files are never overwritten)" : "");
-    return fd;
-}
-
-static int write_fd(int fd, const char *path, const char *text)
-{
-    size_t left = strlen(text);
-    while (left > 0) {
-        ssize_t w = write(fd, text, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break;
-        text += w;
-        left -= (size_t)w;
-    }
-    if (left > 0 || fsync(fd) != 0) {
-        ctl_err("io", "cannot write %s: %s", path, strerror(errno));
-        return CTL_ERROR;
-    }
-    return 0;
-}
-
 /* The options of pki issue that only make sense together, or apart. */
 static int check_issue_opts(const ctl_cmd_t *cmd, const opts_t *o)
 {
@@ -566,8 +535,8 @@ static int run_issue(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
     }
     /* The output files are made before anything is signed, so that a
      * certificate is never issued whose key then has nowhere to go. */
-    int fd_cert = reserve(o.out_cert, 0644);
-    int fd_key = fd_cert >= 0 && o.out_key != NULL ? reserve(o.out_key, 0600) : -1;
+    int fd_cert = ctl_create_new_file(o.out_cert, 0644);
+    int fd_key = fd_cert >= 0 && o.out_key != NULL ? ctl_create_new_file(o.out_key, 0600) : -1;
     if (fd_cert < 0 || (o.out_key != NULL && fd_key < 0)) {
         if (fd_cert >= 0) {
             close(fd_cert);
@@ -592,9 +561,9 @@ static int run_issue(ctl_t *c, const ctl_cmd_t *cmd, int argc, char **argv)
         if (er == EM_ERR_CRYPTO)
             rc = CTL_INVALID;
     } else {
-        rc = write_fd(fd_cert, o.out_cert, cert_pem);
+        rc = ctl_write_fd(fd_cert, o.out_cert, cert_pem, strlen(cert_pem));
         if (rc == 0 && key_pem != NULL)
-            rc = write_fd(fd_key, o.out_key, key_pem);
+            rc = ctl_write_fd(fd_key, o.out_key, key_pem, strlen(key_pem));
     }
     if (key_pem != NULL)
         em_keystore_data_free((unsigned char *)key_pem, strlen(key_pem));

@@ -349,6 +349,15 @@ void ctl_free_file(char *data, size_t len);
  * the file is removed. Returns 0 or an exit code. */
 int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t len);
 
+/* Creates path for writing (O_EXCL, O_NOFOLLOW, mode): never overwrites.
+ * Returns the descriptor, or -1 after a message (errno kept: EEXIST when the
+ * file is there). */
+int ctl_create_new_file(const char *path, mode_t mode);
+
+/* Writes len bytes of data to fd (the file path, for the message), then
+ * fsync. Returns 0 or CTL_ERROR after a message; fd stays open. */
+int ctl_write_fd(int fd, const char *path, const void *data, size_t len);
+
 /* Shows the answer r of a request for a secret, or writes the secret to fd
  * (out: its file's name) when fd >= 0. Returns 0 or an exit code. */
 typedef int (*ctl_show_secret_fn)(ctl_t *c, ctl_resp_t *r, int fd, const char *out);

@@ -260,14 +260,17 @@ int ctl_read_file(const char *path, const char *what, size_t max, bool private_f
     return 0;
 }
 
-int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t len)
+int ctl_create_new_file(const char *path, mode_t mode)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-    if (fd < 0) {
+    if (fd < 0)
         ctl_err(errno == EEXIST ? "already_exists" : "io", "cannot create %s: %s%s", path,
                 strerror(errno), errno == EEXIST ? " (files are never overwritten)" : "");
-        return errno == EEXIST ? CTL_INVALID : CTL_ERROR;
-    }
+    return fd;
+}
+
+int ctl_write_fd(int fd, const char *path, const void *data, size_t len)
+{
     const char *p = data;
     size_t left = len;
     while (left > 0) {
@@ -281,6 +284,17 @@ int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t l
     }
     if (left > 0 || fsync(fd) != 0) {
         ctl_err("io", "cannot write %s: %s", path, strerror(errno));
+        return CTL_ERROR;
+    }
+    return 0;
+}
+
+int ctl_write_new_file(const char *path, mode_t mode, const void *data, size_t len)
+{
+    int fd = ctl_create_new_file(path, mode);
+    if (fd < 0)
+        return errno == EEXIST ? CTL_INVALID : CTL_ERROR;
+    if (ctl_write_fd(fd, path, data, len) != 0) {
         close(fd);
         unlink(path);
         return CTL_ERROR;
