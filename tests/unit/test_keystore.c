@@ -185,6 +185,25 @@ static em_err_t open_rc(const em_keystore_secret_t *s, const unsigned char *file
     return rc;
 }
 
+static void assert_mode_0600(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+/* opener opens what sealer sealed. */
+static void assert_opens_what_was_sealed(const em_keystore_secret_t *sealer,
+                                         const em_keystore_secret_t *opener)
+{
+    unsigned char *file = NULL;
+    size_t len = 0;
+    em_error_t err;
+    seal(sealer, "data", 4, &file, &len);
+    assert_int_equal(open_rc(opener, file, len, &err), EM_OK);
+    free(file);
+}
+
 static void fill(unsigned char *p, size_t len, unsigned seed)
 {
     for (size_t i = 0; i < len; i++)
@@ -307,11 +326,7 @@ static void test_secret_from_env_opens_what_the_same_passphrase_sealed(void **st
     em_keystore_secret_t *s = NULL;
     em_error_t err;
     assert_int_equal(em_keystore_secret_from_env("EMIOT_TEST_KS_PASS", &s, &err), EM_OK);
-    unsigned char *file = NULL;
-    size_t len = 0;
-    seal(f->pass, "data", 4, &file, &len);
-    assert_int_equal(open_rc(s, file, len, &err), EM_OK);
-    free(file);
+    assert_opens_what_was_sealed(f->pass, s);
     em_keystore_secret_free(s);
     unsetenv("EMIOT_TEST_KS_PASS");
 }
@@ -341,11 +356,7 @@ static void test_secret_from_file_uses_the_first_line_without_crlf(void **state)
     em_keystore_secret_t *s = NULL;
     em_error_t err;
     assert_int_equal(em_keystore_secret_from_file(path, &s, &err), EM_OK);
-    unsigned char *file = NULL;
-    size_t len = 0;
-    seal(f->pass, "data", 4, &file, &len);
-    assert_int_equal(open_rc(s, file, len, &err), EM_OK);
-    free(file);
+    assert_opens_what_was_sealed(f->pass, s);
     em_keystore_secret_free(s);
 }
 
@@ -411,11 +422,7 @@ static void test_key_file_creation_never_replaces_a_file(void **state)
     /* The existing key still opens what it sealed. */
     em_keystore_secret_t *again = NULL;
     assert_int_equal(em_keystore_secret_key_file(f->keyfile, &again, &err), EM_OK);
-    unsigned char *file = NULL;
-    size_t len = 0;
-    seal(f->key, "data", 4, &file, &len);
-    assert_int_equal(open_rc(again, file, len, &err), EM_OK);
-    free(file);
+    assert_opens_what_was_sealed(f->key, again);
     em_keystore_secret_free(again);
 }
 
@@ -800,9 +807,7 @@ static void test_written_file_is_mode_0600_whatever_the_umask(void **state)
     em_err_t rc = em_keystore_write_file(path, f->key, "new secret", 10, &err);
     umask(old);
     assert_int_equal(rc, EM_OK);
-    struct stat st;
-    assert_int_equal(stat(path, &st), 0);
-    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_mode_0600(path);
     unsigned char *out = NULL;
     size_t out_len = 0;
     assert_int_equal(em_keystore_read_file(path, f->key, &out, &out_len, &err), EM_OK);
@@ -898,9 +903,7 @@ static void test_saved_key_loads_back_and_signs(void **state)
     em_error_t err;
     assert_int_equal(em_key_generate_p256(&key, &err), EM_OK);
     assert_int_equal(em_key_save(path, key, f->pass, &err), EM_OK);
-    struct stat st;
-    assert_int_equal(stat(path, &st), 0);
-    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_mode_0600(path);
     EVP_PKEY *loaded = NULL;
     assert_int_equal(em_key_load(path, f->pass, NULL, false, &loaded, &err), EM_OK);
     assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
@@ -1129,9 +1132,7 @@ static void test_jwt_key_is_created_sealed_and_reused(void **state)
     em_error_t err;
     assert_int_equal(jwt_init(&a, path, f->key, &err), EM_OK);
     assert_true(file_is_sealed(path));
-    struct stat st;
-    assert_int_equal(stat(path, &st), 0);
-    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_mode_0600(path);
     EVP_PKEY *k = NULL;
     assert_int_equal(em_key_load(path, f->key, NULL, false, &k, &err), EM_OK);
     EVP_PKEY_free(k);
@@ -1157,9 +1158,7 @@ static void test_jwt_plain_key_is_sealed_in_place(void **state)
     jwt_token(&a, tok, sizeof tok);
     assert_int_equal(jwt_init(&b, path, f->pass, &err), EM_OK);
     assert_true(file_is_sealed(path));
-    struct stat st;
-    assert_int_equal(stat(path, &st), 0);
-    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_mode_0600(path);
     em__api_identity_t who;
     assert_null(em__api_jwt_verify(&b, tok, strlen(tok), em_now_ms(), &who));
     em__api_auth_cleanup(&a);
