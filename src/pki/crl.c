@@ -25,16 +25,6 @@
 #define DAY_S         86400
 #define CRLNUMBER_MAX 32
 
-static em_err_t crl_fail(em_error_t *err, const char *what)
-{
-    unsigned long e = ERR_peek_last_error();
-    const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
-    em_error_set(err, EM_ERR_INTERNAL, EM_SEV_HIGH, NULL, "%s: %s", what,
-                 r != NULL ? r : "unknown reason");
-    ERR_clear_error();
-    return EM_ERR_INTERNAL;
-}
-
 /* The number of the last CRL (0 when none was published). */
 static em_err_t read_crlnumber(const em_pki_t *pki, int64_t *out, em_error_t *err)
 {
@@ -153,12 +143,12 @@ em_err_t em__pki_crl_write(em_pki_t *pki, int days, em_error_t *err)
         return rc;
     X509_CRL *crl = build_crl(pki, days, number);
     if (crl == NULL)
-        return crl_fail(err, "cannot make the CRL");
+        return em__pki_openssl_fail(err, "cannot make the CRL");
     BIO *bio = BIO_new(BIO_s_mem());
     if (bio == NULL || PEM_write_bio_X509_CRL(bio, crl) != 1) {
         BIO_free(bio);
         X509_CRL_free(crl);
-        return crl_fail(err, "cannot encode the CRL");
+        return em__pki_openssl_fail(err, "cannot encode the CRL");
     }
     char *data;
     long len = BIO_get_mem_data(bio, &data);

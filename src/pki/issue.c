@@ -134,7 +134,7 @@ void em_pki_fingerprint(X509 *cert, char out[EM_PKI_SHA256_LEN + 1])
 
 /* ---- building certificates --------------------------------------------------- */
 
-static em_err_t openssl_fail(em_error_t *err, const char *what)
+em_err_t em__pki_openssl_fail(em_error_t *err, const char *what)
 {
     unsigned long e = ERR_peek_last_error();
     const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
@@ -230,7 +230,7 @@ em_err_t em__pki_make_ca_cert(EVP_PKEY *key, const char *cn, int days, X509 **ou
     }
     if (!ok) {
         X509_free(cert);
-        return openssl_fail(err, "cannot make the CA certificate");
+        return em__pki_openssl_fail(err, "cannot make the CA certificate");
     }
     *out = cert;
     return EM_OK;
@@ -316,7 +316,7 @@ static em_err_t add_san(X509 *cert, const em_pki_issue_options_t *o, const char 
     if (ok && sk_GENERAL_NAME_num(gens) > 0)
         ok = X509_add1_ext_i2d(cert, NID_subject_alt_name, gens, 0, X509V3_ADD_DEFAULT) == 1;
     GENERAL_NAMES_free(gens);
-    return ok ? EM_OK : openssl_fail(err, "cannot add the subjectAltName");
+    return ok ? EM_OK : em__pki_openssl_fail(err, "cannot add the subjectAltName");
 }
 
 static em_err_t check_sans(const em_pki_issue_options_t *o, em_error_t *err)
@@ -415,7 +415,7 @@ static em_err_t build(em_pki_t *pki, const em_pki_issue_options_t *o, EVP_PKEY *
     }
     if (!ok) {
         X509_free(cert);
-        return openssl_fail(err, "cannot build the certificate");
+        return em__pki_openssl_fail(err, "cannot build the certificate");
     }
     if (o->profile == EM_CERT_SERVER) {
         em_err_t rc = add_san(cert, o, cn, err);
@@ -426,7 +426,7 @@ static em_err_t build(em_pki_t *pki, const em_pki_issue_options_t *o, EVP_PKEY *
     }
     if (!sign(cert, pki->key)) {
         X509_free(cert);
-        return openssl_fail(err, "cannot sign the certificate");
+        return em__pki_openssl_fail(err, "cannot sign the certificate");
     }
     *out = cert;
     return EM_OK;
@@ -594,7 +594,7 @@ em_err_t em_pki_issue_new_key(em_pki_t *pki, const em_pki_issue_options_t *opts,
                             em_cert_profile_name(opts->profile));
     EVP_PKEY *key = EVP_EC_gen("P-256");
     if (key == NULL)
-        return openssl_fail(err, "cannot generate a P-256 key");
+        return em__pki_openssl_fail(err, "cannot generate a P-256 key");
     char *pem = key_pem(key);
     if (pem == NULL) {
         EVP_PKEY_free(key);

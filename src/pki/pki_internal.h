@@ -133,6 +133,10 @@ em_err_t em__pki_index_save(em_pki_t *pki, em_error_t *err);
 
 /* ---- time and X.509 helpers (issue.c) --------------------------------------- */
 
+/* Sets err to EM_ERR_INTERNAL "what: <OpenSSL's last reason>", clears
+ * OpenSSL's error queue and returns EM_ERR_INTERNAL. */
+em_err_t em__pki_openssl_fail(em_error_t *err, const char *what);
+
 /* ASN1_TIME to milliseconds since the epoch; false when unreadable. */
 bool em__pki_asn1_time_ms(const ASN1_TIME *t, int64_t *out);
 
