@@ -41,6 +41,7 @@
 #include <openssl/rand.h>
 
 #include "broker.h"
+#include "cli.h"
 #include "daemon.h"
 #include "emiot/api.h"
 #include "emiot/clock.h"
@@ -150,21 +151,6 @@ static void random_hex(char *out, size_t nbytes)
     assert_int_equal(RAND_bytes(raw, (int)nbytes), 1);
     for (size_t i = 0; i < nbytes; i++)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
-}
-
-static bool port_accepts(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((unsigned short)port);
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return ok;
 }
 
 /* ---- the plugin's configuration and the broker ----------------------------- */
@@ -302,7 +288,7 @@ static int broker_start(fixture_t *fx)
             fprintf(stderr, "mosquitto exited at once\n");
             return -1;
         }
-        if (port_accepts(em_test_broker_port(&fx->b))) {
+        if (em_test_port_accepts(em_test_broker_port(&fx->b))) {
             fx->broker_pid = pid;
             return 0;
         }
