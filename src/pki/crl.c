@@ -175,20 +175,43 @@ int em__pki_crl_period_days(const char *pem, size_t len)
     return days;
 }
 
-em_err_t em_pki_crl_publish(em_pki_t *pki, int days, em_error_t *err)
+/* What em_pki_crl_publish, em_pki_revoke and em_pki_get check first: a CA,
+ * and not a call from em_pki_list's callback. */
+static em_err_t usable(const em_pki_t *pki, em_error_t *err)
 {
     if (pki == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA");
     if (pki->iterating)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
                             "em_pki_list's callback may not use the CA");
+    return EM_OK;
+}
+
+/* usable, then serial (any case) normalised into s. */
+static em_err_t usable_serial(const em_pki_t *pki, const char *serial,
+                              char s[EM_PKI_SERIAL_LEN + 1], em_error_t *err)
+{
+    em_err_t rc = usable(pki, err);
+    if (rc != EM_OK)
+        return rc;
+    if (!em__pki_serial_normalise(serial, s))
+        return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "serial",
+                            "a serial is %d hex digits", EM_PKI_SERIAL_LEN);
+    return EM_OK;
+}
+
+em_err_t em_pki_crl_publish(em_pki_t *pki, int days, em_error_t *err)
+{
+    em_err_t rc = usable(pki, err);
+    if (rc != EM_OK)
+        return rc;
     if (pki->key == NULL)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
                             "the CA was opened without its key: it can only be read");
     if (days < 0 || days > 366)
         return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "days",
                             "a CRL is valid for 1-366 days");
-    em_err_t rc = em__pki_lock(pki, LOCK_EX, err);
+    rc = em__pki_lock(pki, LOCK_EX, err);
     if (rc != EM_OK)
         return rc;
     rc = em__pki_sync(pki, err);
@@ -200,22 +223,17 @@ em_err_t em_pki_crl_publish(em_pki_t *pki, int days, em_error_t *err)
 
 em_err_t em_pki_revoke(em_pki_t *pki, const char *serial, em_crl_reason_t reason, em_error_t *err)
 {
-    if (pki == NULL)
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA");
-    if (pki->iterating)
-        return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
-                            "em_pki_list's callback may not use the CA");
     char s[EM_PKI_SERIAL_LEN + 1];
-    if (!em__pki_serial_normalise(serial, s))
-        return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "serial",
-                            "a serial is %d hex digits", EM_PKI_SERIAL_LEN);
+    em_err_t rc = usable_serial(pki, serial, s, err);
+    if (rc != EM_OK)
+        return rc;
     if (em_crl_reason_name(reason) == NULL)
         return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "reason",
                             "unknown revocation reason");
     if (pki->key == NULL)
         return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
                             "the CA was opened without its key: it can only be read");
-    em_err_t rc = em__pki_lock(pki, LOCK_EX, err);
+    rc = em__pki_lock(pki, LOCK_EX, err);
     if (rc != EM_OK)
         return rc;
     rc = em__pki_sync(pki, err);
@@ -277,16 +295,11 @@ em_err_t em_pki_get(em_pki_t *pki, const char *serial, em_pki_cert_t *info, char
 {
     if (pem != NULL)
         *pem = NULL;
-    if (pki == NULL)
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL, "no CA");
-    if (pki->iterating)
-        return em_error_set(err, EM_ERR_STATE, EM_SEV_MEDIUM, NULL,
-                            "em_pki_list's callback may not use the CA");
     char s[EM_PKI_SERIAL_LEN + 1];
-    if (!em__pki_serial_normalise(serial, s))
-        return em_error_set(err, EM_ERR_VALIDATION, EM_SEV_MEDIUM, "serial",
-                            "a serial is %d hex digits", EM_PKI_SERIAL_LEN);
-    em_err_t rc = em__pki_lock(pki, LOCK_SH, err);
+    em_err_t rc = usable_serial(pki, serial, s, err);
+    if (rc != EM_OK)
+        return rc;
+    rc = em__pki_lock(pki, LOCK_SH, err);
     if (rc != EM_OK)
         return rc;
     rc = em__pki_sync(pki, err);
