@@ -31,6 +31,7 @@
 #include "broker.h"
 #include "daemon.h"
 #include "testutil.h"
+#include "track.h"
 
 #define PYTHON   "/usr/bin/python3"
 #define BODY_MAX (256 * 1024)
@@ -74,50 +75,6 @@ static int run_capture(const char *const argv[], char *out, size_t size)
     return rc;
 }
 
-/* A failed assertion leaves the test at once: what its answers hold is
- * freed by the teardown instead (so that a failure is not also a leak). */
-#define TRACK_MAX 64
-static void *tracked[TRACK_MAX];
-static cJSON *tracked_json[TRACK_MAX];
-
-static void track(void *p, cJSON *j)
-{
-    for (int i = 0; p != NULL && i < TRACK_MAX; i++) {
-        if (tracked[i] == NULL) {
-            tracked[i] = p;
-            break;
-        }
-    }
-    for (int i = 0; j != NULL && i < TRACK_MAX; i++) {
-        if (tracked_json[i] == NULL) {
-            tracked_json[i] = j;
-            break;
-        }
-    }
-}
-
-static void untrack(const void *p, const cJSON *j)
-{
-    for (int i = 0; i < TRACK_MAX; i++) {
-        if (p != NULL && tracked[i] == p)
-            tracked[i] = NULL;
-        if (j != NULL && tracked_json[i] == j)
-            tracked_json[i] = NULL;
-    }
-}
-
-static int free_tracked(void **state)
-{
-    (void)state;
-    for (int i = 0; i < TRACK_MAX; i++) {
-        free(tracked[i]);
-        cJSON_Delete(tracked_json[i]);
-        tracked[i] = NULL;
-        tracked_json[i] = NULL;
-    }
-    return 0;
-}
-
 typedef struct answer {
     int status;  /* HTTP status; -1 when no answer */
     int curl_rc; /* curl's exit code */
@@ -128,8 +85,8 @@ typedef struct answer {
 
 static void answer_free(answer_t *a)
 {
-    untrack(a->text, a->json);
-    untrack(a->heads, NULL);
+    em_test_untrack(a->text, a->json);
+    em_test_untrack(a->heads, NULL);
     free(a->text);
     free(a->heads);
     cJSON_Delete(a->json);
@@ -203,8 +160,8 @@ static answer_t curl_call(const char *key, const char *method, const char *url, 
     if (read_whole(headf, a.heads, 16384) < 0)
         a.heads[0] = '\0';
     a.json = cJSON_Parse(a.text);
-    track(a.text, a.json);
-    track(a.heads, NULL);
+    em_test_track(a.text, a.json);
+    em_test_track(a.heads, NULL);
     free(full);
     unlink(hdr);
     unlink(bodyf);
@@ -1022,34 +979,40 @@ static void test_failed_authentications_are_limited_per_address(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_tls12_client_is_refused_by_curl, free_tracked),
-        cmocka_unit_test_teardown(test_tls12_client_is_refused_by_openssl, free_tracked),
+        cmocka_unit_test_teardown(test_tls12_client_is_refused_by_curl, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_tls12_client_is_refused_by_openssl, em_test_free_tracked),
         cmocka_unit_test_teardown(test_tls13_suites_outside_the_three_aeads_are_refused,
-                                  free_tracked),
-        cmocka_unit_test_teardown(test_plain_http_on_the_tls_port_is_refused, free_tracked),
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_plain_http_on_the_tls_port_is_refused, em_test_free_tracked),
         cmocka_unit_test_teardown(test_api_routes_are_not_served_on_the_metrics_listener,
-                                  free_tracked),
-        cmocka_unit_test_teardown(test_oversized_body_is_413, free_tracked),
-        cmocka_unit_test_teardown(test_malformed_json_is_400_message_format, free_tracked),
-        cmocka_unit_test_teardown(test_body_that_is_not_an_object_is_400, free_tracked),
-        cmocka_unit_test_teardown(test_deeply_nested_json_is_400, free_tracked),
-        cmocka_unit_test_teardown(test_wrong_types_are_400_naming_the_field, free_tracked),
-        cmocka_unit_test_teardown(test_bad_ids_and_names_are_400_naming_the_field, free_tracked),
-        cmocka_unit_test_teardown(test_bad_group_names_are_400_naming_the_field, free_tracked),
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_oversized_body_is_413, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_malformed_json_is_400_message_format, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_body_that_is_not_an_object_is_400, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_deeply_nested_json_is_400, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_wrong_types_are_400_naming_the_field, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_bad_ids_and_names_are_400_naming_the_field,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_bad_group_names_are_400_naming_the_field,
+                                  em_test_free_tracked),
         cmocka_unit_test_teardown(test_escaped_nul_in_a_string_is_refused_not_truncated,
-                                  free_tracked),
-        cmocka_unit_test_teardown(test_out_of_range_values_are_400_naming_the_field, free_tracked),
-        cmocka_unit_test_teardown(test_unknown_fields_are_400, free_tracked),
-        cmocka_unit_test_teardown(test_bad_query_parameters_are_400_naming_them, free_tracked),
-        cmocka_unit_test_teardown(test_unknown_route_is_404, free_tracked),
-        cmocka_unit_test_teardown(test_unknown_device_is_404_device_not_found, free_tracked),
-        cmocka_unit_test_teardown(test_wrong_method_is_405, free_tracked),
-        cmocka_unit_test_teardown(test_key_rate_limit_reaches_429_and_recovers, free_tracked),
-        cmocka_unit_test_teardown(test_hostile_paths_get_400_or_404, free_tracked),
-        cmocka_unit_test_teardown(test_very_long_url_and_query_are_refused, free_tracked),
-        cmocka_unit_test_teardown(test_raw_control_characters_never_get_500, free_tracked),
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_out_of_range_values_are_400_naming_the_field,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_unknown_fields_are_400, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_bad_query_parameters_are_400_naming_them,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_unknown_route_is_404, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_unknown_device_is_404_device_not_found,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_wrong_method_is_405, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_key_rate_limit_reaches_429_and_recovers,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_hostile_paths_get_400_or_404, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_very_long_url_and_query_are_refused, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_raw_control_characters_never_get_500, em_test_free_tracked),
         cmocka_unit_test_teardown(test_failed_authentications_are_limited_per_address,
-                                  free_tracked),
+                                  em_test_free_tracked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -35,6 +35,7 @@
 #include "daemon.h"
 #include "emiot/keystore.h"
 #include "testutil.h"
+#include "track.h"
 
 /* The system python3, where Debian's python3-jwt and python3-cryptography
  * are installed (a python3 earlier in PATH may lack them). */
@@ -140,50 +141,6 @@ static int raw_request(const char *headers, const char *method, const char *path
 
 /* ---- JSON answers --------------------------------------------------------- */
 
-/* A failed assertion leaves the test at once: what its answers hold is
- * freed by the teardown instead (so that a failure is not also a leak). */
-#define TRACK_MAX 64
-static void *tracked[TRACK_MAX];
-static cJSON *tracked_json[TRACK_MAX];
-
-static void track(void *p, cJSON *j)
-{
-    for (int i = 0; p != NULL && i < TRACK_MAX; i++) {
-        if (tracked[i] == NULL) {
-            tracked[i] = p;
-            break;
-        }
-    }
-    for (int i = 0; j != NULL && i < TRACK_MAX; i++) {
-        if (tracked_json[i] == NULL) {
-            tracked_json[i] = j;
-            break;
-        }
-    }
-}
-
-static void untrack(const void *p, const cJSON *j)
-{
-    for (int i = 0; i < TRACK_MAX; i++) {
-        if (p != NULL && tracked[i] == p)
-            tracked[i] = NULL;
-        if (j != NULL && tracked_json[i] == j)
-            tracked_json[i] = NULL;
-    }
-}
-
-static int free_tracked(void **state)
-{
-    (void)state;
-    for (int i = 0; i < TRACK_MAX; i++) {
-        free(tracked[i]);
-        cJSON_Delete(tracked_json[i]);
-        tracked[i] = NULL;
-        tracked_json[i] = NULL;
-    }
-    return 0;
-}
-
 typedef struct answer {
     int status;
     char *text;  /* the raw body */
@@ -192,7 +149,7 @@ typedef struct answer {
 
 static void answer_free(answer_t *a)
 {
-    untrack(a->text, a->json);
+    em_test_untrack(a->text, a->json);
     free(a->text);
     cJSON_Delete(a->json);
     memset(a, 0, sizeof(*a));
@@ -205,7 +162,7 @@ static answer_t call(const char *key, const char *method, const char *path, cons
     assert_non_null(a.text);
     a.status = em_test_daemon_request(&dmn, key, method, path, body, a.text, BODY_MAX);
     a.json = cJSON_Parse(a.text);
-    track(a.text, a.json);
+    em_test_track(a.text, a.json);
     return a;
 }
 
@@ -219,7 +176,7 @@ static answer_t call_cert(const char *cert, const char *key, const char *method,
     a.status =
         em_test_daemon_request_cert(&dmn, cert, key, NULL, method, path, body, a.text, BODY_MAX);
     a.json = cJSON_Parse(a.text);
-    track(a.text, a.json);
+    em_test_track(a.text, a.json);
     return a;
 }
 
@@ -649,7 +606,7 @@ static void test_malformed_authorization_headers_are_401(void **state)
         a.status = raw_request(bad[i], "GET", "/api/v1/devices", out, BODY_MAX);
         a.text = strdup(out);
         a.json = cJSON_Parse(out);
-        track(a.text, a.json);
+        em_test_track(a.text, a.json);
         if (a.status != 401)
             fail_msg("%s: expected 401, got %d: %.300s", bad[i], a.status, out);
         expect_401(&a);
@@ -1283,44 +1240,54 @@ static void test_presented_secrets_are_in_neither_events_nor_log(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_no_credentials_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_healthz_needs_no_credentials, free_tracked),
-        cmocka_unit_test_teardown(test_metrics_on_the_api_listener_needs_credentials, free_tracked),
-        cmocka_unit_test_teardown(test_unknown_key_of_the_right_shape_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_altered_admin_key_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_malformed_authorization_headers_are_401, free_tracked),
-        cmocka_unit_test_teardown(test_revoked_key_is_401_at_once, free_tracked),
-        cmocka_unit_test_teardown(test_token_minted_with_the_daemons_key_is_accepted, free_tracked),
-        cmocka_unit_test_teardown(test_token_from_post_tokens_is_accepted, free_tracked),
-        cmocka_unit_test_teardown(test_expired_jwt_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_jwt_for_another_audience_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_jwt_from_another_issuer_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_jwt_with_alg_none_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_jwt_signed_by_another_key_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_jwt_hs256_keyed_with_the_public_key_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_jwt_with_a_tampered_payload_is_401, free_tracked),
-        cmocka_unit_test_teardown(test_viewer_cannot_create_a_device, free_tracked),
-        cmocka_unit_test_teardown(test_viewer_cannot_change_or_delete_a_device, free_tracked),
-        cmocka_unit_test_teardown(test_viewer_cannot_send_a_command, free_tracked),
-        cmocka_unit_test_teardown(test_viewer_cannot_create_a_key, free_tracked),
-        cmocka_unit_test_teardown(test_operator_cannot_create_a_key, free_tracked),
-        cmocka_unit_test_teardown(test_operator_cannot_revoke_a_key, free_tracked),
-        cmocka_unit_test_teardown(test_operator_may_create_a_device, free_tracked),
-        cmocka_unit_test_teardown(test_device_key_reaches_only_its_own_device, free_tracked),
-        cmocka_unit_test_teardown(test_device_jwt_reaches_only_its_own_device, free_tracked),
+        cmocka_unit_test_teardown(test_no_credentials_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_healthz_needs_no_credentials, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_metrics_on_the_api_listener_needs_credentials,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_unknown_key_of_the_right_shape_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_altered_admin_key_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_malformed_authorization_headers_are_401,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_revoked_key_is_401_at_once, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_token_minted_with_the_daemons_key_is_accepted,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_token_from_post_tokens_is_accepted, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_expired_jwt_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_jwt_for_another_audience_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_jwt_from_another_issuer_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_jwt_with_alg_none_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_jwt_signed_by_another_key_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_jwt_hs256_keyed_with_the_public_key_is_401,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_jwt_with_a_tampered_payload_is_401, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_create_a_device, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_change_or_delete_a_device,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_send_a_command, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_viewer_cannot_create_a_key, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_operator_cannot_create_a_key, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_operator_cannot_revoke_a_key, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_operator_may_create_a_device, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_device_key_reaches_only_its_own_device,
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_device_jwt_reaches_only_its_own_device,
+                                  em_test_free_tracked),
         cmocka_unit_test_teardown(test_device_certificate_reaches_only_its_own_device,
-                                  free_tracked),
-        cmocka_unit_test_teardown(test_certificate_of_an_unknown_identity_is_401, free_tracked),
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_certificate_of_an_unknown_identity_is_401,
+                                  em_test_free_tracked),
         cmocka_unit_test_teardown(test_self_signed_certificate_claiming_a_device_is_refused,
-                                  free_tracked),
-        cmocka_unit_test_teardown(test_device_jwt_for_an_unregistered_device_is_401, free_tracked),
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_device_jwt_for_an_unregistered_device_is_401,
+                                  em_test_free_tracked),
         cmocka_unit_test_teardown(test_device_credentials_of_a_disabled_device_are_refused,
-                                  free_tracked),
-        cmocka_unit_test_teardown(test_device_key_needs_a_device_id, free_tracked),
-        cmocka_unit_test_teardown(test_auth_failures_are_security_events, free_tracked),
-        cmocka_unit_test_teardown(test_forbidden_requests_are_security_events, free_tracked),
+                                  em_test_free_tracked),
+        cmocka_unit_test_teardown(test_device_key_needs_a_device_id, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_auth_failures_are_security_events, em_test_free_tracked),
+        cmocka_unit_test_teardown(test_forbidden_requests_are_security_events,
+                                  em_test_free_tracked),
         cmocka_unit_test_teardown(test_presented_secrets_are_in_neither_events_nor_log,
-                                  free_tracked),
+                                  em_test_free_tracked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
