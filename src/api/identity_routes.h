@@ -15,6 +15,7 @@
 #ifndef EM_API_IDENTITY_ROUTES_H
 #define EM_API_IDENTITY_ROUTES_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -38,6 +39,16 @@ void em__id_copy_id(char *dst, const char *id);
  * ("pub:" and the address without the port) into key (size bytes, at least
  * EM__BUCKET_KEY_MAX + 1). */
 void em__id_public_key(const em__api_req_t *r, char *key, size_t size);
+
+/*
+ * Fills *ev with a security event of type about device_id (NULL or not a
+ * valid id: none) from the request's actor and address, its message fmt
+ * with ap (cut at the event's maximum), and records it synchronously (a
+ * failure is logged). em__id_sec_event and routes_mqttcred.c's events.
+ */
+void em__id_sec_vrecord(em__api_req_t *r, em_store_event_t *ev, const char *type, em_severity_t sev,
+                        const char *device_id, const char *fmt, va_list ap)
+    __attribute__((format(printf, 6, 0)));
 
 /*
  * Records a security event (synchronously: it is on record before the

@@ -76,29 +76,35 @@ void em__id_public_key(const em__api_req_t *r, char *key, size_t size)
     snprintf(key, size, "pub:%s", host);
 }
 
+void em__id_sec_vrecord(em__api_req_t *r, em_store_event_t *ev, const char *type, em_severity_t sev,
+                        const char *device_id, const char *fmt, va_list ap)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->time_ms = em_now_ms();
+    ev->kind = EM_EVKIND_SECURITY;
+    ev->severity = sev;
+    snprintf(ev->type, sizeof ev->type, "%s", type);
+    if (em__id_valid_id(device_id))
+        em__id_copy_id(ev->device_id, device_id);
+    snprintf(ev->actor, sizeof ev->actor, "%s", r->who.actor);
+    snprintf(ev->source, sizeof ev->source, "%s", r->source);
+    (void)vsnprintf(ev->message, sizeof ev->message, fmt, ap); /* cut when longer */
+    em_error_t err;
+    em_error_clear(&err);
+    if (em_store_event_insert(r->store, ev, &err) != EM_OK) {
+        em_log_field_t f[2] = {EM_LOG_STR("type", ev->type), EM_LOG_STR("error", err.message)};
+        em_log(EM_LOG_ERROR, "api", r->cid, "security event not recorded", f, 2);
+    }
+}
+
 void em__id_sec_event(em__api_req_t *r, const char *type, em_severity_t sev, const char *device_id,
                       const char *fmt, ...)
 {
     em_store_event_t ev;
-    memset(&ev, 0, sizeof ev);
-    ev.time_ms = em_now_ms();
-    ev.kind = EM_EVKIND_SECURITY;
-    ev.severity = sev;
-    snprintf(ev.type, sizeof ev.type, "%s", type);
-    if (em__id_valid_id(device_id))
-        em__id_copy_id(ev.device_id, device_id);
-    snprintf(ev.actor, sizeof ev.actor, "%s", r->who.actor);
-    snprintf(ev.source, sizeof ev.source, "%s", r->source);
     va_list ap;
     va_start(ap, fmt);
-    (void)vsnprintf(ev.message, sizeof ev.message, fmt, ap); /* cut when longer */
+    em__id_sec_vrecord(r, &ev, type, sev, device_id, fmt, ap);
     va_end(ap);
-    em_error_t err;
-    em_error_clear(&err);
-    if (em_store_event_insert(r->store, &ev, &err) != EM_OK) {
-        em_log_field_t f[2] = {EM_LOG_STR("type", ev.type), EM_LOG_STR("error", err.message)};
-        em_log(EM_LOG_ERROR, "api", r->cid, "security event not recorded", f, 2);
-    }
     em_log_field_t f[4] = {EM_LOG_STR("type", ev.type), EM_LOG_STR("device", ev.device_id),
                            EM_LOG_STR("source", ev.source), EM_LOG_STR("reason", ev.message)};
     em_log(EM_LOG_WARN, "api", r->cid, "security event", f, 4);

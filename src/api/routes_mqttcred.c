@@ -17,6 +17,7 @@
 
 #include "api/api_internal.h"
 #include "api/encode.h"
+#include "api/identity_routes.h"
 #include "api/mqttcred.h"
 #include "emiot/clock.h"
 #include "emiot/dynsec.h"
@@ -149,25 +150,12 @@ static void security_event(em__api_req_t *r, const char *device_id, em_severity_
 static void security_event(em__api_req_t *r, const char *device_id, em_severity_t sev,
                            const char *fmt, ...)
 {
+    /* device_id is a device the store has just changed: a valid id. */
     em_store_event_t ev;
-    memset(&ev, 0, sizeof ev);
-    ev.time_ms = em_now_ms();
-    ev.kind = EM_EVKIND_SECURITY;
-    ev.severity = sev;
-    snprintf(ev.type, sizeof ev.type, "%s", "mqtt_credentials_out_of_sync");
-    snprintf(ev.device_id, sizeof ev.device_id, "%s", device_id);
-    snprintf(ev.actor, sizeof ev.actor, "%s", r->who.actor);
-    snprintf(ev.source, sizeof ev.source, "%s", r->source);
     va_list ap;
     va_start(ap, fmt);
-    (void)vsnprintf(ev.message, sizeof ev.message, fmt, ap); /* cut when longer */
+    em__id_sec_vrecord(r, &ev, "mqtt_credentials_out_of_sync", sev, device_id, fmt, ap);
     va_end(ap);
-    em_error_t err;
-    em_error_clear(&err);
-    if (em_store_event_insert(r->store, &ev, &err) != EM_OK) {
-        em_log_field_t f[2] = {EM_LOG_STR("type", ev.type), EM_LOG_STR("error", err.message)};
-        em_log(EM_LOG_ERROR, "api", r->cid, "security event not recorded", f, 2);
-    }
 }
 
 void em__mqttcred_device_changed(em__api_req_t *r, const char *device_id,
