@@ -182,6 +182,18 @@ typedef struct list_ctx {
     bool oom;
 } list_ctx_t;
 
+/* Appends the row o to the listing when it was built (ok), else, or when it
+ * cannot be appended, frees it and stops the listing: memory ran out. */
+static int row_done(list_ctx_t *c, cJSON *o, bool ok)
+{
+    if (!ok || !cJSON_AddItemToArray(c->arr, o)) {
+        cJSON_Delete(o);
+        c->oom = true;
+        return 1;
+    }
+    return 0;
+}
+
 static int token_row(const em_store_enroll_token_t *t, void *ud)
 {
     list_ctx_t *c = ud;
@@ -195,14 +207,8 @@ static int token_row(const em_store_enroll_token_t *t, void *ud)
               em__id_add(o, "state", cJSON_CreateString(state)) &&
               em__id_add(o, "createdAt", em__enc_time(t->created_at_ms)) &&
               em__id_add(o, "expiresAt", em__enc_time(t->expires_at_ms)) &&
-              em__id_add(o, "usedAt", em__enc_time(t->used_at_ms)) &&
-              cJSON_AddItemToArray(c->arr, o);
-    if (!ok) {
-        cJSON_Delete(o);
-        c->oom = true;
-        return 1;
-    }
-    return 0;
+              em__id_add(o, "usedAt", em__enc_time(t->used_at_ms));
+    return row_done(c, o, ok);
 }
 
 static void answer_list(em__api_req_t *r, em_err_t rc, const em_error_t *e, list_ctx_t *c)
@@ -251,14 +257,8 @@ static int cert_row(const em_store_device_cert_t *dc, void *ud)
               em__id_add(o, "sha256", cJSON_CreateString(dc->sha256)) &&
               em__id_add(o, "notAfter", em__enc_time(dc->not_after_ms)) &&
               em__id_add(o, "createdAt", em__enc_time(dc->created_at_ms)) &&
-              em__id_add(o, "certificate", cJSON_CreateString(dc->pem)) &&
-              cJSON_AddItemToArray(c->arr, o);
-    if (!ok) {
-        cJSON_Delete(o);
-        c->oom = true;
-        return 1;
-    }
-    return 0;
+              em__id_add(o, "certificate", cJSON_CreateString(dc->pem));
+    return row_done(c, o, ok);
 }
 
 /* Adds "revokedAt" to each row (null unless the CA's index says it is
