@@ -294,6 +294,17 @@ static em_err_t check_device(em_dynsec_t *d, const char *id, names_t *nm, em_err
     return EM_OK;
 }
 
+/* check_device, then client_owner: the names of device id and who owns its
+ * client (what removing and enabling or disabling start from). */
+static em_err_t device_client(em_dynsec_t *d, const char *id, names_t *nm,
+                              em__dynsec_owner_t *owner, em_error_t *err)
+{
+    em_err_t rc = check_device(d, id, nm, err);
+    if (rc != EM_OK)
+        return rc;
+    return client_owner(d, id, nm, owner, err);
+}
+
 /* 32 random bytes as base64url without padding: 32 = 10 * 3 + 2, so ten
  * whole groups of three bytes (four characters each) and a last group of two
  * bytes (three characters): 43 characters. */
@@ -410,11 +421,9 @@ em_err_t em_dynsec_provision(em_dynsec_t *d, const char *device_id, char *passwo
 em_err_t em_dynsec_remove(em_dynsec_t *d, const char *device_id, em_error_t *err)
 {
     names_t nm;
-    em_err_t rc = check_device(d, device_id, &nm, err);
-    if (rc != EM_OK)
-        return rc;
     em__dynsec_owner_t owner;
-    if ((rc = client_owner(d, device_id, &nm, &owner, err)) != EM_OK)
+    em_err_t rc = device_client(d, device_id, &nm, &owner, err);
+    if (rc != EM_OK)
         return rc;
 
     /* The role goes too, even when the client is gone already (a provision
@@ -451,11 +460,9 @@ em_err_t em_dynsec_remove(em_dynsec_t *d, const char *device_id, em_error_t *err
 em_err_t em_dynsec_set_enabled(em_dynsec_t *d, const char *device_id, int enabled, em_error_t *err)
 {
     names_t nm;
-    em_err_t rc = check_device(d, device_id, &nm, err);
-    if (rc != EM_OK)
-        return rc;
     em__dynsec_owner_t owner;
-    if ((rc = client_owner(d, device_id, &nm, &owner, err)) != EM_OK)
+    em_err_t rc = device_client(d, device_id, &nm, &owner, err);
+    if (rc != EM_OK)
         return rc;
     if (owner != EM__DYNSEC_CLIENT_OURS)
         return em_error_set(err, EM_ERR_NOT_FOUND, EM_SEV_LOW, "deviceId",
