@@ -103,26 +103,12 @@ static em_err_t read_certs(const char *path, X509 **first, STACK_OF(X509) * *res
     em_err_t rc = em__pki_read_file(path, EM__PKI_PEM_FILE_MAX, &pem, &len, err);
     if (rc != EM_OK)
         return rc;
-    BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    STACK_OF(X509) *chain = sk_X509_new_null();
-    if (bio == NULL || chain == NULL) {
-        BIO_free(bio);
-        sk_X509_free(chain);
-        free(pem);
-        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
-    }
-    X509 *ca = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-    X509 *x;
-    while (ca != NULL && sk_X509_num(chain) < 16 &&
-           (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (sk_X509_push(chain, x) <= 0) {
-            X509_free(x);
-            break;
-        }
-    }
-    ERR_clear_error();
-    BIO_free(bio);
+    X509 *ca;
+    STACK_OF(X509) * chain;
+    bool ok = em__pki_pem_certs(pem, len, 16, &ca, &chain);
     free(pem);
+    if (!ok)
+        return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
     if (ca == NULL) {
         sk_X509_pop_free(chain, X509_free);
         return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_HIGH, NULL,

@@ -102,6 +102,35 @@ bool em__pki_name_cn(const X509_NAME *name, char out[EM_PKI_CN_MAX + 1])
     return ok;
 }
 
+bool em__pki_pem_certs(const char *pem, size_t len, int max, X509 **first, STACK_OF(X509) * *rest)
+{
+    *first = NULL;
+    *rest = NULL;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    if (bio == NULL || chain == NULL) {
+        BIO_free(bio);
+        sk_X509_free(chain);
+        return false;
+    }
+    X509 *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    X509 *x;
+    /* Past max, or at the first block that is not a certificate, the rest
+     * is left unread. */
+    while (cert != NULL && sk_X509_num(chain) < max &&
+           (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_push(chain, x) <= 0) {
+            X509_free(x);
+            break;
+        }
+    }
+    ERR_clear_error();
+    BIO_free(bio);
+    *first = cert;
+    *rest = chain;
+    return true;
+}
+
 char *em__pki_cert_pem(X509 *cert, size_t *len)
 {
     BIO *bio = BIO_new(BIO_s_mem());

@@ -184,4 +184,10 @@ em_err_t em__pki_issue_key(em_pki_t *pki, const em_pki_issue_options_t *opts, EV
 /* PEM of cert, malloc'd and NUL-terminated. */
 char *em__pki_cert_pem(X509 *cert, size_t *len);
 
+/* The PEM certificates of pem (len bytes, at most INT_MAX): *first the first
+ * (NULL when there is none), *rest (never NULL; the caller frees both) up to
+ * max of those that follow it. false, with nothing to free, when memory ran
+ * out. Leaves OpenSSL's error queue empty after reading. */
+bool em__pki_pem_certs(const char *pem, size_t len, int max, X509 **first, STACK_OF(X509) * *rest);
+
 #endif /* EMIOT_PKI_INTERNAL_H */

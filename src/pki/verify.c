@@ -399,24 +399,10 @@ em_err_t em_verifier_check_pem(em_verifier_t *v, const char *pem, size_t len,
     if (pem == NULL || len == 0 || len > EM__PKI_VERIFY_PEM_MAX)
         return em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, "certificate",
                             "no certificate, or one larger than %ld bytes", EM__PKI_VERIFY_PEM_MAX);
-    BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    STACK_OF(X509) *chain = sk_X509_new_null();
-    if (bio == NULL || chain == NULL) {
-        BIO_free(bio);
-        sk_X509_free(chain);
+    X509 *cert;
+    STACK_OF(X509) * chain;
+    if (!em__pki_pem_certs(pem, len, CHAIN_MAX, &cert, &chain))
         return em_error_set(err, EM_ERR_NOMEM, EM_SEV_HIGH, NULL, "out of memory");
-    }
-    X509 *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-    X509 *x;
-    while (cert != NULL && sk_X509_num(chain) < CHAIN_MAX &&
-           (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (sk_X509_push(chain, x) <= 0) {
-            X509_free(x);
-            break;
-        }
-    }
-    ERR_clear_error();
-    BIO_free(bio);
     em_err_t rc;
     if (cert == NULL)
         rc = em_error_set(err, EM_ERR_MESSAGE_FORMAT, EM_SEV_MEDIUM, "certificate",
