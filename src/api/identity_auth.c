@@ -75,18 +75,30 @@ static em_verifier_t *device_verifier(em_api_t *api)
 
 /* ---- challenge-response ------------------------------------------------ */
 
+/* How both challenge-response routes begin: no query parameters, the gate
+ * of the public routes, device authentication configured (the verifier into
+ * *v when v is not NULL), the body (em__id_pub_body with type) into *b.
+ * Returns the body (the caller frees it), or NULL when it answered. */
+static cJSON *open_route(em__api_req_t *r, em__id_route_t route, const char *type,
+                         em_verifier_t **v, em__id_body_t *b)
+{
+    if (!em__id_no_params(r) || !em__id_public_gate(r))
+        return NULL;
+    em_verifier_t *verifier = device_verifier(r->api);
+    if (verifier == NULL) {
+        em__api_error(r, 503, "configuration", "device authentication is not configured", NULL);
+        return NULL;
+    }
+    if (v != NULL)
+        *v = verifier;
+    return em__id_pub_body(r, route, type, b);
+}
+
 void em__id_challenge(em__api_req_t *r)
 {
-    static const char *const type = "challenge_refused";
-    if (!em__id_no_params(r) || !em__id_public_gate(r))
-        return;
     em_api_t *api = r->api;
-    if (device_verifier(api) == NULL) {
-        em__api_error(r, 503, "configuration", "device authentication is not configured", NULL);
-        return;
-    }
     em__id_body_t b;
-    cJSON *body = em__id_pub_body(r, EM__ID_CHALLENGE, type, &b);
+    cJSON *body = open_route(r, EM__ID_CHALLENGE, "challenge_refused", NULL, &b);
     if (body == NULL)
         return;
     const char *id = b.device_id;
@@ -266,16 +278,10 @@ static bool register_cert(em__api_req_t *r, const char *id, X509 *cert,
 void em__id_device_token(em__api_req_t *r)
 {
     static const char *const type = "device_auth_refused";
-    if (!em__id_no_params(r) || !em__id_public_gate(r))
-        return;
     em_api_t *api = r->api;
-    em_verifier_t *v = device_verifier(api);
-    if (v == NULL) {
-        em__api_error(r, 503, "configuration", "device authentication is not configured", NULL);
-        return;
-    }
+    em_verifier_t *v = NULL;
     em__id_body_t b;
-    cJSON *body = em__id_pub_body(r, EM__ID_DEVICE_TOKEN, type, &b);
+    cJSON *body = open_route(r, EM__ID_DEVICE_TOKEN, type, &v, &b);
     if (body == NULL)
         return;
     X509 *cert = NULL;
