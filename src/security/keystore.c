@@ -172,15 +172,23 @@ static em_err_t read_private_file(const char *what, const char *path, unsigned c
     return EM_OK;
 }
 
-em_err_t em_keystore_secret_from_file(const char *path, em_keystore_secret_t **out, em_error_t *err)
+/* How both secret-file constructors begin: path and out required, *out
+ * NULL, then the file read (read_private_file, as what). */
+static em_err_t read_secret_file(const char *what, const char *path, em_keystore_secret_t **out,
+                                 unsigned char **buf, size_t *len, em_error_t *err)
 {
     if (path == NULL || path[0] == '\0' || out == NULL)
         return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL,
                             "path and out are required");
     *out = NULL;
+    return read_private_file(what, path, buf, len, err);
+}
+
+em_err_t em_keystore_secret_from_file(const char *path, em_keystore_secret_t **out, em_error_t *err)
+{
     unsigned char *buf = NULL;
     size_t len = 0;
-    em_err_t rc = read_private_file("passphrase_file", path, &buf, &len, err);
+    em_err_t rc = read_secret_file("passphrase_file", path, out, &buf, &len, err);
     if (rc != EM_OK)
         return rc;
     size_t line = 0;
@@ -206,13 +214,9 @@ static int hex_value(unsigned char c)
 
 em_err_t em_keystore_secret_key_file(const char *path, em_keystore_secret_t **out, em_error_t *err)
 {
-    if (path == NULL || path[0] == '\0' || out == NULL)
-        return em_error_set(err, EM_ERR_INVALID_ARGUMENT, EM_SEV_MEDIUM, NULL,
-                            "path and out are required");
-    *out = NULL;
     unsigned char *buf = NULL;
     size_t len = 0;
-    em_err_t rc = read_private_file("key_file", path, &buf, &len, err);
+    em_err_t rc = read_secret_file("key_file", path, out, &buf, &len, err);
     if (rc != EM_OK)
         return rc;
     size_t end = len;
