@@ -113,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         unsigned char sig[EM__ID_SIG_MAX];
         size_t slen = strlen(b.signature);
         if (slen <= EM__ID_SIG_TEXT_MAX) {
-            long n = em__id_b64url_decode(b.signature, slen, sig, sizeof sig);
+            long n = em__b64url_decode(b.signature, slen, sig, sizeof sig);
             if (n > (long)sizeof sig || (n >= 0 && (size_t)n != slen * 6 / 8))
                 abort();
         }

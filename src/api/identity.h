@@ -50,11 +50,4 @@ em_err_t em__id_body_validate(em__id_route_t route, const cJSON *obj, em__id_bod
 /* True when s (len bytes) has the shape of an enrollment token. */
 bool em__id_token_shape_ok(const char *s, size_t len);
 
-/* em__b64url_decode (auth_jwt.c, the JWT's decoder): canonical base64url
- * without padding into out; the number of bytes, or -1 when it is not that. */
-static inline long em__id_b64url_decode(const char *s, size_t len, unsigned char *out, size_t size)
-{
-    return em__b64url_decode(s, len, out, size);
-}
-
 #endif /* EM_API_IDENTITY_H */

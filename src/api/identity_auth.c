@@ -301,7 +301,7 @@ void em__id_device_token(em__api_req_t *r)
     size_t slen = strlen(sig_text);
     sig = malloc(EM__ID_SIG_MAX);
     long sig_len = sig != NULL && slen > 0 && slen <= EM__ID_SIG_TEXT_MAX
-                       ? em__id_b64url_decode(sig_text, slen, sig, EM__ID_SIG_MAX)
+                       ? em__b64url_decode(sig_text, slen, sig, EM__ID_SIG_MAX)
                        : -1;
     if (sig == NULL) {
         em__api_error(r, 500, NULL, NULL, "out of memory");

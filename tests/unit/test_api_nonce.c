@@ -226,13 +226,13 @@ static void test_token_shape_and_base64url(void **state)
     assert_false(em__id_token_shape_ok(upper, strlen(upper)));
     assert_false(em__id_token_shape_ok(ok, strlen(ok) - 1));
     unsigned char out[8];
-    assert_int_equal(em__id_b64url_decode("QUJD", 4, out, sizeof out), 3);
+    assert_int_equal(em__b64url_decode("QUJD", 4, out, sizeof out), 3);
     assert_memory_equal(out, "ABC", 3);
-    assert_int_equal(em__id_b64url_decode("QUI", 3, out, sizeof out), 2);
-    assert_int_equal(em__id_b64url_decode("QUJ", 3, out, sizeof out), -1); /* bits left */
-    assert_int_equal(em__id_b64url_decode("QUJD=", 5, out, sizeof out), -1);
-    assert_int_equal(em__id_b64url_decode("Q", 1, out, sizeof out), -1);
-    assert_int_equal(em__id_b64url_decode("QUJDQUJDQUJD", 12, out, sizeof out), -1); /* 9 > 8 */
+    assert_int_equal(em__b64url_decode("QUI", 3, out, sizeof out), 2);
+    assert_int_equal(em__b64url_decode("QUJ", 3, out, sizeof out), -1); /* bits left */
+    assert_int_equal(em__b64url_decode("QUJD=", 5, out, sizeof out), -1);
+    assert_int_equal(em__b64url_decode("Q", 1, out, sizeof out), -1);
+    assert_int_equal(em__b64url_decode("QUJDQUJDQUJD", 12, out, sizeof out), -1); /* 9 > 8 */
 }
 
 int main(void)
