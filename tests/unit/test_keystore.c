@@ -32,76 +32,9 @@
 #define PASS      "correct horse battery staple"
 #define OTHERPASS "correct horse battery stapler"
 
-/* ---- allocation failures (as tests/unit/test_alloc_failure.c) ------------ */
+/* ---- allocation failures (tests/support/alloc_hook.h) --------------------- */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define ALLOC_HOOK 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) ||                         \
-    __has_feature(thread_sanitizer)
-#define ALLOC_HOOK 0
-#endif
-#endif
-#ifndef ALLOC_HOOK
-#define ALLOC_HOOK 1
-#endif
-
-#if ALLOC_HOOK
-static long fail_countdown = -1; /* -1: never fail */
-static long live;                /* allocations not yet freed */
-static long failures;            /* allocations refused so far */
-
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void __libc_free(void *p);
-
-static bool alloc_fails(void)
-{
-    if (fail_countdown < 0)
-        return false;
-    if (fail_countdown-- == 0) {
-        fail_countdown = -1;
-        failures++;
-        return true;
-    }
-    return false;
-}
-
-void *malloc(size_t n)
-{
-    if (alloc_fails())
-        return NULL;
-    void *p = __libc_malloc(n);
-    live += p != NULL;
-    return p;
-}
-
-void *calloc(size_t n, size_t size)
-{
-    if (alloc_fails())
-        return NULL;
-    void *p = __libc_calloc(n, size);
-    live += p != NULL;
-    return p;
-}
-
-void *realloc(void *p, size_t n)
-{
-    if (alloc_fails())
-        return NULL;
-    void *q = __libc_realloc(p, n);
-    if (p == NULL && q != NULL)
-        live++;
-    return q;
-}
-
-void free(void *p)
-{
-    live -= p != NULL;
-    __libc_free(p);
-}
-#endif
+#include "alloc_hook.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
