@@ -44,6 +44,7 @@
 #include "emiot/manager.h"
 #include "emiot/pki.h"
 #include "emiot/store.h"
+#include "evloop.h"
 #include "testutil.h"
 
 #define PYTHON     "/usr/bin/python3"
@@ -103,40 +104,13 @@ static void watch_secret(const char *s)
 static void *loop_main(void *arg)
 {
     (void)arg;
-    event_base_loop(W.base, EVLOOP_NO_EXIT_ON_EMPTY);
-    return NULL;
-}
-
-typedef struct on_loop {
-    void (*fn)(void *);
-    void *arg;
-    pthread_mutex_t m;
-    pthread_cond_t c;
-    bool done;
-} on_loop_t;
-
-static void on_loop_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    on_loop_t *o = arg;
-    o->fn(o->arg);
-    pthread_mutex_lock(&o->m);
-    o->done = true;
-    pthread_cond_signal(&o->c);
-    pthread_mutex_unlock(&o->m);
+    return em_test_loop_main(W.base);
 }
 
 /* Runs fn(arg) on the loop thread: the API and the CA it uses belong there. */
 static void run_on_loop(void (*fn)(void *), void *arg)
 {
-    on_loop_t o = {fn, arg, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
-    struct timeval now = {0, 0};
-    assert_int_equal(event_base_once(W.base, -1, EV_TIMEOUT, on_loop_cb, &o, &now), 0);
-    pthread_mutex_lock(&o.m);
-    while (!o.done)
-        pthread_cond_wait(&o.c, &o.m);
-    pthread_mutex_unlock(&o.m);
+    assert_int_equal(em_test_run_on_loop(W.base, fn, arg), 0);
 }
 
 /* ---- files and child processes ------------------------------------------ */
